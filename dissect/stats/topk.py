@@ -1,0 +1,50 @@
+"""Top-k images per unit by maximum activation, with the unit's map for each."""
+
+from __future__ import annotations
+
+import torch
+
+
+class TopK:
+    """Keeps, per unit, the ``k`` images with the largest maximum activation.
+
+    Ties go to the lower image index, so the result does not depend on batching.
+    Along with each image's score it keeps that unit's activation map (``h x w``) so
+    unit images can be drawn without running the model again.
+    """
+
+    def __init__(self, num_units: int, k: int, map_shape: tuple[int, int],
+                 device: torch.device | str = "cpu"):
+        self.k = k
+        self.num_units = num_units
+        self.device = torch.device(device)
+        self.values = torch.empty((num_units, 0), device=self.device)
+        self.indices = torch.empty((num_units, 0), dtype=torch.long, device=self.device)
+        self.maps = torch.empty((num_units, 0, *map_shape), device=self.device)
+
+    def add(self, acts: torch.Tensor, indices: torch.Tensor) -> None:
+        """``acts``: ``[B, units, h, w]``; ``indices``: ``[B]`` global image indices (increasing)."""
+        acts = acts.detach().to(self.device, torch.float32)
+        b = acts.shape[0]
+        score = acts.flatten(2).max(dim=2).values.t()                   # [units, B]
+        idx = indices.to(self.device).view(1, b).expand(self.num_units, b)
+        maps = acts.transpose(0, 1)                                     # [units, B, h, w]
+        self._fold(score, idx, maps)
+
+    def _fold(self, score, idx, maps) -> None:
+        values = torch.cat([self.values, score], dim=1)
+        indices = torch.cat([self.indices, idx], dim=1)
+        allmaps = torch.cat([self.maps, maps], dim=1)
+        # order by index first, then a stable sort on value keeps lower index first on ties
+        o1 = torch.argsort(indices, dim=1, stable=True)
+        values, indices = values.gather(1, o1), indices.gather(1, o1)
+        o2 = torch.argsort(values, dim=1, descending=True, stable=True)[:, : self.k]
+        order = o1.gather(1, o2)
+        self.values = values.gather(1, o2)
+        self.indices = indices.gather(1, o2)
+        gidx = order.view(*order.shape, 1, 1).expand(-1, -1, *allmaps.shape[2:])
+        self.maps = allmaps.gather(1, gidx)
+
+    def merge(self, other: "TopK") -> None:
+        self._fold(other.values.to(self.device), other.indices.to(self.device),
+                   other.maps.to(self.device))
