@@ -1,0 +1,292 @@
+"""Reader for Broden-format probe sets (see BRODEN.md).
+
+A Broden directory holds ``index.csv`` (one row per image; per category a ``;``-separated
+list of pixel-label PNG names or whole-image label numbers), ``label.csv``,
+``category.csv`` and ``c_<category>.csv``. Pixel-label PNGs encode each pixel's label number
+as ``R + 256 * G``. The reader is exact to that format; the toy world writes the same
+format, so one code path serves both.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import DissectError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+STANDARD_CATEGORIES = ("color", "object", "part", "material", "scene", "texture")
+_INDEX_FIXED = ("image", "split", "ih", "iw", "sh", "sw")
+
+
+@dataclass(frozen=True)
+class Label:
+    number: int
+    name: str            # as in label.csv, e.g. "red-c"
+    display: str         # shown in reports, e.g. "red"
+    category: str        # primary category (largest coverage)
+    frequency: int = 0
+    coverage: float = 0.0
+
+
+@dataclass
+class ImageRecord:
+    image: str
+    split: str
+    ih: int
+    iw: int
+    sh: int
+    sw: int
+    pixel_files: list[str] = field(default_factory=list)   # PNG names under images/
+    image_labels: list[int] = field(default_factory=list)  # whole-image label numbers
+
+
+def display_name(name: str) -> str:
+    """Broden's label name without its ``-s`` (scene) or ``-c`` (color) suffix."""
+    for suffix in ("-s", "-c"):
+        if name.endswith(suffix) and len(name) > 2:
+            return name[: -len(suffix)]
+    return name
+
+
+def _read_csv(path: Path) -> list[dict]:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise DissectError(f"{path} is missing: is {path.parent} a Broden-format directory?") from None
+
+
+class BrodenIndex:
+    """The tables of a Broden directory: images, labels and categories."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DissectError(f"probe data directory {str(self.root)!r} does not exist; "
+                               "pass --data toyworld, --data broden, or a Broden-format folder")
+        if not (self.root / "index.csv").is_file():
+            raise DissectError(f"{self.root} has no index.csv: not a Broden-format directory "
+                               "(see `dissect data toyworld --help` to make one)")
+        rows = _read_csv(self.root / "index.csv")
+        cat_rows = _read_csv(self.root / "category.csv")
+        self.categories: list[str] = [r["name"] for r in cat_rows]
+        label_rows = _read_csv(self.root / "label.csv")
+        if not rows:
+            raise DissectError(f"{self.root / 'index.csv'} lists no images")
+        missing = [c for c in self.categories if c not in rows[0]]
+        if missing:
+            raise DissectError(f"index.csv lacks the category column(s) {missing}")
+
+        # coverage of each label in each category, from c_<category>.csv
+        coverage: dict[int, dict[str, float]] = {}
+        for cat in self.categories:
+            path = self.root / f"c_{cat}.csv"
+            if path.is_file():
+                for r in _read_csv(path):
+                    coverage.setdefault(int(r["number"]), {})[cat] = float(r["coverage"] or 0)
+        labels = {}
+        for r in label_rows:
+            num = int(r["number"])
+            if num == 0:
+                continue
+            covs = coverage.get(num)
+            if not covs:  # fall back to label.csv's own counts, e.g. "object(12);part(3)"
+                covs = {}
+                for item in (r.get("category") or "").split(";"):
+                    if "(" in item:
+                        name, count = item.rstrip(")").split("(")
+                        covs[name] = float(count)
+            if not covs:
+                continue
+            # largest coverage wins; ties go to the category listed first in category.csv
+            order = {c: i for i, c in enumerate(self.categories)}
+            primary = max(covs, key=lambda c: (covs[c], -order.get(c, len(order))))
+            labels[num] = Label(num, r["name"], display_name(r["name"]), primary,
+                                int(float(r.get("frequency") or 0)),
+                                float(r.get("coverage") or 0))
+        self.labels: dict[int, Label] = labels
+        self.num_labels = max(labels, default=0) + 1  # label numbers 0..max
+
+        self.records: list[ImageRecord] = []
+        for r in rows:
+            rec = ImageRecord(r["image"], r.get("split", ""), int(r["ih"]), int(r["iw"]),
+                              int(r["sh"]), int(r["sw"]))
+            for cat in self.categories:
+                cell = (r.get(cat) or "").strip()
+                if not cell:
+                    continue
+                for item in cell.split(";"):
+                    item = item.strip()
+                    if not item:
+                        continue
+                    if item.isdigit():
+                        rec.image_labels.append(int(item))
+                    else:
+                        rec.pixel_files.append(item)
+            self.records.append(rec)
+
+    # ------------------------------------------------------------------ helpers
+    def primary_category_tensor(self) -> torch.Tensor:
+        """``[num_labels]`` primary category index per label number (0 for none)."""
+        idx = {c: i for i, c in enumerate(self.categories)}
+        out = torch.zeros(self.num_labels, dtype=torch.long)
+        for num, lab in self.labels.items():
+            out[num] = idx[lab.category]
+        return out
+
+    def sha256(self) -> str:
+        """SHA-256 over index.csv, label.csv, category.csv and the c_*.csv tables."""
+        h = hashlib.sha256()
+        names = ["index.csv", "label.csv", "category.csv"] + [f"c_{c}.csv" for c in self.categories]
+        for name in names:
+            p = self.root / name
+            if p.is_file():
+                h.update(name.encode() + b"\0")
+                h.update(p.read_bytes())
+        return h.hexdigest()
+
+    def label_size(self) -> tuple[int, int]:
+        sizes = {(r.sh, r.sw) for r in self.records}
+        return max(sizes)  # mixed sizes are resized (nearest) to the largest
+
+
+def decode_label_png(path: Path) -> np.ndarray:
+    """Label numbers of a Broden PNG: ``R + 256 * G``."""
+    with Image.open(path) as im:
+        if im.mode in ("RGB", "RGBA"):
+            a = np.asarray(im.convert("RGB"), dtype=np.int64)
+            return a[..., 0] + 256 * a[..., 1]
+        return np.asarray(im, dtype=np.int64)
+
+
+class BrodenDataset(torch.utils.data.Dataset):
+    """Images (normalised, resized to ``input_size``) with their pixel and image labels.
+
+    Items are dicts: ``index``, ``ok`` (False for an unreadable image, which the loader
+    drops and counts), ``image`` ``[3, S, S]``, and with ``with_labels``:
+    ``pixel_labels`` ``[layers, sh, sw]`` and ``image_labels`` ``[J]``.
+    """
+
+    def __init__(self, index: BrodenIndex | str | os.PathLike, input_size: int = 224,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 with_labels: bool = True, indices: Sequence[int] | None = None):
+        self.index = index if isinstance(index, BrodenIndex) else BrodenIndex(index)
+        self.input_size = int(input_size)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.with_labels = with_labels
+        self.indices = list(range(len(self.index.records))) if indices is None else list(indices)
+        self.label_size = self.index.label_size()
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def load_rgb(self, i: int) -> Image.Image:
+        rec = self.index.records[self.indices[i]]
+        with Image.open(self.index.root / "images" / rec.image) as im:
+            return im.convert("RGB")
+
+    def __getitem__(self, i: int) -> dict:
+        rec = self.index.records[self.indices[i]]
+        item = {"index": i, "ok": True, "path": rec.image}
+        try:
+            im = self.load_rgb(i)
+            if im.size != (self.input_size, self.input_size):
+                im = im.resize((self.input_size, self.input_size), Image.BILINEAR)
+            x = torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
+            item["image"] = (x - self.mean) / self.std
+            if self.with_labels:
+                sh, sw = self.label_size
+                layers = []
+                for name in rec.pixel_files:
+                    lab = decode_label_png(self.index.root / "images" / name)
+                    if lab.shape != (sh, sw):
+                        lab = np.asarray(Image.fromarray(lab.astype(np.int32)).resize((sw, sh), Image.NEAREST))
+                    layers.append(torch.from_numpy(lab.astype(np.int64)))
+                item["pixel_labels"] = (torch.stack(layers) if layers
+                                        else torch.zeros((0, sh, sw), dtype=torch.long))
+                item["image_labels"] = torch.tensor(rec.image_labels, dtype=torch.long)
+        except (OSError, ValueError, UnidentifiedImageError, SyntaxError) as e:
+            return {"index": i, "ok": False, "path": rec.image, "error": f"{type(e).__name__}: {e}"}
+        return item
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack good items, padding label layers and whole-image labels with 0; list the bad."""
+    good = [it for it in items if it["ok"]]
+    out = {"bad": [(it["path"], it.get("error", "")) for it in items if not it["ok"]]}
+    out["index"] = torch.tensor([it["index"] for it in good], dtype=torch.long)
+    if not good:
+        return out
+    out["image"] = torch.stack([it["image"] for it in good])
+    if "pixel_labels" in good[0]:
+        nl = max(it["pixel_labels"].shape[0] for it in good)
+        nj = max(it["image_labels"].shape[0] for it in good)
+        sh, sw = good[0]["pixel_labels"].shape[1:]
+        pl = torch.zeros((len(good), nl, sh, sw), dtype=torch.long)
+        il = torch.zeros((len(good), nj), dtype=torch.long)
+        for b, it in enumerate(good):
+            pl[b, : it["pixel_labels"].shape[0]] = it["pixel_labels"]
+            il[b, : it["image_labels"].shape[0]] = it["image_labels"]
+        out["pixel_labels"], out["image_labels"] = pl, il
+    return out
+
+
+def make_loader(dataset: BrodenDataset, batch_size: int = 64, num_workers: int | None = None):
+    """A loader that decodes images in parallel worker processes, in index order."""
+    if num_workers is None:
+        num_workers = min(4, os.cpu_count() or 1)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        collate_fn=collate, pin_memory=False,
+        persistent_workers=False, prefetch_factor=4 if num_workers else None)
+
+
+# ---------------------------------------------------------------------- download
+BRODEN_URLS = {
+    "broden1_224": "http://netdissect.csail.mit.edu/data/broden1_224.zip",
+    "broden1_227": "http://netdissect.csail.mit.edu/data/broden1_227.zip",
+}
+
+
+def fetch_broden(dest_dir: str | os.PathLike, name: str = "broden1_224", url: str | None = None,
+                 sha256: str | None = None, progress: bool = True) -> Path:
+    """Download and unpack Broden into ``dest_dir/<name>`` (reused when already there).
+
+    ``url`` may be a ``file://`` URL to a local copy of the zip.
+    """
+    from ..download import download, unzip
+
+    dest_dir = Path(dest_dir)
+    target = dest_dir / name
+    if (target / "index.csv").is_file():
+        return target
+    if url is None:
+        if name not in BRODEN_URLS:
+            raise DissectError(f"unknown Broden variant {name!r}; valid: {', '.join(BRODEN_URLS)}")
+        url = BRODEN_URLS[name]
+    zip_path = dest_dir / f"{name}.zip"
+    if not zip_path.is_file():
+        download(url, zip_path, sha256=sha256, progress=progress)
+    unzip(zip_path, dest_dir)
+    if not (target / "index.csv").is_file():
+        # some archives unpack without the top folder
+        raise DissectError(f"{zip_path} did not unpack to {target}/index.csv; "
+                           "unzip it by hand and pass --data FOLDER")
+    return target
+
+
+def warn_bad(bad: list[tuple[str, str]]) -> None:
+    for path, err in bad:
+        warnings.warn(f"skipped unreadable image {path}: {err}", stacklevel=2)

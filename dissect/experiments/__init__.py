@@ -1,0 +1,1 @@
+"""Experiments: dissection (which concept each unit detects) and interventions."""

@@ -1,0 +1,398 @@
+"""Network dissection, exactly as METHOD.md section 1 gives it.
+
+Pass 1 runs the model over the probe images and tallies, per unit, the top-``q`` quantile
+threshold ``T_k`` and the top-k images by maximum activation. Pass 2 upsamples each
+activation map to the label resolution (bilinear), binarises it with ``S_k > T_k`` (strict)
+and tallies intersections and unions with every concept. Both passes stream: memory does
+not grow with the probe set. Layer activations from pass 1 are kept in RAM for pass 2 only
+while they fit ``activation_cache_mb`` (otherwise pass 2 runs the model again), which
+changes speed, never results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..data.broden import BrodenDataset, make_loader
+from ..errors import DissectError
+from ..hooks import Trace
+from ..stats import IoUTally, TopK, TopQuantile
+
+QUANTILE_SPACES = ("activation", "upsampled")
+
+
+@dataclass
+class DissectConfig:
+    """Parameters of a dissection; every one is written into the report."""
+
+    quantile: float = 0.005          # q: P(a_k > T_k) = q  (2017 default; 2020 used 0.01)
+    quantile_space: str = "activation"  # "activation": layer maps (2017); "upsampled" (2020)
+    iou_threshold: float = 0.04      # a unit is a detector of its best concept above this
+    top_k: int = 10                  # top images per unit
+    top_concepts: int = 5            # concepts kept per unit
+    batch_size: int = 64
+    num_workers: int | None = None   # image decoding processes (None: up to 4)
+    device: str = "auto"             # auto | cpu | cuda | cuda:N
+    activation_cache_mb: int = 2048  # keep pass-1 activations for pass 2 up to this size
+    tile_size: int = 0               # unit image tile size in px (0: label size, >= 96)
+
+    def validate(self) -> None:
+        if not 0.0 < self.quantile < 0.5:
+            raise DissectError(f"--quantile must be in (0, 0.5), got {self.quantile}")
+        if self.quantile_space not in QUANTILE_SPACES:
+            raise DissectError(f"--quantile-space must be one of {', '.join(QUANTILE_SPACES)}")
+        if not 0.0 <= self.iou_threshold <= 1.0:
+            raise DissectError(f"--iou-threshold must be in [0, 1], got {self.iou_threshold}")
+        if self.top_k < 1:
+            raise DissectError(f"--top-k must be at least 1, got {self.top_k}")
+        if self.batch_size < 1:
+            raise DissectError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+    def stats_key(self) -> dict:
+        """The fields that change the tallied statistics (the cache key)."""
+        return {"quantile": self.quantile, "quantile_space": self.quantile_space,
+                "top_k": self.top_k}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise DissectError(f"--device {name!r} is not a device; use auto, cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DissectError("--device cuda asked for, but no CUDA device is available; use --device auto or cpu")
+    return dev
+
+
+@dataclass
+class LayerStats:
+    """Everything tallied for one layer (mergeable, cacheable)."""
+
+    layer: str
+    shape: tuple[int, int, int]
+    thresholds: torch.Tensor
+    minimum: torch.Tensor
+    maximum: torch.Tensor
+    tally: dict
+    top_values: torch.Tensor
+    top_indices: torch.Tensor
+    top_maps: torch.Tensor
+    num_images: int
+    skipped: list[str] = field(default_factory=list)
+
+    def iou(self, primary_category: torch.Tensor, num_categories: int) -> torch.Tensor:
+        t = IoUTally(self.shape[0], primary_category.numel(), primary_category, num_categories)
+        t.load_state_dict(self.tally)
+        return t.iou()
+
+    def to_state(self) -> dict:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+    @classmethod
+    def from_state(cls, d: dict) -> "LayerStats":
+        d = dict(d)
+        d["shape"] = tuple(d["shape"])
+        return cls(**d)
+
+
+def cache_key(*parts) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: BrodenDataset,
+                   config: DissectConfig, cache_dir: Path | None = None,
+                   cache_parts: dict | None = None, force: bool = False,
+                   progress: bool = True) -> dict[str, LayerStats]:
+    """Dissect ``layers`` of ``model`` on ``dataset`` in one pass over the data.
+
+    With ``cache_dir`` and ``cache_parts`` (what identifies the model and data), finished
+    layers are saved and reused by identical reruns; ``force`` recomputes.
+    """
+    config.validate()
+    device = resolve_device(config.device)
+    index = dataset.index
+    n = len(dataset)
+    if n == 0:
+        raise DissectError("the probe set has no images")
+
+    paths: dict[str, Path] = {}
+    results: dict[str, LayerStats] = {}
+    if cache_dir is not None and cache_parts is not None:
+        for layer in layers:
+            key = cache_key(cache_parts, layer, config.stats_key(), n, __version__)
+            paths[layer] = Path(cache_dir) / f"stats-{key}.pt"
+            if paths[layer].is_file() and not force:
+                try:
+                    results[layer] = LayerStats.from_state(
+                        torch.load(paths[layer], map_location="cpu", weights_only=True))
+                except (OSError, RuntimeError, KeyError, TypeError, EOFError):
+                    results.pop(layer, None)  # a damaged cache entry is recomputed
+    todo = [layer for layer in layers if layer not in results]
+    if not todo:
+        return results
+
+    model = model.to(device).eval()
+    shapes = _layer_shapes(model, todo, dataset, device)
+    for layer, shape in shapes.items():
+        if len(shape) != 3 or shape[1] * shape[2] < 1:
+            raise DissectError(f"layer {layer!r} has output shape {list(shape)}; dissection "
+                               "needs a conv feature map [units, h, w]")
+    sh, sw = dataset.label_size
+    upsampled = config.quantile_space == "upsampled"
+
+    # ----------------------------------------------------------------- pass 1
+    quant, topk, cached = {}, {}, {}  # cached[layer][batch number] = activations
+    budget = config.activation_cache_mb * 2 ** 20
+    need = sum(n * int(np.prod(s)) * 4 for s in shapes.values())
+    keep_acts = need <= budget
+    for layer, (c, h, w) in shapes.items():
+        per_image = (sh * sw) if upsampled else (h * w)
+        quant[layer] = TopQuantile(c, config.quantile, n * per_image, device=device)
+        topk[layer] = TopK(c, config.top_k, (h, w), device=device)
+        cached[layer] = {}
+    pass1 = _images_only(dataset)
+    skipped: list[str] = []
+    t0 = time.time()
+    with torch.no_grad():
+        for bi, batch in enumerate(tqdm(make_loader(pass1, config.batch_size, config.num_workers),
+                                        desc="dissect: thresholds", unit="batch",
+                                        disable=not progress, leave=False)):
+            skipped += [p for p, _ in batch["bad"]]
+            if "image" not in batch:
+                continue
+            acts = _forward(model, todo, batch["image"].to(device))
+            for layer, a in acts.items():
+                q_in = F.interpolate(a, size=(sh, sw), mode="bilinear", align_corners=False) if upsampled else a
+                quant[layer].add(q_in.transpose(0, 1).reshape(a.shape[1], -1))
+                topk[layer].add(a, batch["index"])
+                if keep_acts:
+                    cached[layer][bi] = a.cpu()
+    thresholds = {layer: quant[layer].thresholds() for layer in todo}
+
+    # ----------------------------------------------------------------- pass 2
+    prim = index.primary_category_tensor()
+    tallies = {layer: IoUTally(shapes[layer][0], index.num_labels, prim, len(index.categories),
+                               device=device) for layer in todo}
+    with torch.no_grad():
+        for bi, batch in enumerate(tqdm(make_loader(dataset, config.batch_size, config.num_workers),
+                                        desc="dissect: IoU", unit="batch", disable=not progress,
+                                        leave=False)):
+            if "image" not in batch:
+                continue
+            if keep_acts:
+                acts = {layer: cached[layer][bi].to(device) for layer in todo}
+            else:
+                acts = _forward(model, todo, batch["image"].to(device))
+            pl = batch["pixel_labels"].to(device)
+            il = batch["image_labels"].to(device)
+            for layer, a in acts.items():
+                up = F.interpolate(a, size=(sh, sw), mode="bilinear", align_corners=False)
+                masks = up > thresholds[layer].view(1, -1, 1, 1)
+                tallies[layer].add(masks, pl, il)
+    del cached
+
+    for layer in todo:
+        tk = topk[layer]
+        stats = LayerStats(
+            layer=layer, shape=tuple(shapes[layer]), thresholds=thresholds[layer].cpu(),
+            minimum=quant[layer].min.cpu(), maximum=quant[layer].max.cpu(),
+            tally=tallies[layer].state_dict(), top_values=tk.values.cpu(),
+            top_indices=tk.indices.cpu(), top_maps=tk.maps.cpu(),
+            num_images=n - len(skipped), skipped=sorted(set(skipped)))
+        results[layer] = stats
+        if layer in paths:
+            paths[layer].parent.mkdir(parents=True, exist_ok=True)
+            tmp = paths[layer].with_suffix(".tmp")
+            torch.save(stats.to_state(), tmp)
+            os.replace(tmp, paths[layer])
+    if progress:
+        tqdm.write(f"dissect: {n} images, {len(todo)} layer(s) in {time.time() - t0:.1f}s"
+                   + (f", {len(set(skipped))} unreadable image(s) skipped" if skipped else ""))
+    return results
+
+
+def _images_only(dataset: BrodenDataset) -> BrodenDataset:
+    view = BrodenDataset.__new__(BrodenDataset)
+    view.__dict__.update(dataset.__dict__)
+    view.with_labels = False
+    return view
+
+
+def _forward(model, layers, x) -> dict[str, torch.Tensor]:
+    with Trace(model, layers, stop=True) as tr:
+        model(x)
+    missing = [layer for layer in layers if layer not in tr.outputs]
+    if missing:
+        raise DissectError(f"layer(s) {missing} did not run in the model's forward pass")
+    return {layer: tr.outputs[layer].float() for layer in layers}
+
+
+def _layer_shapes(model, layers, dataset, device) -> dict[str, tuple]:
+    s = dataset.input_size
+    with torch.no_grad():
+        acts = _forward(model, layers, torch.zeros(1, 3, s, s, device=device))
+    return {layer: tuple(a.shape[1:]) for layer, a in acts.items()}
+
+
+# --------------------------------------------------------------------- summaries
+def summarize_layer(stats: LayerStats, dataset: BrodenDataset, config: DissectConfig) -> dict:
+    """Labels, detectors and per-unit records for one layer (results.json ``layers[i]``)."""
+    index = dataset.index
+    cats = index.categories
+    prim = index.primary_category_tensor()
+    iou = stats.iou(prim, len(cats)).numpy()                 # [units, labels]
+    tally = stats.tally
+    active = (tally["active"] / max(tally["pixels"], 1)).numpy()
+    dead = (stats.maximum <= stats.minimum).numpy()
+    valid = np.zeros(iou.shape[1], dtype=bool)
+    valid[list(index.labels)] = True
+    iou = np.where(valid[None, :], iou, 0.0)
+    iou[dead] = 0.0
+    primcat = prim.numpy()
+
+    units = []
+    for k in range(iou.shape[0]):
+        row = iou[k]
+        # best first; ties go to the lower label number, so results are deterministic
+        order = np.lexsort((np.arange(row.size), -row))
+        best = int(order[0])
+        has = (not dead[k]) and row[best] > 0
+        top = [{"name": index.labels[int(c)].display, "category": cats[primcat[c]],
+                "iou": _r(row[c])} for c in order[: config.top_concepts] if row[c] > 0 and valid[c]]
+        by_cat = {}
+        for gi, g in enumerate(cats):
+            sel = np.flatnonzero((primcat == gi) & valid)
+            if sel.size == 0:
+                continue
+            c = int(sel[np.lexsort((sel, -row[sel]))[0]])
+            if row[c] > 0:
+                by_cat[g] = {"name": index.labels[c].display, "iou": _r(row[c])}
+        units.append({
+            "unit": k,
+            "label": index.labels[best].display if has else None,
+            "category": cats[primcat[best]] if has else None,
+            "iou": _r(row[best]) if has else 0.0,
+            "detector": bool(has and row[best] > config.iou_threshold),
+            "threshold": _s(stats.thresholds[k].item()),
+            "active_fraction": _s(float(active[k])),
+            "max_activation": _s(stats.maximum[k].item()),
+            "dead": bool(dead[k]),
+            "top_concepts": top,
+            "top_by_category": by_cat,
+            "top_images": [
+                {"index": int(i), "image": dataset.index.records[dataset.indices[int(i)]].image,
+                 "max_activation": _s(float(v))}
+                for v, i in zip(stats.top_values[k].tolist(), stats.top_indices[k].tolist())],
+        })
+
+    detectors = [u for u in units if u["detector"]]
+    det_by_cat: dict[str, int] = {g: 0 for g in cats}
+    uniq_by_cat: dict[str, set] = {g: set() for g in cats}
+    for u in detectors:
+        det_by_cat[u["category"]] += 1
+        uniq_by_cat[u["category"]].add(u["label"])
+    edges = [round(i * 0.02, 2) for i in range(0, 26)]
+    best_ious = np.array([u["iou"] for u in units])
+    counts, _ = np.histogram(np.clip(best_ious, 0, 0.5 - 1e-9), bins=edges)
+    concept_counts: dict[str, dict[str, int]] = {}
+    for u in detectors:
+        concept_counts.setdefault(u["category"], {})
+        concept_counts[u["category"]][u["label"]] = concept_counts[u["category"]].get(u["label"], 0) + 1
+    return {
+        "name": stats.layer,
+        "num_units": int(iou.shape[0]),
+        "activation_shape": list(stats.shape),
+        "summary": {
+            "detectors": len(detectors),
+            "unique_concepts": len({u["label"] for u in detectors}),
+            "detectors_by_category": det_by_cat,
+            "unique_by_category": {g: len(s) for g, s in uniq_by_cat.items()},
+            "concept_counts": {g: dict(sorted(c.items(), key=lambda kv: (-kv[1], kv[0])))
+                               for g, c in concept_counts.items()},
+            "iou_histogram": {"edges": edges, "counts": counts.tolist()},
+            "dead_units": int(dead.sum()),
+            "mean_active_fraction": _s(float(active[~dead].mean()) if (~dead).any() else 0.0),
+        },
+        "units": units,
+    }
+
+
+def _r(x: float) -> float:
+    return round(float(x), 6)
+
+
+def _s(x: float) -> float:
+    if not math.isfinite(x):
+        return 0.0
+    return float(f"{x:.6g}")
+
+
+# --------------------------------------------------------------------- unit images
+def render_unit_strips(stats: LayerStats, dataset: BrodenDataset, out_dir: Path,
+                       layer_slug: str, tile_size: int = 0, quality: int = 90,
+                       progress: bool = True) -> list[str]:
+    """Draw each unit's top-k images with its region ``S_k > T_k`` highlighted.
+
+    Returns, per unit, the strip's path relative to ``out_dir``.
+    """
+    sh, sw = dataset.label_size
+    tile = tile_size or max(96, min(sh, 224))
+    folder = out_dir / "units" / layer_slug
+    folder.mkdir(parents=True, exist_ok=True)
+    images: dict[int, np.ndarray] = {}
+
+    def get(i: int) -> np.ndarray:
+        if i not in images:
+            try:
+                im = dataset.load_rgb(i).resize((tile, tile), Image.BICUBIC)
+                images[i] = np.asarray(im, dtype=np.float32)
+            except (OSError, ValueError):
+                images[i] = np.full((tile, tile, 3), 128, np.float32)
+        return images[i]
+
+    gap = 4
+    rels = []
+    maps = F.interpolate(stats.top_maps.flatten(0, 1).unsqueeze(1).float(), size=(tile, tile),
+                         mode="bilinear", align_corners=False).view(*stats.top_maps.shape[:2], tile, tile)
+    for k in tqdm(range(stats.shape[0]), desc=f"unit images {layer_slug}", unit="unit",
+                  disable=not progress, leave=False):
+        idx = stats.top_indices[k].tolist()
+        strip = np.full((tile, len(idx) * (tile + gap) - gap, 3), 255, np.uint8)
+        for j, i in enumerate(idx):
+            mask = (maps[k, j] > stats.thresholds[k]).numpy()
+            strip[:, j * (tile + gap): j * (tile + gap) + tile] = highlight(get(i), mask)
+        rel = f"units/{layer_slug}/unit-{k:04d}.jpg"
+        Image.fromarray(strip).save(out_dir / rel, quality=quality, optimize=True)
+        rels.append(rel)
+    return rels
+
+
+def highlight(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Dim the image outside ``mask`` and outline the region (NetDissect's look)."""
+    out = image * np.where(mask[..., None], 1.0, 0.35) + np.where(mask[..., None], 0.0, 0.65 * 40)
+    m = mask.astype(bool)
+    edge = np.zeros_like(m)
+    edge[1:, :] |= m[1:, :] != m[:-1, :]
+    edge[:, 1:] |= m[:, 1:] != m[:, :-1]
+    edge &= m
+    out[edge] = (255, 214, 0)
+    return np.clip(out, 0, 255).astype(np.uint8)

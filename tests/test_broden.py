@@ -1,0 +1,148 @@
+"""The Broden reader against a hand-written fixture in the published layout."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dissect.data.broden import BrodenDataset, BrodenIndex, collate, decode_label_png, display_name
+from dissect.errors import DissectError
+from dissect.stats import IoUTally
+
+
+def write_png_labels(path, labels):
+    """Encode label numbers as R + 256 * G, as Broden does."""
+    labels = np.asarray(labels, dtype=np.int64)
+    rgb = np.zeros(labels.shape + (3,), np.uint8)
+    rgb[..., 0] = labels % 256
+    rgb[..., 1] = labels // 256
+    Image.fromarray(rgb).save(path)
+
+
+@pytest.fixture
+def broden(tmp_path):
+    root = tmp_path / "broden_mini"
+    (root / "images" / "ade20k").mkdir(parents=True)
+    # label 300 needs the G channel: 300 = 44 + 256 * 1
+    (root / "index.csv").write_text(
+        "image,split,ih,iw,sh,sw,color,object,part,material,scene,texture\n"
+        "ade20k/a.jpg,train,4,4,2,2,ade20k/a_color.png,ade20k/a_object.png,"
+        "ade20k/a_part_1.png;ade20k/a_part_2.png,,5,\n"
+        "ade20k/b.jpg,val,4,4,2,2,,ade20k/b_object.png,,,,7;8\n")
+    (root / "label.csv").write_text(
+        "number,name,category,frequency,coverage,syns\n"
+        "0,-,,0,0,\n"
+        "1,red-c,color(2),2,0.5,\n"
+        "2,tree,object(2);part(1),2,0.4,\n"
+        "3,door,part(1),1,0.1,\n"
+        "4,wheel,part(1),1,0.1,\n"
+        "5,street-s,scene(1),1,1.0,\n"
+        "7,striped,texture(1),1,1.0,\n"
+        "8,dotted,texture(1),1,1.0,\n"
+        "300,car,object(1),1,0.25,automobile;auto\n")
+    (root / "category.csv").write_text(
+        "name,first,last,count,frequency\n"
+        "color,1,1,1,1\nobject,2,300,2,2\npart,2,4,3,1\nmaterial,0,0,0,0\n"
+        "scene,5,5,1,1\ntexture,7,8,2,1\n")
+    (root / "c_color.csv").write_text("code,number,name,frequency,coverage\n1,1,red-c,1,0.5\n")
+    (root / "c_object.csv").write_text(
+        "code,number,name,frequency,coverage\n1,2,tree,2,0.4\n2,300,car,1,0.25\n")
+    # tree also occurs as a part, with less coverage: its primary category stays object
+    (root / "c_part.csv").write_text(
+        "code,number,name,frequency,coverage\n1,2,tree,1,0.05\n2,3,door,1,0.1\n3,4,wheel,1,0.1\n")
+    (root / "c_material.csv").write_text("code,number,name,frequency,coverage\n")
+    (root / "c_scene.csv").write_text("code,number,name,frequency,coverage\n1,5,street-s,1,1.0\n")
+    (root / "c_texture.csv").write_text(
+        "code,number,name,frequency,coverage\n1,7,striped,1,1.0\n2,8,dotted,1,1.0\n")
+    img = root / "images" / "ade20k"
+    Image.fromarray(np.full((4, 4, 3), 200, np.uint8)).save(img / "a.jpg")
+    Image.fromarray(np.full((4, 4, 3), 20, np.uint8)).save(img / "b.jpg")
+    write_png_labels(img / "a_color.png", [[1, 1], [0, 1]])
+    write_png_labels(img / "a_object.png", [[2, 300], [2, 0]])
+    write_png_labels(img / "a_part_1.png", [[3, 0], [0, 0]])
+    write_png_labels(img / "a_part_2.png", [[0, 4], [0, 0]])
+    write_png_labels(img / "b_object.png", [[0, 0], [2, 2]])
+    return root
+
+
+def test_index_tables(broden):
+    idx = BrodenIndex(broden)
+    assert idx.categories == ["color", "object", "part", "material", "scene", "texture"]
+    assert idx.num_labels == 301
+    assert {n: (lab.display, lab.category) for n, lab in idx.labels.items()} == {
+        1: ("red", "color"), 2: ("tree", "object"), 3: ("door", "part"), 4: ("wheel", "part"),
+        5: ("street", "scene"), 7: ("striped", "texture"), 8: ("dotted", "texture"),
+        300: ("car", "object")}
+    a, b = idx.records
+    assert (a.image, a.split, a.ih, a.iw, a.sh, a.sw) == ("ade20k/a.jpg", "train", 4, 4, 2, 2)
+    assert a.pixel_files == ["ade20k/a_color.png", "ade20k/a_object.png",
+                             "ade20k/a_part_1.png", "ade20k/a_part_2.png"]
+    assert a.image_labels == [5]
+    assert b.pixel_files == ["ade20k/b_object.png"] and b.image_labels == [7, 8]
+    assert len(idx.sha256()) == 64
+
+
+def test_decode_r_plus_256g(broden):
+    lab = decode_label_png(broden / "images" / "ade20k" / "a_object.png")
+    assert lab.tolist() == [[2, 300], [2, 0]]
+
+
+def test_items_and_collate(broden):
+    ds = BrodenDataset(broden, input_size=4)
+    a, b = ds[0], ds[1]
+    assert a["pixel_labels"].tolist() == [[[1, 1], [0, 1]], [[2, 300], [2, 0]],
+                                          [[3, 0], [0, 0]], [[0, 4], [0, 0]]]
+    assert a["image_labels"].tolist() == [5]
+    assert b["pixel_labels"].tolist() == [[[0, 0], [2, 2]]]
+    assert b["image_labels"].tolist() == [7, 8]
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    torch.testing.assert_close(a["image"], ((torch.full((3, 4, 4), 200 / 255)) - mean) / std)
+    batch = collate([a, b])
+    assert batch["pixel_labels"].shape == (2, 4, 2, 2)
+    assert batch["pixel_labels"][1, 1:].eq(0).all()
+    assert batch["image_labels"].tolist() == [[5, 0], [7, 8]]
+
+
+def test_iou_on_fixture_by_hand(broden):
+    """A unit on exactly the top-left pixel of each image, counted by hand."""
+    ds = BrodenDataset(broden, input_size=4)
+    batch = collate([ds[0], ds[1]])
+    idx = ds.index
+    masks = torch.zeros(2, 1, 2, 2, dtype=torch.bool)
+    masks[:, 0, 0, 0] = True
+    t = IoUTally(1, idx.num_labels, idx.primary_category_tensor(), len(idx.categories))
+    t.add(masks, batch["pixel_labels"], batch["image_labels"])
+    iou = t.iou()[0]
+    # tree (object): both images annotated in object; unit pixels 2; tree pixels 2 + 2;
+    # intersection 1 (image a top-left) -> 1 / (2 + 4 - 1)
+    assert iou[2].item() == pytest.approx(1 / 5)
+    # door (part): only image a is annotated in part; unit 1, door 1, inter 1 -> 1
+    assert iou[3].item() == pytest.approx(1.0)
+    # street (scene, whole image a): unit 1 in a, label 4 pixels, inter 1 -> 1/4
+    assert iou[5].item() == pytest.approx(1 / 4)
+    # striped (texture, whole image b): only b annotated in texture -> 1/4
+    assert iou[7].item() == pytest.approx(1 / 4)
+    # red (color, image a only): unit 1, red 3 pixels, inter 1 -> 1/3
+    assert iou[1].item() == pytest.approx(1 / 3)
+
+
+def test_corrupt_image_is_skipped(broden):
+    (broden / "images" / "ade20k" / "b.jpg").write_bytes(b"not a jpeg")
+    ds = BrodenDataset(broden, input_size=4)
+    item = ds[1]
+    assert item["ok"] is False and "b.jpg" in item["path"]
+    batch = collate([ds[0], item])
+    assert batch["index"].tolist() == [0] and batch["bad"][0][0] == "ade20k/b.jpg"
+
+
+def test_missing_or_foreign_dir(tmp_path):
+    with pytest.raises(DissectError, match="does not exist"):
+        BrodenIndex(tmp_path / "nope")
+    with pytest.raises(DissectError, match="index.csv"):
+        BrodenIndex(tmp_path)
+
+
+def test_display_name():
+    assert display_name("red-c") == "red" and display_name("kitchen-s") == "kitchen"
+    assert display_name("tree") == "tree"
