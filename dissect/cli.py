@@ -1,0 +1,163 @@
+"""The ``dissect`` command line.
+
+``dissect report``           dissect a model and write (or update) the report site
+``dissect data toyworld``    write a toy-world probe set in Broden format
+``dissect data broden``      download and unpack Broden
+``dissect models``           list registered models
+``dissect layers MODEL``     list a model's layer names (paper aliases first)
+``dissect train toy-classifier``  retrain the shipped toy classifier
+
+User errors print one line, ``dissect: error: ...``, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import DissectError
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .experiments.dissection import DissectConfig
+    d = DissectConfig()
+    p = argparse.ArgumentParser(prog="dissect", description="Network dissection: what each "
+                                "unit of a vision network detects, as a browsable static site.")
+    p.add_argument("--version", action="version", version=f"dissect {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("report", help="dissect a model and write the report site",
+                       description="Dissect a model's layers on a probe set and write a "
+                       "self-contained static site (default: the toy classifier on toy-world scenes).")
+    r.add_argument("--model", default="toy", help="registered name (see `dissect models`) or "
+                   "package.module:callable returning an nn.Module (default: toy)")
+    r.add_argument("--weights", default=None, help="weights: a .pth/.pt/.safetensors state_dict "
+                   "file, or 'none' for random init (default: the model's own weights)")
+    r.add_argument("--layer", action="append", default=[], metavar="NAME",
+                   help="layer to dissect (dotted named_modules() path or alias like conv5_3); "
+                   "repeatable (default: the model's last conv block)")
+    r.add_argument("--data", default="toyworld", help="probe set: 'toyworld' (generated), "
+                   "'broden' (downloaded), or a Broden-format folder (default: toyworld)")
+    r.add_argument("--data-size", type=_positive_int, default=None, metavar="N",
+                   help="number of probe images (toyworld: images generated, default 2000 at "
+                   "64 px, 400 larger; other data: the first N)")
+    r.add_argument("--data-seed", type=int, default=1, help="toy-world seed (default 1)")
+    r.add_argument("--split", default=None, help="only images of this split (default: all)")
+    r.add_argument("--input-size", type=_positive_int, default=None,
+                   help="model input size in px (default: the model's own)")
+    r.add_argument("--quantile", type=float, default=d.quantile,
+                   help=f"top quantile q for the threshold T_k (default {d.quantile})")
+    r.add_argument("--quantile-space", choices=["activation", "upsampled"], default=d.quantile_space,
+                   help="take the quantile over the layer's maps (2017) or the upsampled maps (2020)")
+    r.add_argument("--iou-threshold", type=float, default=d.iou_threshold,
+                   help=f"IoU above which a unit is a detector (default {d.iou_threshold})")
+    r.add_argument("--top-k", type=_positive_int, default=d.top_k,
+                   help=f"top images per unit (default {d.top_k})")
+    r.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
+    r.add_argument("--workers", type=int, default=None, help="image decoding processes")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    r.add_argument("--out", default="site", help="site folder (default: site)")
+    r.add_argument("--cache-dir", default=None, help="cache folder (default: $DISSECT_CACHE "
+                   "or ~/.cache/dissect)")
+    r.add_argument("--force", action="store_true", help="recompute, ignoring cached results")
+    r.add_argument("--reproducible", action="store_true",
+                   help="omit the run date so identical inputs give byte-identical sites")
+    r.add_argument("--notes", default=None, metavar="FILE.md",
+                   help="Markdown notes shown on the model's overview page")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    dp = sub.add_parser("data", help="make or fetch probe data sets")
+    dsub = dp.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    t = dsub.add_parser("toyworld", help="write toy-world scenes in Broden format")
+    t.add_argument("--out", required=True)
+    t.add_argument("--size", type=_positive_int, default=2000, help="number of images")
+    t.add_argument("--seed", type=int, default=1)
+    t.add_argument("--image-size", type=_positive_int, default=64)
+    b = dsub.add_parser("broden", help="download and unpack Broden (about 1 GB)")
+    b.add_argument("--out", required=True, help="folder to unpack into")
+    b.add_argument("--variant", default="broden1_224", choices=["broden1_224", "broden1_227"])
+    b.add_argument("--url", default=None, help="another URL (or file:// path) for the zip")
+    b.add_argument("--sha256", default=None, help="expected SHA-256 of the zip")
+
+    sub.add_parser("models", help="list registered models")
+    lp = sub.add_parser("layers", help="list a model's layer names")
+    lp.add_argument("model")
+
+    tp = sub.add_parser("train", help="train a shipped toy model from scratch")
+    tsub = tp.add_subparsers(dest="what", required=True, metavar="MODEL")
+    tc = tsub.add_parser("toy-classifier", help="train the toy scene classifier")
+    tc.add_argument("--out", default=None, help="folder for the weights (default: inside the package)")
+    tc.add_argument("--seed", type=int, default=0)
+    tc.add_argument("--train-size", type=_positive_int, default=6000)
+    tc.add_argument("--epochs", type=_positive_int, default=14)
+    return p
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.command == "report":
+        from .experiments.dissection import DissectConfig
+        from .report import report
+        config = DissectConfig(quantile=args.quantile, quantile_space=args.quantile_space,
+                               iou_threshold=args.iou_threshold, top_k=args.top_k,
+                               batch_size=args.batch_size, num_workers=args.workers,
+                               device=args.device)
+        report(model=args.model, weights=args.weights, layers=args.layer, data=args.data,
+               data_size=args.data_size, data_seed=args.data_seed, split=args.split,
+               out=args.out, config=config, input_size=args.input_size,
+               cache_dir=args.cache_dir, force=args.force, reproducible=args.reproducible,
+               notes=args.notes, command=" ".join(["dissect"] + [shlex.quote(a) for a in argv]),
+               progress=not args.quiet)
+    elif args.command == "data" and args.dataset == "toyworld":
+        from .data.toyworld import write_broden
+        path = write_broden(Path(args.out), n=args.size, seed=args.seed, image_size=args.image_size)
+        print(f"dissect: wrote {args.size} toy-world scenes to {path}")
+    elif args.command == "data" and args.dataset == "broden":
+        from .data.broden import fetch_broden
+        path = fetch_broden(Path(args.out), args.variant, url=args.url, sha256=args.sha256)
+        print(f"dissect: Broden is in {path}")
+    elif args.command == "models":
+        from .models import get_model_spec, list_models
+        for name in list_models():
+            spec = get_model_spec(name)
+            print(f"{name:16s} {spec.input_size:4d}px  default layer {spec.default_layer}")
+    elif args.command == "layers":
+        from .models import layer_names, load_model
+        loaded = load_model(args.model, weights="none", progress=False)
+        for name in layer_names(loaded):
+            target = loaded.aliases.get(name)
+            print(f"{name}  ->  {target}" if target else name)
+    elif args.command == "train" and args.what == "toy-classifier":
+        from .models.train_toy import train_classifier
+        train_classifier(out_dir=args.out, seed=args.seed, train_size=args.train_size,
+                         epochs=args.epochs)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args, argv)
+    except DissectError as e:
+        print(f"dissect: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dissect: interrupted; nothing half-written was left in place", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,457 @@
+"""Gather: turn a results dict into plain view dicts that the templates only lay out.
+
+Everything a page shows is computed and formatted here; templates loop and print.
+Strings from the results stay plain ``str`` (the templates escape them); the only markup
+that leaves this module is the sanitized notes HTML.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import Counter
+from typing import Any
+
+import markdown
+import nh3
+from markupsafe import Markup
+
+#: Category colors: the CSS classes ``cat-0`` … ``cat-7`` and the chart colors agree.
+PALETTE = ("#2f6fbd", "#d9730d", "#2e8b57", "#8e44ad", "#c0392b", "#a67c00", "#138d90", "#6c6f7d")
+_KNOWN = ("object", "part", "scene", "material", "texture", "color")
+
+#: Tags allowed in notes: nh3's safe set, minus anything that loads a resource.
+_NOTE_TAGS = set(nh3.ALLOWED_TAGS) - {"img", "picture", "source", "audio", "video", "track", "map", "area"}
+
+
+def category_classes(categories: list[str]) -> dict[str, int]:
+    """Palette index per category: Broden's categories keep fixed colors, others follow."""
+    out: dict[str, int] = {}
+    extra = len(_KNOWN)
+    for name in categories:
+        if name in out:
+            continue
+        if name in _KNOWN:
+            out[name] = _KNOWN.index(name)
+        else:
+            out[name] = extra % len(PALETTE)
+            extra += 1
+    return out
+
+
+def fmt_iou(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3f}"
+
+
+def fmt_num(x: float | int | None) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}"
+    return f"{x:.6g}"
+
+
+def _shape(shape: list[int] | None) -> str:
+    return "×".join(str(s) for s in shape) if shape else "–"
+
+
+def render_notes(notes_md: str | None) -> Markup | None:
+    """Markdown → HTML, sanitized by nh3 (no raw HTML, scripts, styles or images)."""
+    if not notes_md or not notes_md.strip():
+        return None
+    raw = markdown.markdown(notes_md, extensions=["tables", "fenced_code", "sane_lists"])
+    clean = nh3.clean(raw, tags=_NOTE_TAGS, url_schemes={"http", "https", "mailto"})
+    return Markup(clean)
+
+
+class ModelContext:
+    """What every page of one model needs: categories, colors, the threshold, paths."""
+
+    def __init__(self, results: dict[str, Any], version: str, reproducible: bool) -> None:
+        self.results = results
+        self.version = version
+        self.reproducible = reproducible
+        probe = results.get("probe", {})
+        cats = list(probe.get("categories") or [])
+        for layer in results["layers"]:
+            for unit in layer["units"]:
+                for c in [unit.get("category")] + [t.get("category") for t in unit.get("top_concepts", [])]:
+                    if c and c not in cats:
+                        cats.append(c)
+        self.categories = cats
+        self.cat_index = category_classes(cats)
+        self.params = results.get("params", {})
+        self.iou_threshold = self.params.get("iou_threshold")
+        self.quantile = self.params.get("quantile")
+
+    def cat_class(self, category: str | None) -> str:
+        return "cat-none" if category is None else f"cat-{self.cat_index.get(category, 7)}"
+
+    def footer(self, model_root: str) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "links": [
+                {"label": f"Provenance of {self.results['model']['name']}", "href": f"{model_root}index.html#provenance"},
+                {"label": "provenance.json", "href": f"{model_root}provenance.json"},
+                {"label": "results.json", "href": f"{model_root}results.json"},
+            ],
+        }
+
+
+# ---------------------------------------------------------------------------- site index
+
+def index_row(results: dict[str, Any]) -> dict[str, Any]:
+    """One row of the site index (also read back from an existing model's results.json)."""
+    layers = results["layers"]
+    units = sum(len(layer["units"]) for layer in layers)
+    detectors = sum(1 for layer in layers for u in layer["units"] if u.get("detector"))
+    concepts = {u["label"] for layer in layers for u in layer["units"] if u.get("detector") and u.get("label")}
+    slug = results["model"]["slug"]
+    return {
+        "name": results["model"]["name"],
+        "slug": slug,
+        "href": f"{slug}/index.html",
+        "provenance_href": f"{slug}/index.html#provenance",
+        "kind": results["model"].get("kind", "–"),
+        "probe": results.get("probe", {}).get("name", "–"),
+        "layers": len(layers),
+        "units": fmt_num(units),
+        "detectors": fmt_num(detectors),
+        "unique_concepts": fmt_num(len(concepts)),
+    }
+
+
+def index_page(rows: list[dict[str, Any]], version: str) -> dict[str, Any]:
+    return {
+        "title": "Network dissection",
+        "root": "",
+        "breadcrumbs": [{"label": "All models", "href": None}],
+        "models": rows,
+        "footer": {
+            "version": version,
+            "links": [{"label": f"Provenance of {r['name']}", "href": r["provenance_href"]} for r in rows],
+        },
+        "plotly": False,
+    }
+
+
+# ---------------------------------------------------------------------------- model overview
+
+def _concept_counts(ctx: ModelContext, layer: dict[str, Any]) -> list[dict[str, Any]]:
+    counts = Counter((u["category"], u["label"]) for u in layer["units"] if u.get("detector") and u.get("label"))
+    rows = [
+        {"category": cat, "name": name, "count": n, "cls": ctx.cat_class(cat)}
+        for (cat, name), n in counts.items()
+    ]
+    order = {c: i for i, c in enumerate(ctx.categories)}
+    rows.sort(key=lambda r: (order.get(r["category"], len(order)), -r["count"], r["name"]))
+    return rows
+
+
+def _concept_chart(ctx: ModelContext, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    if not rows:
+        return None
+    traces = []
+    for cat in ctx.categories:
+        mine = [r for r in rows if r["category"] == cat]
+        if not mine:
+            continue
+        # Plotly reads tags and entities in text, so names go in HTML-escaped.
+        traces.append({
+            "type": "bar",
+            "name": html.escape(cat),
+            "x": [html.escape(r["name"]) for r in mine],
+            "y": [r["count"] for r in mine],
+            "marker": {"color": PALETTE[ctx.cat_index[cat]]},
+            "hovertemplate": "%{x}: %{y} detectors<extra>" + html.escape(cat) + "</extra>",
+        })
+    return {
+        "data": traces,
+        "layout": {
+            "barmode": "relative",
+            "height": 300,
+            "margin": {"l": 44, "r": 8, "t": 28, "b": 90},
+            "xaxis": {"type": "category", "tickangle": -60, "automargin": True},
+            "yaxis": {"title": {"text": "detector units"}, "rangemode": "tozero", "dtick": 1 if max(r["count"] for r in rows) <= 8 else None},
+            "legend": {"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom"},
+            "paper_bgcolor": "rgba(0,0,0,0)",
+            "plot_bgcolor": "rgba(0,0,0,0)",
+        },
+    }
+
+
+def _histogram(ctx: ModelContext, layer: dict[str, Any]) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    hist = layer.get("summary", {}).get("iou_histogram") or {}
+    edges, counts = hist.get("edges") or [], hist.get("counts") or []
+    if len(edges) != len(counts) + 1 or not counts:
+        return None, []
+    table = [
+        {"range": f"{lo:.2f}–{hi:.2f}", "count": n}
+        for lo, hi, n in zip(edges[:-1], edges[1:], counts)
+    ]
+    shapes = []
+    if ctx.iou_threshold is not None:
+        shapes.append({
+            "type": "line", "xref": "x", "yref": "paper", "x0": ctx.iou_threshold, "x1": ctx.iou_threshold,
+            "y0": 0, "y1": 1, "line": {"color": "#c0392b", "width": 1.5, "dash": "dash"},
+        })
+    fig = {
+        "data": [{
+            "type": "bar",
+            "x": [round((lo + hi) / 2, 6) for lo, hi in zip(edges[:-1], edges[1:])],
+            "width": [round(hi - lo, 6) for lo, hi in zip(edges[:-1], edges[1:])],
+            "y": counts,
+            "marker": {"color": "#4a5b73"},
+            "customdata": [r["range"] for r in table],
+            "hovertemplate": "IoU %{customdata}: %{y} units<extra></extra>",
+        }],
+        "layout": {
+            "height": 300,
+            "margin": {"l": 44, "r": 8, "t": 8, "b": 44},
+            "xaxis": {"title": {"text": "best IoU"}, "rangemode": "tozero"},
+            "yaxis": {"title": {"text": "units"}, "rangemode": "tozero"},
+            "bargap": 0.05,
+            "shapes": shapes,
+            "showlegend": False,
+            "paper_bgcolor": "rgba(0,0,0,0)",
+            "plot_bgcolor": "rgba(0,0,0,0)",
+        },
+    }
+    return fig, table
+
+
+def _rows(mapping: dict[str, Any], keys: list[str] | None = None) -> list[dict[str, str]]:
+    keys = keys if keys is not None else sorted(mapping)
+    out = []
+    for k in keys:
+        if k not in mapping:
+            continue
+        v = mapping[k]
+        if isinstance(v, (list, tuple)):
+            v = ", ".join(str(x) for x in v) if v else "–"
+        elif isinstance(v, dict):
+            v = json.dumps(v, sort_keys=True)
+        elif not isinstance(v, str):
+            v = fmt_num(v)
+        out.append({"key": k, "value": v})
+    return out
+
+
+def model_page(ctx: ModelContext, layer_slugs: list[str], notes: Markup | None) -> dict[str, Any]:
+    r = ctx.results
+    model, probe, prov = r["model"], r.get("probe", {}), dict(r.get("provenance", {}))
+    if ctx.reproducible:
+        prov["created"] = None
+    layers = []
+    all_concepts: set[str] = set()
+    total_units = total_det = 0
+    for i, (layer, slug) in enumerate(zip(r["layers"], layer_slugs)):
+        s = layer.get("summary", {})
+        units = layer["units"]
+        det = sum(1 for u in units if u.get("detector"))
+        concepts = _concept_counts(ctx, layer)
+        all_concepts.update(c["name"] for c in concepts)
+        total_units += len(units)
+        total_det += det
+        by_cat = Counter(c["category"] for c in concepts for _ in range(c["count"]))
+        hist, hist_table = _histogram(ctx, layer)
+        layers.append({
+            "name": layer["name"],
+            "alias": layer.get("alias"),
+            "href": f"{slug}/index.html",
+            "csv_href": f"{slug}/units.csv",
+            "anchor": f"layer-{i}",
+            "num_units": fmt_num(len(units)),
+            "shape": _shape(layer.get("activation_shape")),
+            "detectors": fmt_num(det),
+            "unique": fmt_num(len({c["name"] for c in concepts})),
+            "dead": fmt_num(sum(1 for u in units if u.get("dead"))),
+            "by_category": [
+                {"name": c, "count": by_cat[c], "cls": ctx.cat_class(c)} for c in ctx.categories if by_cat[c]
+            ],
+            "concepts": concepts,
+            "concept_chart": _concept_chart(ctx, concepts),
+            "concept_chart_id": f"chart-concepts-{i}",
+            "hist_chart": hist,
+            "hist_chart_id": f"chart-iou-{i}",
+            "hist_table": hist_table,
+        })
+    created = prov.get("created")
+    return {
+        "title": f"{model['name']} · network dissection",
+        "root": "../",
+        "breadcrumbs": [{"label": "All models", "href": "../index.html"}, {"label": model["name"], "href": None}],
+        "plotly": any(l["concept_chart"] or l["hist_chart"] for l in layers),
+        "footer": ctx.footer(""),
+        "model": {
+            "name": model["name"],
+            "kind": model.get("kind", "–"),
+            "weights": model.get("weights", "–"),
+            "probe": probe.get("name", "–"),
+            "num_images": fmt_num(probe.get("num_images")),
+        },
+        "stats": [
+            {"label": "layers", "value": fmt_num(len(layers))},
+            {"label": "units", "value": fmt_num(total_units)},
+            {"label": "detectors", "value": fmt_num(total_det)},
+            {"label": "unique concepts", "value": fmt_num(len(all_concepts))},
+        ],
+        "iou_threshold": fmt_num(ctx.iou_threshold),
+        "layers": layers,
+        "notes": notes,
+        "params": _rows(ctx.params),
+        "model_rows": _rows(
+            {**model, "class_names": f"{len(model['class_names'])} classes" if model.get("class_names") else None},
+            ["name", "kind", "weights", "weights_sha256", "weights_file_sha256", "num_parameters", "input_size", "class_names"],
+        ),
+        "probe_rows": _rows(
+            {**probe, "skipped": f"{len(probe.get('skipped') or [])} listed" if probe.get("skipped") else None},
+            ["name", "path", "index_sha256", "num_images", "num_skipped", "skipped", "label_size", "categories", "num_concepts"],
+        ),
+        "provenance_rows": _rows(prov),
+        "created": created,
+        "reproducible": ctx.reproducible or created is None,
+        "skipped": list(probe.get("skipped") or []),
+    }
+
+
+# ---------------------------------------------------------------------------- layer grid
+
+def unit_file(unit: int) -> str:
+    return f"unit-{unit:04d}.html"
+
+
+def _label(u: dict[str, Any]) -> str:
+    return "none" if u.get("dead") or not u.get("label") else u["label"]
+
+
+def layer_page(ctx: ModelContext, layer: dict[str, Any], images: dict[int, Any]) -> dict[str, Any]:
+    model = ctx.results["model"]
+    units = layer["units"]
+    cat_counts = Counter(u.get("category") for u in units if u.get("category") and not u.get("dead"))
+    cards = []
+    for u in units:
+        label = _label(u)
+        concepts = [label] + [t["name"] for t in u.get("top_concepts", [])]
+        thumb = images[u["unit"]]["thumb"]
+        cards.append({
+            "unit": u["unit"],
+            "href": unit_file(u["unit"]),
+            "label": label,
+            "category": u.get("category") if not u.get("dead") else None,
+            "cls": ctx.cat_class(None if u.get("dead") else u.get("category")),
+            "iou": fmt_iou(u.get("iou", 0.0)),
+            "iou_raw": repr(float(u.get("iou") or 0.0)),
+            "detector": bool(u.get("detector")),
+            "dead": bool(u.get("dead")),
+            "search": " ".join(dict.fromkeys(c.lower() for c in concepts)),
+            "thumb": thumb,
+            "alt": f"unit {u['unit']} top images: {label}",
+        })
+    det = sum(1 for c in cards if c["detector"])
+    name = layer["name"] + (f" ({layer['alias']})" if layer.get("alias") else "")
+    return {
+        "title": f"{name} · {model['name']}",
+        "root": "../../",
+        "breadcrumbs": [
+            {"label": "All models", "href": "../../index.html"},
+            {"label": model["name"], "href": "../index.html"},
+            {"label": name, "href": None},
+        ],
+        "plotly": False,
+        "footer": ctx.footer("../"),
+        "layer": {
+            "name": layer["name"],
+            "alias": layer.get("alias"),
+            "num_units": fmt_num(len(units)),
+            "detectors": fmt_num(det),
+            "unique": fmt_num(len({c["label"] for c in cards if c["detector"]})),
+            "dead": fmt_num(sum(1 for c in cards if c["dead"])),
+            "shape": _shape(layer.get("activation_shape")),
+        },
+        "iou_threshold": fmt_num(ctx.iou_threshold),
+        "categories": [
+            {"value": c, "count": cat_counts[c], "cls": ctx.cat_class(c)} for c in ctx.categories if cat_counts[c]
+        ],
+        "cards": cards,
+        "total": len(cards),
+    }
+
+
+# ---------------------------------------------------------------------------- unit detail
+
+def _bar(iou: float, scale: float) -> str:
+    return f"{max(0.0, min(100.0, 100.0 * iou / scale)):.1f}" if scale > 0 else "0.0"
+
+
+def unit_page(
+    ctx: ModelContext, layer: dict[str, Any], index: int, images: dict[int, Any]
+) -> dict[str, Any]:
+    model = ctx.results["model"]
+    units = layer["units"]
+    u = units[index]
+    label = _label(u)
+    tops = u.get("top_concepts", [])
+    by_cat = u.get("top_by_category", {})
+    scale = max([t.get("iou") or 0.0 for t in tops] + [v.get("iou") or 0.0 for v in by_cat.values()] + [0.0])
+    img = images[u["unit"]]
+    q = ctx.quantile
+    af = u.get("active_fraction")
+    ratio = f" (×{af / q:.2f} of q)" if af is not None and q else ""
+    lname = layer["name"] + (f" ({layer['alias']})" if layer.get("alias") else "")
+
+    def nav(j: int) -> dict[str, Any] | None:
+        if not 0 <= j < len(units):
+            return None
+        return {"href": unit_file(units[j]["unit"]), "label": f"unit {units[j]['unit']}"}
+
+    cat_order = [c for c in ctx.categories if c in by_cat] + sorted(c for c in by_cat if c not in ctx.categories)
+    return {
+        "title": f"unit {u['unit']}: {label} · {lname} · {model['name']}",
+        "root": "../../",
+        "breadcrumbs": [
+            {"label": "All models", "href": "../../index.html"},
+            {"label": model["name"], "href": "../index.html"},
+            {"label": lname, "href": "index.html"},
+            {"label": f"unit {u['unit']}", "href": None},
+        ],
+        "plotly": False,
+        "footer": ctx.footer("../"),
+        "unit": {
+            "unit": u["unit"],
+            "label": label,
+            "category": None if u.get("dead") else u.get("category"),
+            "cls": ctx.cat_class(None if u.get("dead") else u.get("category")),
+            "iou": fmt_iou(u.get("iou", 0.0)),
+            "detector": bool(u.get("detector")),
+            "dead": bool(u.get("dead")),
+            "strip": img["full"],
+            "alt": f"unit {u['unit']} top {len(u.get('top_images', []))} images, region where it fires highlighted: {label}",
+        },
+        "stats": [
+            {"key": "best IoU", "value": f"{fmt_iou(u.get('iou', 0.0))} ({'detector' if u.get('detector') else 'not a detector'}; threshold {fmt_num(ctx.iou_threshold)})"},
+            {"key": "activation threshold T_k", "value": fmt_num(u.get("threshold"))},
+            {"key": "active fraction P(S_k > T_k)", "value": f"{fmt_num(af)} vs q = {fmt_num(q)}{ratio}"},
+            {"key": "max activation", "value": fmt_num(u.get("max_activation"))},
+            {"key": "dead (activation never varies)", "value": "yes" if u.get("dead") else "no"},
+        ],
+        "top_concepts": [
+            {"name": t["name"], "category": t.get("category"), "cls": ctx.cat_class(t.get("category")),
+             "iou": fmt_iou(t.get("iou")), "bar": _bar(t.get("iou") or 0.0, scale)}
+            for t in tops
+        ],
+        "top_by_category": [
+            {"category": c, "cls": ctx.cat_class(c), "name": by_cat[c].get("name"),
+             "iou": fmt_iou(by_cat[c].get("iou")), "bar": _bar(by_cat[c].get("iou") or 0.0, scale)}
+            for c in cat_order
+        ],
+        "top_images": [
+            {"rank": k + 1, "image": t.get("image", "–"), "index": t.get("index", "–"),
+             "max_activation": fmt_num(t.get("max_activation"))}
+            for k, t in enumerate(u.get("top_images", []))
+        ],
+        "prev": nav(index - 1),
+        "next": nav(index + 1),
+    }
