@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="omit the run date so identical inputs give byte-identical sites")
     r.add_argument("--notes", default=None, metavar="FILE.md",
                    help="Markdown notes shown on the model's overview page")
+    r.add_argument("--zip", default=None, metavar="FILE.zip",
+                   help="also write the whole site as one archive (e.g. for a paper's supplement)")
+    r.add_argument("--thumb-height", type=_positive_int, default=48, metavar="PX",
+                   help="height of the unit grid's thumbnails in px (default 48; smaller = smaller site)")
+    r.add_argument("--jpeg-quality", type=_positive_int, default=85, metavar="Q",
+                   help="JPEG quality 1-95 of re-encoded images and thumbnails (default 85)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
 
     dp = sub.add_parser("data", help="make or fetch probe data sets")
@@ -119,7 +125,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                out=args.out, config=config, input_size=args.input_size,
                cache_dir=args.cache_dir, force=args.force, reproducible=args.reproducible,
                notes=args.notes, command=" ".join(["dissect"] + [shlex.quote(a) for a in argv]),
-               progress=not args.quiet)
+               progress=not args.quiet, zip_path=args.zip, thumb_height=args.thumb_height,
+               jpeg_quality=args.jpeg_quality)
     elif args.command == "data" and args.dataset == "toyworld":
         from .data.toyworld import write_broden
         path = write_broden(Path(args.out), n=args.size, seed=args.seed, image_size=args.image_size)
@@ -132,7 +139,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         from .models import get_model_spec, list_models
         for name in list_models():
             spec = get_model_spec(name)
-            print(f"{name:16s} {spec.input_size:4d}px  default layer {spec.default_layer}")
+            default = spec.default_layer
+            default = ", ".join(default) if isinstance(default, tuple) else default
+            print(f"{name:16s} {spec.input_size:4d}px  default layer(s): {default}")
     elif args.command == "layers":
         from .models import layer_names, load_model
         loaded = load_model(args.model, weights="none", progress=False)

@@ -110,11 +110,23 @@ def report(model="toy", *, weights: str | None = None, layers: Sequence[str] = (
            config: DissectConfig | None = None, input_size: int | None = None,
            cache_dir: str | os.PathLike | None = None, force: bool = False,
            reproducible: bool = False, notes: str | os.PathLike | None = None,
-           command: str | None = None, progress: bool = True) -> Path:
-    """Dissect ``model`` and write (or update) the site at ``out``. Returns the index path."""
+           command: str | None = None, progress: bool = True,
+           zip_path: str | os.PathLike | None = None, thumb_height: int = 48,
+           jpeg_quality: int = 85) -> Path:
+    """Dissect ``model`` and write (or update) the site at ``out``. Returns the index path.
+
+    ``zip_path`` also writes the whole site as one archive; ``thumb_height`` (grid thumbnail
+    height in px) and ``jpeg_quality`` (re-encoded images) trade size for detail.
+    """
     t0 = time.time()
     config = config or DissectConfig()
     config.validate()
+    if not (isinstance(thumb_height, int) and 8 <= thumb_height <= 1024):
+        raise DissectError(f"thumb_height must be an integer from 8 to 1024 px, got {thumb_height!r}")
+    if not (isinstance(jpeg_quality, int) and 1 <= jpeg_quality <= 95):
+        raise DissectError(f"jpeg_quality must be an integer from 1 to 95, got {jpeg_quality!r}")
+    if zip_path is not None and Path(zip_path).is_dir():
+        raise DissectError(f"--zip {zip_path} is a folder; give a file name such as site.zip")
     out = Path(out)
     check_out_dir(out)
     notes_md = None
@@ -128,8 +140,12 @@ def report(model="toy", *, weights: str | None = None, layers: Sequence[str] = (
 
     loaded = as_loaded(model, weights, input_size, progress)
     paths: list[tuple[str, str | None]] = []
+    by_path = {}
+    for alias, target in loaded.aliases.items():
+        by_path.setdefault(target, alias)   # the first (paper) name given for a module
     for name in (layers or loaded.default_layers):
-        paths.append(resolve_layer(loaded, name))
+        path, alias = resolve_layer(loaded, name)
+        paths.append((path, alias or by_path.get(path)))
     if not paths:
         raise DissectError("no layer to dissect: pass --layer NAME (see `dissect layers MODEL`)")
     paths = list(dict.fromkeys(paths))
@@ -193,10 +209,15 @@ def report(model="toy", *, weights: str | None = None, layers: Sequence[str] = (
         "layers": layer_results,
     }
     from .site import write_site
-    index_path = write_site(out, [(results, run_dir)], reproducible=reproducible, notes_md=notes_md)
+    site_dir = write_site(out, [(results, run_dir)], reproducible=reproducible, notes_md=notes_md,
+                            thumb_height=thumb_height, jpeg_quality=jpeg_quality)
+    from .publish import format_size_report, site_size, zip_site
+    zip_bytes = zip_site(out, zip_path).stat().st_size if zip_path is not None else None
+    if progress:
+        print(format_size_report(site_size(out), zip_bytes))
     if progress:
         units = sum(layer["num_units"] for layer in layer_results)
         dets = sum(layer["summary"]["detectors"] for layer in layer_results)
         print(f"dissect: {loaded.name}: {len(layer_results)} layer(s), {units} units, "
-              f"{dets} detectors in {time.time() - t0:.0f}s; open {Path(index_path).resolve()}")
-    return Path(index_path)
+              f"{dets} detectors in {time.time() - t0:.0f}s; open {(Path(site_dir) / 'index.html').resolve()}")
+    return Path(site_dir) / "index.html"

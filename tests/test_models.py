@@ -116,7 +116,7 @@ def test_toy_classifier_shapes() -> None:
     assert TOY_ALIASES["conv1_1"] == "features.1" and TOY_ALIASES["conv4_2"] == "features.18"
     assert list(TOY_ALIASES) == [f"conv{b}_{c}" for b in range(1, 5) for c in (1, 2)]
     m = load_model("toy", weights="none")
-    assert m.input_size == 64 and m.default_layers == ["features.18"]
+    assert m.input_size == 64 and m.default_layers == ["features.8", "features.13", "features.18"]
     for alias, path in TOY_ALIASES.items():
         assert isinstance(get_layer(m, alias), nn.ReLU)
         conv = m.module.features[int(path.split(".")[1]) - 1]

@@ -64,7 +64,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 
@@ -768,7 +768,8 @@ def write_broden(out_dir, n: int, seed: int, image_size: int = 64, val_fraction:
         old = _read_manifest(out)
         if old is None and any(out.iterdir()):
             raise DissectError(
-                f"{out} is not empty and is not a toy world directory; choose an empty or new --out")
+                f"{out} is not empty and is not a toy world directory; "
+                "choose an empty or new --out")
         if old == want and (out / "index.csv").is_file():
             return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -800,7 +801,7 @@ def _write_into(root: Path, n: int, seed: int, size: int, val_fraction: float,
     cover = np.zeros(max_num + 1, np.float64)
     npx = float(size * size)
     rows = []
-    it: Sequence[int] | Iterable[int] = range(n)
+    it: Iterable[int] = range(n)
     if progress:
         from tqdm import tqdm
 

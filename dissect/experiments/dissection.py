@@ -27,7 +27,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..data.broden import BrodenDataset, make_loader
+from ..data.broden import BrodenDataset, make_loader, warn_bad
 from ..errors import DissectError
 from ..hooks import Trace
 from ..stats import IoUTally, TopK, TopQuantile
@@ -177,6 +177,7 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
                                         desc="dissect: thresholds", unit="batch",
                                         disable=not progress, leave=False)):
             skipped += [p for p, _ in batch["bad"]]
+            warn_bad(batch["bad"])
             if "image" not in batch:
                 continue
             acts = _forward(model, todo, batch["image"].to(device))

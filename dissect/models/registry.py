@@ -62,7 +62,7 @@ class ModelSpec:
     kind: str = "classifier"
     default_weights: str | None = None  # "torchvision:VGG16_Weights.IMAGENET1K_V1", "builtin:toy_classifier"
     input_size: int = 224
-    default_layer: str | None = None  # an alias or a dotted path
+    default_layer: str | tuple[str, ...] | None = None  # alias(es) or dotted path(s)
     aliases: Mapping[str, str] = field(default_factory=dict)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -429,7 +429,7 @@ def load_model(
         weights=src.label,
         weights_sha256=state_dict_sha256(module),
         weights_file_sha256=src.file_sha256,
-        default_layers=[aliases.get(default, default)] if default else [],
+        default_layers=[aliases.get(d, d) for d in ((default,) if isinstance(default, str) else (default or ()))],
         aliases=aliases,
     )
 

@@ -36,7 +36,8 @@ def toy_aliases(num_blocks: int = len(DEFAULT_WIDTHS), convs_per_block: int = CO
 
 
 TOY_ALIASES: dict[str, str] = toy_aliases()
-TOY_DEFAULT_LAYER = "conv4_2"
+# low, middle and last conv layers: the report shows the shift from colors to objects
+TOY_DEFAULT_LAYER = ("conv2_2", "conv3_2", "conv4_2")
 TOY_INPUT_SIZE = 64
 
 

@@ -108,6 +108,13 @@ def index_row(results: dict[str, Any]) -> dict[str, Any]:
     units = sum(len(layer["units"]) for layer in layers)
     detectors = sum(1 for layer in layers for u in layer["units"] if u.get("detector"))
     concepts = {u["label"] for layer in layers for u in layer["units"] if u.get("detector") and u.get("label")}
+    # Unique concepts per category (a concept counts once per model, under its category).
+    pairs = {(u.get("category"), u["label"]) for layer in layers for u in layer["units"]
+             if u.get("detector") and u.get("label") and u.get("category")}
+    by_cat = Counter(cat for cat, _ in pairs)
+    cats = [c for c in results.get("probe", {}).get("categories") or [] if by_cat[c]]
+    cats += sorted(c for c in by_cat if c not in cats)
+    cat_index = category_classes(list(results.get("probe", {}).get("categories") or []) + cats)
     slug = results["model"]["slug"]
     return {
         "name": results["model"]["name"],
@@ -120,6 +127,7 @@ def index_row(results: dict[str, Any]) -> dict[str, Any]:
         "units": fmt_num(units),
         "detectors": fmt_num(detectors),
         "unique_concepts": fmt_num(len(concepts)),
+        "unique_by_category": [{"name": c, "count": by_cat[c], "cls": f"cat-{cat_index[c]}"} for c in cats],
     }
 
 
@@ -310,7 +318,8 @@ def model_page(ctx: ModelContext, layer_slugs: list[str], notes: Markup | None) 
             {**probe, "skipped": f"{len(probe.get('skipped') or [])} listed" if probe.get("skipped") else None},
             ["name", "path", "index_sha256", "num_images", "num_skipped", "skipped", "label_size", "categories", "num_concepts"],
         ),
-        "provenance_rows": _rows(prov),
+        # The run's date stays in provenance.json / results.json: pages are identical across runs.
+        "provenance_rows": _rows({k: v for k, v in prov.items() if k != "created"}),
         "created": created,
         "reproducible": ctx.reproducible or created is None,
         "skipped": list(probe.get("skipped") or []),

@@ -1,0 +1,881 @@
+"""Classifier ablation, as METHOD.md section 2 gives it: which units each class depends on.
+
+For one layer of a classifier:
+
+* **single-unit importance**: for every unit k and class c, the drop in c's balanced accuracy
+  (one-vs-rest decision "predicted == c", ``(recall + TNR) / 2``) when unit k alone is
+  zeroed; units are ranked per class on the training split and the drops are reported on
+  the held-out split;
+* **top-N curves**: c's balanced accuracy when its N most important units are removed, and
+  when all *but* those N are removed, next to the same for N random units (several draws);
+* **units important to many classes**: per unit, the number of classes for which it is among
+  the top units, to hold against its best IoU from the dissection.
+
+Speed: the layer's activations ``A`` are computed once per image. The network is split at the
+layer with ``torch.fx`` (:func:`split_tail`), so each ablation only re-runs the part after
+the layer, ``tail(A * mask)``, and many ablations share one batch. Where the graph cannot be
+split (data-dependent control flow, a skip connection around the layer, a module called
+twice) every ablation runs the whole network with a hook (:class:`~dissect.hooks.Intervene`)
+instead; results are the same either way, only slower.
+
+The adversarial view (PGD from class A to class B) is in :mod:`dissect.experiments.attack`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.fx
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..data.broden import BrodenDataset, BrodenIndex, make_loader
+from ..errors import DissectError
+from ..hooks import Intervene, Trace, get_module
+from .dissection import resolve_device
+
+DEFAULT_TOP_N: tuple[int | str, ...] = (1, 2, 3, 4, 5, 10, 20, 50, 100, "all")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+
+
+# =============================================================================== config
+@dataclass
+class AblationConfig:
+    """Parameters of the ablation experiment; every one is written into ``results.json``."""
+
+    top_n: tuple[int | str, ...] = DEFAULT_TOP_N  # sizes N of the top-N curves; "all" = every unit
+    important: int = 5               # a unit is "important" to c when among c's top `important`
+    list_units: int = 20             # top units listed per class in the results
+    random_draws: int = 5            # random unit sets per N for the baseline
+    seed: int = 1                    # seeds the random unit sets (and the attack's random start)
+    rank_split: str = "train"        # units are ranked on this split ...
+    eval_split: str = "val"          # ... and accuracies reported on this one
+    category: str = "scene"          # Broden category whose whole-image labels are the classes
+    attack: bool = True              # run the adversarial view
+    attack_epsilon: float = 8 / 255  # L-inf budget in [0, 1] pixel units
+    attack_steps: int = 10
+    attack_step_size: float | None = None  # default 2.5 * epsilon / steps
+    attack_pairs: int = 4            # (A, B) pairs: the most confused ones, one per source class
+    attack_pair_names: tuple[tuple[str, str], ...] = ()  # explicit pairs instead
+    attack_images: int = 24          # images of A attacked per pair (correctly classified ones)
+    batch_size: int = 64
+    num_workers: int | None = None
+    device: str = "auto"
+    chunk_mb: int = 128              # largest batch of ablated activations fed to the tail at once
+
+    def validate(self) -> None:
+        if not self.top_n:
+            raise DissectError("--ablation-top-n needs at least one size")
+        for n in self.top_n:
+            if n != "all" and not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
+                raise DissectError(f"--ablation-top-n: sizes are positive integers or 'all', got {n!r}")
+        for name in ("important", "list_units", "random_draws", "attack_steps", "attack_images",
+                     "batch_size", "chunk_mb"):
+            if getattr(self, name) < 1:
+                raise DissectError(f"ablation {name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.attack_pairs < 0:
+            raise DissectError(f"--attack-pairs must be at least 0, got {self.attack_pairs}")
+        if not 0.0 < self.attack_epsilon <= 1.0:
+            raise DissectError(f"--attack-epsilon must be in (0, 1] (pixel units), got {self.attack_epsilon}")
+        if self.attack_step_size is not None and self.attack_step_size <= 0:
+            raise DissectError(f"attack step size must be positive, got {self.attack_step_size}")
+        if self.rank_split == self.eval_split:
+            raise DissectError(f"the ranking and evaluation splits must differ (both {self.rank_split!r})")
+
+    @property
+    def step_size(self) -> float:
+        return self.attack_step_size or 2.5 * self.attack_epsilon / self.attack_steps
+
+    def sizes(self, num_units: int) -> tuple[list[int], list[int]]:
+        """``(sizes used, sizes left out because they exceed the layer)``; "all" = num_units."""
+        used, dropped = set(), []
+        for n in self.top_n:
+            if n == "all":
+                used.add(num_units)
+            elif n > num_units:
+                dropped.append(int(n))
+            else:
+                used.add(int(n))
+        return sorted(used), sorted(set(dropped))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["top_n"] = [n for n in self.top_n]
+        d["attack_pair_names"] = [list(p) for p in self.attack_pair_names]
+        d["attack_step_size"] = round(self.step_size, 8)
+        d["attack_epsilon"] = round(self.attack_epsilon, 8)
+        d["attack_space"] = "L-inf in [0, 1] pixel space (= epsilon / std per channel in normalized input space), clipped to the pixel box"
+        d["balanced_accuracy"] = "(recall + true-negative rate) / 2 of the one-vs-rest decision predicted == c"
+        d["ranking"] = ("units ranked per class by the drop in the class's balanced accuracy on the "
+                        f"{self.rank_split!r} split when the unit alone is zeroed; ties broken by the drop "
+                        "in mean log-probability of the true class over the class's images, then by unit number")
+        d.pop("num_workers")
+        d.pop("device")
+        return d
+
+
+def parse_top_n(text: str) -> tuple[int | str, ...]:
+    """``"1,2,5,all"`` -> ``(1, 2, 5, "all")`` (for the CLI)."""
+    out: list[int | str] = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        if not item:
+            continue
+        if item == "all":
+            out.append("all")
+            continue
+        try:
+            v = int(item)
+        except ValueError:
+            raise DissectError(f"--ablation-top-n: {item!r} is not an integer or 'all'") from None
+        if v < 1:
+            raise DissectError(f"--ablation-top-n: sizes must be at least 1, got {v}")
+        out.append(v)
+    if not out:
+        raise DissectError("--ablation-top-n needs at least one size, e.g. 1,2,5,10,all")
+    return tuple(dict.fromkeys(out))
+
+
+# =============================================================================== data
+class TensorImages(torch.utils.data.Dataset):
+    """Normalized images held in memory, as loader items (``index``, ``ok``, ``image``)."""
+
+    def __init__(self, images: Tensor):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"index": i, "ok": True, "path": f"#{i}", "image": self.images[i].float()}
+
+
+class FolderImages(torch.utils.data.Dataset):
+    """Image files, resized as torchvision's evaluation transform does: shorter side to
+    ``input_size * 256 / 224``, then a centered ``input_size`` crop, then normalized."""
+
+    def __init__(self, files: Sequence[Path], input_size: int, mean: Sequence[float], std: Sequence[float]):
+        self.files = list(files)
+        self.input_size = int(input_size)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> dict:
+        path = self.files[i]
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+            s = self.input_size
+            short = max(s, round(s * 256 / 224))
+            w, h = im.size
+            scale = short / min(w, h)
+            im = im.resize((max(s, round(w * scale)), max(s, round(h * scale))), Image.BILINEAR)
+            w, h = im.size
+            left, top = (w - s) // 2, (h - s) // 2
+            im = im.crop((left, top, left + s, top + s))
+            x = torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
+        except (OSError, ValueError, UnidentifiedImageError, SyntaxError) as e:
+            return {"index": i, "ok": False, "path": str(path), "error": f"{type(e).__name__}: {e}"}
+        return {"index": i, "ok": True, "path": str(path), "image": (x - self.mean) / self.std}
+
+
+@dataclass
+class LabeledSplit:
+    """Images with one class each: ``labels[i]`` is the model output index of image i."""
+
+    name: str
+    dataset: torch.utils.data.Dataset
+    labels: Tensor
+
+
+@dataclass
+class LabeledData:
+    """The two splits of a labeled image set, and how they were made."""
+
+    rank: LabeledSplit
+    eval: LabeledSplit
+    source: str
+    path: str
+    class_names: list[str]           # the model's output names
+    messages: list[str] = field(default_factory=list)
+
+    def info(self) -> dict:
+        def counts(split: LabeledSplit) -> dict[str, int]:
+            c = torch.bincount(split.labels, minlength=len(self.class_names)).tolist()
+            present = sorted(set(self.rank.labels.tolist()) | set(self.eval.labels.tolist()))
+            return {self.class_names[i]: int(c[i]) for i in present}
+        return {"source": self.source, "path": self.path,
+                "rank_split": self.rank.name, "eval_split": self.eval.name,
+                "rank_images": len(self.rank.labels), "eval_images": len(self.eval.labels),
+                "class_counts": {"rank": counts(self.rank), "eval": counts(self.eval)}}
+
+
+def _norm_name(name: str) -> str:
+    return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
+
+
+def match_classes(data_names: Sequence[str], class_names: Sequence[str] | None,
+                  what: str) -> tuple[dict[str, int], list[str]]:
+    """Map data class names onto model output indices (exact, else ignoring case, ``_`` and
+    ``-``). Returns ``(mapping, messages)``; raises when nothing matches."""
+    if not class_names:
+        raise DissectError("the model has no class names, so its outputs cannot be matched to labeled "
+                           "images; give weights with a .json beside them holding {\"class_names\": [...]}, "
+                           "or pass --no-ablation")
+    exact = {n: i for i, n in enumerate(class_names)}
+    loose: dict[str, int] = {}
+    for i, n in enumerate(class_names):
+        loose.setdefault(_norm_name(n), i)
+    mapping, missing = {}, []
+    for name in data_names:
+        if name in exact:
+            mapping[name] = exact[name]
+        elif _norm_name(name) in loose:
+            mapping[name] = loose[_norm_name(name)]
+        else:
+            missing.append(name)
+    if not mapping:
+        shown = ", ".join(list(data_names)[:8]) + (" …" if len(data_names) > 8 else "")
+        outs = ", ".join(list(class_names)[:8]) + (" …" if len(class_names) > 8 else "")
+        raise DissectError(f"none of the {len(data_names)} classes of {what} ({shown or 'none'}) is one of "
+                           f"the model's {len(class_names)} outputs ({outs}); pass --ablation-data with "
+                           "folders named after the model's classes, or --no-ablation")
+    msgs = []
+    if missing:
+        msgs.append(f"{len(missing)} class(es) of {what} are not outputs of the model and were left out: "
+                    + ", ".join(missing[:20]) + (" …" if len(missing) > 20 else ""))
+    return mapping, msgs
+
+
+def _alternate(indices: list[int]) -> tuple[list[int], list[int]]:
+    return indices[0::2], indices[1::2]
+
+
+def labeled_from_broden(index: BrodenIndex | str | os.PathLike, class_names: Sequence[str] | None,
+                        input_size: int, mean: Sequence[float], std: Sequence[float],
+                        config: AblationConfig | None = None) -> LabeledData:
+    """Classes from the whole-image labels of ``config.category`` (the toy world's scenes).
+
+    Images are split by the index's ``split`` column (``rank_split`` / ``eval_split``); when
+    either has no labeled image, the labeled images are split alternately instead.
+    """
+    config = config or AblationConfig()
+    index = index if isinstance(index, BrodenIndex) else BrodenIndex(index)
+    cat_labels = {num: lab.display for num, lab in index.labels.items() if lab.category == config.category}
+    if not cat_labels:
+        raise DissectError(f"the labeled data {index.root} has no whole-image labels in category "
+                           f"{config.category!r} to use as classes; pass --ablation-data FOLDER "
+                           "(one sub-folder of images per class) or --no-ablation")
+    names = sorted(set(cat_labels.values()))
+    mapping, msgs = match_classes(names, class_names, f"the {config.category} labels of {index.root.name}")
+    by_split: dict[str, list[int]] = {}
+    labels: dict[int, int] = {}
+    ambiguous = 0
+    for i, rec in enumerate(index.records):
+        hits = {mapping[cat_labels[n]] for n in rec.image_labels if n in cat_labels and cat_labels[n] in mapping}
+        if len(hits) == 1:
+            labels[i] = hits.pop()
+            by_split.setdefault(rec.split, []).append(i)
+        elif len(hits) > 1:
+            ambiguous += 1
+    if ambiguous:
+        msgs.append(f"{ambiguous} image(s) carry more than one class label and were left out")
+    rank, ev = by_split.get(config.rank_split, []), by_split.get(config.eval_split, [])
+    rank_name, eval_name = config.rank_split, config.eval_split
+    if not rank or not ev:
+        everything = sorted(labels)
+        rank, ev = _alternate(everything)
+        msgs.append(f"no labeled images in split {config.rank_split if not by_split.get(config.rank_split) else config.eval_split!r}; "
+                    "the labeled images were split alternately into ranking and evaluation halves")
+        rank_name, eval_name = "even images", "odd images"
+    if not rank or not ev:
+        raise DissectError(f"{index.root} has too few labeled images for ablation ({len(labels)})")
+
+    def split(name: str, idx: list[int]) -> LabeledSplit:
+        ds = BrodenDataset(index, input_size=input_size, mean=mean, std=std, with_labels=False, indices=idx)
+        return LabeledSplit(name, ds, torch.tensor([labels[i] for i in idx], dtype=torch.long))
+
+    return LabeledData(split(rank_name, rank), split(eval_name, ev), "broden", str(index.root),
+                       list(class_names or []), msgs)
+
+
+def _folder_classes(root: Path) -> dict[str, list[Path]]:
+    out = {}
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        out[d.name] = files
+    return out
+
+
+def labeled_from_folder(root: str | os.PathLike, class_names: Sequence[str] | None, input_size: int,
+                        mean: Sequence[float], std: Sequence[float],
+                        config: AblationConfig | None = None) -> LabeledData:
+    """An ImageFolder-style directory: ``root/<class>/*.jpg``, or ``root/train/<class>/…`` and
+    ``root/val/<class>/…`` (the split names of ``config``). Class folders are matched to the
+    model's class names; without the two split folders, each class's images (sorted by
+    name) alternate between the ranking and the evaluation half."""
+    config = config or AblationConfig()
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DissectError(f"--ablation-data {root} is not a folder")
+    rs, es = root / config.rank_split, root / config.eval_split
+    msgs: list[str] = []
+    if rs.is_dir() and es.is_dir():
+        parts = {"rank": _folder_classes(rs), "eval": _folder_classes(es)}
+        names = sorted(set(parts["rank"]) | set(parts["eval"]))
+        rank_name, eval_name = config.rank_split, config.eval_split
+    else:
+        classes = _folder_classes(root)
+        names = sorted(classes)
+        parts = {"rank": {}, "eval": {}}
+        for n, files in classes.items():
+            parts["rank"][n], parts["eval"][n] = _alternate(files)
+        rank_name, eval_name = "even images", "odd images"
+    if not names:
+        raise DissectError(f"--ablation-data {root} holds no class folders (expected {root}/<class>/image.jpg)")
+    mapping, more = match_classes(names, class_names, f"the folder {root.name}")
+    msgs += more
+
+    def split(name: str, which: str) -> LabeledSplit:
+        files, labels = [], []
+        for n in names:
+            if n in mapping:
+                fs = parts[which].get(n, [])
+                files += fs
+                labels += [mapping[n]] * len(fs)
+        if not files:
+            raise DissectError(f"--ablation-data {root}: no images for the {name!r} split")
+        return LabeledSplit(name, FolderImages(files, input_size, mean, std), torch.tensor(labels, dtype=torch.long))
+
+    return LabeledData(split(rank_name, "rank"), split(eval_name, "eval"), "folder", str(root),
+                       list(class_names or []), msgs)
+
+
+def labeled_from_tensors(rank_images: Tensor, rank_labels: Tensor, eval_images: Tensor,
+                         eval_labels: Tensor, class_names: Sequence[str]) -> LabeledData:
+    """Normalized images and labels already in memory (tests, notebooks)."""
+    return LabeledData(LabeledSplit("train", TensorImages(rank_images), torch.as_tensor(rank_labels).long()),
+                       LabeledSplit("val", TensorImages(eval_images), torch.as_tensor(eval_labels).long()),
+                       "tensors", "", list(class_names))
+
+
+def open_labeled_data(path: str | os.PathLike, class_names: Sequence[str] | None, input_size: int,
+                      mean: Sequence[float], std: Sequence[float],
+                      config: AblationConfig | None = None) -> LabeledData:
+    """A Broden-format folder (with class labels in ``config.category``) or an ImageFolder."""
+    p = Path(path).expanduser()
+    if (p / "index.csv").is_file():
+        return labeled_from_broden(p, class_names, input_size, mean, std, config)
+    return labeled_from_folder(p, class_names, input_size, mean, std, config)
+
+
+# =============================================================================== graph split
+class _LeafTracer(torch.fx.Tracer):
+    """An fx tracer that keeps the layer being ablated as one call (its output = the node's)."""
+
+    def __init__(self, leaf: str):
+        super().__init__()
+        self.leaf = leaf
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return qualname == self.leaf or super().is_leaf_module(m, qualname)
+
+
+def split_tail(model: nn.Module, layer: str) -> tuple[nn.Module | None, str]:
+    """The part of ``model`` after ``layer``, as a module ``tail(activation) -> output``.
+
+    Traces the model with ``torch.fx`` (the layer kept as one call) and keeps what the output
+    needs after the layer. Returns ``(tail, "split (torch.fx)")``, or ``(None, reason)`` when
+    the graph cannot be split: tracing fails, the layer runs more than once, or the network
+    after the layer also reads values computed before it (a skip connection around it).
+    """
+    get_module(model, layer)
+    tracer = _LeafTracer(layer)
+    try:
+        graph = tracer.trace(model)
+    except Exception as e:  # fx raises many types on untraceable code; any of them means "fall back"
+        first = (str(e).strip().splitlines() or [""])[0][:120]
+        return None, f"full forward (torch.fx could not trace the model: {type(e).__name__}: {first})"
+    nodes = list(graph.nodes)
+    calls = [n for n in nodes if n.op == "call_module" and n.target == layer]
+    if len(calls) != 1:
+        return None, f"full forward (the layer is called {len(calls)} times in the traced graph)"
+    at = calls[0]
+    from_input: set = set()
+    from_layer: set = {at}
+    for n in nodes:
+        ins = n.all_input_nodes
+        if n.op == "placeholder" or any(i in from_input for i in ins):
+            from_input.add(n)
+        if n is not at and any(i in from_layer for i in ins):
+            from_layer.add(n)
+    output = next(n for n in nodes if n.op == "output")
+    needed, stack = set(), [output]
+    while stack:
+        n = stack.pop()
+        if n in needed:
+            continue
+        needed.add(n)
+        if n is not at:
+            stack.extend(n.all_input_nodes)
+    if at not in needed:
+        return None, "full forward (the model's output does not depend on the layer)"
+    if any(n in from_input and n not in from_layer for n in needed):
+        return None, "full forward (the network after the layer also reads earlier values, e.g. a skip connection)"
+    new = torch.fx.Graph()
+    env = {at: new.placeholder("activation")}
+    for n in nodes:
+        if n in needed and n is not at:
+            env[n] = new.node_copy(n, lambda a: env[a])
+    tail = torch.fx.GraphModule(tracer.root, new, class_name="Tail")
+    tail.train(model.training)
+    return tail, "split (torch.fx)"
+
+
+# =============================================================================== runner
+def _to_logits(out: Any) -> Tensor:
+    if isinstance(out, Tensor):
+        return out
+    logits = getattr(out, "logits", None)  # e.g. torchvision's GoogLeNetOutputs
+    if isinstance(logits, Tensor):
+        return logits
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    raise DissectError(f"the model returned {type(out).__name__}, not a tensor of class scores")
+
+
+class AblationRunner:
+    """A layer's activations on a labeled split, computed once, and ablations evaluated on them.
+
+    ``run(masks)`` evaluates many ablations: ``masks[j]`` is a ``[units]`` vector (1 = keep,
+    0 = zero the unit); it returns the predicted classes ``[M, N]`` and each image's
+    log-probability of its true class ``[M, N]``.
+    """
+
+    def __init__(self, model: nn.Module, layer: str, split: LabeledSplit, *, device: torch.device | str = "cpu",
+                 batch_size: int = 64, num_workers: int | None = None, chunk_mb: int = 128,
+                 tail: nn.Module | None | str = "auto", progress: bool = False):
+        self.model = model.eval()
+        self.layer = layer
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.chunk_elems = max(1, chunk_mb * 2 ** 20 // 4)
+        if tail == "auto":
+            self.tail, self.method = split_tail(model, layer)
+        else:
+            self.tail, self.method = tail, ("split (given tail)" if tail is not None else "full forward")
+        acts, imgs, keep, skipped = [], [], [], []
+        t0 = time.time()
+        with torch.inference_mode():
+            loader = make_loader(split.dataset, batch_size, num_workers) if not isinstance(split.dataset, TensorImages) \
+                else _tensor_batches(split.dataset, batch_size)
+            for batch in tqdm(loader, desc=f"ablation: {layer} activations ({split.name})", unit="batch",
+                              disable=not progress, leave=False):
+                skipped += [p for p, _ in batch.get("bad", [])]
+                if "image" not in batch:
+                    continue
+                x = batch["image"].to(self.device)
+                with Trace(model, [layer], stop=self.tail is not None) as tr:
+                    out = model(x)
+                if layer not in tr.outputs:
+                    raise DissectError(f"layer {layer!r} did not run in the model's forward pass")
+                acts.append(tr[layer].float())
+                if self.tail is None:
+                    imgs.append(x)
+                keep.append(batch["index"])
+        if not acts:
+            raise DissectError(f"no readable image in the {split.name!r} split")
+        self.acts = torch.cat(acts)
+        self.images = torch.cat(imgs) if imgs else None
+        self.indices = torch.cat(keep)      # dataset index of each row
+        self.labels = split.labels[self.indices].to(self.device)
+        self.skipped = sorted(set(skipped))
+        self.split = split.name
+        self.seconds_activations = time.time() - t0
+        if self.acts.dim() < 2:
+            raise DissectError(f"layer {layer!r} output has shape {list(self.acts.shape)}; ablation needs [N, units, ...]")
+        self.num_units = int(self.acts.shape[1])
+        self.num_outputs = int(self.logits(torch.ones(1, self.num_units, device=self.device))[0].shape[-1])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _mask_view(self, masks: Tensor) -> Tensor:
+        return masks.view(masks.shape[0], 1, self.num_units, *([1] * (self.acts.dim() - 2)))
+
+    def _chunks(self, m_total: int):
+        """(image slice, mask slice) pairs: image batches of ablations that fit ``chunk_mb``."""
+        n = len(self.labels)
+        per = max(1, int(np.prod(self.acts.shape[1:])))
+        if self.tail is None:
+            rows = self.batch_size
+        else:
+            rows = max(1, self.chunk_elems // per)
+        b = max(1, min(n, rows))
+        m = max(1, rows // b)
+        for i0 in range(0, n, b):
+            for j0 in range(0, m_total, m):
+                yield slice(i0, min(n, i0 + b)), slice(j0, min(m_total, j0 + m))
+
+    def _forward(self, masks: Tensor, rows: slice) -> Tensor:
+        """Logits ``[m, b, K]`` of ablations ``masks [m, units]`` on images ``rows``."""
+        m = masks.shape[0]
+        if self.tail is not None:
+            a = self.acts[rows]
+            x = (a.unsqueeze(0) * self._mask_view(masks)).flatten(0, 1)
+            out = _to_logits(self.tail(x))
+        else:
+            x = self.images[rows]
+            b = x.shape[0]
+            rep = masks.repeat_interleave(b, 0).view(m * b, self.num_units, *([1] * (self.acts.dim() - 2)))
+            with Intervene(self.model, self.layer, lambda o: o * rep.to(o.dtype)):
+                out = _to_logits(self.model(x.repeat(m, *([1] * (x.dim() - 1)))))
+        return out.float().view(m, -1, out.shape[-1])
+
+    def logits(self, masks: Tensor) -> Tensor:
+        """Logits ``[M, N, K]`` for ablations ``masks`` (keep M small: this holds them all)."""
+        masks = masks.to(self.device, torch.float32)
+        out = None
+        with torch.inference_mode():
+            for rows, ms in self._chunks(masks.shape[0]):
+                lg = self._forward(masks[ms], rows)
+                if out is None:
+                    out = torch.empty(masks.shape[0], len(self.labels), lg.shape[-1], device=lg.device)
+                out[ms, rows] = lg
+        return out
+
+    def run(self, masks: Tensor, progress: bool = False, desc: str = "ablations") -> tuple[Tensor, Tensor]:
+        masks = masks.to(self.device, torch.float32)
+        if masks.dim() != 2 or masks.shape[1] != self.num_units:
+            raise ValueError(f"masks must be [M, {self.num_units}], got {list(masks.shape)}")
+        M, n = masks.shape[0], len(self.labels)
+        preds = torch.empty(M, n, dtype=torch.long, device=self.device)
+        logp = torch.empty(M, n, dtype=torch.float32, device=self.device)
+        chunks = list(self._chunks(M))
+        with torch.inference_mode():
+            for rows, ms in tqdm(chunks, desc=desc, unit="batch", disable=not progress, leave=False):
+                lg = self._forward(masks[ms], rows)
+                preds[ms, rows] = lg.argmax(-1)
+                y = self.labels[rows]
+                logp[ms, rows] = torch.log_softmax(lg, -1).gather(
+                    -1, y.view(1, -1, 1).expand(lg.shape[0], -1, 1)).squeeze(-1)
+        return preds, logp
+
+
+def _tensor_batches(ds: TensorImages, batch_size: int):
+    for i in range(0, len(ds), batch_size):
+        j = min(len(ds), i + batch_size)
+        yield {"index": torch.arange(i, j), "image": ds.images[i:j].float(), "bad": []}
+
+
+# =============================================================================== metrics
+def balanced_accuracy(preds: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """Per class c, ``(recall + TNR) / 2`` of "predicted == c": ``[M, K]`` for ``preds [M, N]``.
+
+    NaN for a class with no image (recall undefined) or no other image (TNR undefined)."""
+    preds = preds.long()
+    M, N = preds.shape
+    K = num_classes
+    offs = (torch.arange(M, device=preds.device) * K).view(M, 1)
+    predicted = torch.bincount((preds + offs).flatten(), minlength=M * K).view(M, K).double()
+    hit = preds == labels.view(1, N)
+    tp_idx = torch.where(hit, labels.view(1, N) + offs, torch.full_like(preds, M * K))
+    tp = torch.bincount(tp_idx.flatten(), minlength=M * K + 1)[: M * K].view(M, K).double()
+    pos = torch.bincount(labels, minlength=K).double().view(1, K)
+    neg = N - pos
+    recall = tp / pos
+    tnr = (neg - (predicted - tp)) / neg
+    return (recall + tnr) / 2
+
+
+def class_mean(values: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """Mean of ``values [M, N]`` over each class's images: ``[M, K]`` (NaN for an empty class)."""
+    onehot = F.one_hot(labels, num_classes).to(values.dtype)
+    return (values @ onehot) / onehot.sum(0).clamp_min(0).view(1, -1)
+
+
+def _r(x: float | None, nd: int = 6) -> float | None:
+    if x is None or not math.isfinite(float(x)):
+        return None
+    return round(float(x), nd)
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float | None:
+    def ranks(v):
+        order = np.argsort(v, kind="mergesort")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v))
+        for val in np.unique(v):  # average ranks of ties
+            sel = v == val
+            r[sel] = r[sel].mean()
+        return r
+    if len(x) < 3 or np.all(x == x[0]) or np.all(y == y[0]):
+        return None
+    return float(np.corrcoef(ranks(x), ranks(y))[0, 1])
+
+
+# =============================================================================== experiment
+def unit_ranking(drop: Tensor, logp_drop: Tensor) -> Tensor:
+    """Per class, units by importance: ``[K, units]``, most important first.
+
+    Key: larger balanced-accuracy drop, then larger drop of the true class's mean
+    log-probability, then lower unit number."""
+    C, K = drop.shape
+    units = np.arange(C)
+    out = np.empty((K, C), dtype=np.int64)
+    d, l = drop.cpu().double().numpy(), logp_drop.cpu().double().numpy()
+    for c in range(K):
+        dc, lc = np.nan_to_num(d[:, c], nan=-np.inf), np.nan_to_num(l[:, c], nan=-np.inf)
+        out[c] = np.lexsort((units, -np.round(lc, 9), -np.round(dc, 9)))
+    return torch.from_numpy(out)
+
+
+def ablate_layer(model: nn.Module, layer: str, data: LabeledData, config: AblationConfig | None = None,
+                 *, units: Sequence[dict] | None = None, device: torch.device | str | None = None,
+                 progress: bool = False, runners: tuple[AblationRunner, AblationRunner] | None = None) -> dict:
+    """Single-unit importance, top-N curves and the many-classes count for one layer.
+
+    ``units`` (the dissection's per-unit records, optional) adds each unit's label and best
+    IoU, and the correlation of the many-classes count with IoU. Returns the layer's entry of
+    ``results["ablation"]["layers"]`` (see docs/results-schema.md).
+    """
+    config = config or AblationConfig()
+    config.validate()
+    dev = resolve_device(config.device) if device is None else torch.device(device)
+    t0 = time.time()
+    if runners is None:
+        kw = dict(device=dev, batch_size=config.batch_size, num_workers=config.num_workers,
+                  chunk_mb=config.chunk_mb, progress=progress)
+        rank = AblationRunner(model, layer, data.rank, **kw)
+        ev = AblationRunner(model, layer, data.eval, **kw, tail=rank.tail)
+        ev.method = rank.method
+    else:
+        rank, ev = runners
+    C = rank.num_units
+    K = rank.num_outputs
+    names = data.class_names
+    if names and len(names) != K:
+        raise DissectError(f"the model has {K} outputs but {len(names)} class names; the class names do not "
+                           "belong to these weights")
+    msgs: list[str] = []
+    present = sorted(set(rank.labels.tolist()) | set(ev.labels.tolist()))
+    n_rank = torch.bincount(rank.labels, minlength=K).tolist()
+    n_eval = torch.bincount(ev.labels, minlength=K).tolist()
+    if C == 1:
+        msgs.append(f"layer {layer} has 1 unit: the top-N curves have the single point N=1 and the "
+                    "random baseline is that same unit")
+    sizes, dropped = config.sizes(C)
+    if dropped:
+        msgs.append(f"N = {', '.join(map(str, dropped))} exceed the {C} units of layer {layer} and were left "
+                    f"out (N = all is {C})")
+
+    # ---------------------------------------------------------------- single units
+    eye = torch.ones(C + 1, C)
+    eye[torch.arange(1, C + 1), torch.arange(C)] = 0.0     # row 0: nothing ablated
+    p_rank, l_rank = rank.run(eye, progress, f"ablation: {layer} single units ({rank.split})")
+    p_eval, l_eval = ev.run(eye, progress, f"ablation: {layer} single units ({ev.split})")
+    ba_rank = balanced_accuracy(p_rank, rank.labels, K).cpu()
+    ba_eval = balanced_accuracy(p_eval, ev.labels, K).cpu()
+    lp_rank = class_mean(l_rank.double(), rank.labels, K).cpu()
+    drop_rank = ba_rank[0:1] - ba_rank[1:]                    # [C, K]
+    drop_eval = ba_eval[0:1] - ba_eval[1:]
+    lp_drop = lp_rank[0:1] - lp_rank[1:]
+    order = unit_ranking(drop_rank, lp_drop)                  # [K, C]
+    acc_rank = (p_rank[0] == rank.labels).double().mean().item()
+    acc_eval = (p_eval[0] == ev.labels).double().mean().item()
+
+    # ---------------------------------------------------------------- top-N curves
+    ranked = [c for c in present if n_rank[c] > 0]
+    for c in present:
+        if n_rank[c] == 0:
+            msgs.append(f"class {names[c] if names else c} has no image in the {rank.split!r} split: its units "
+                        "cannot be ranked")
+        if n_eval[c] == 0:
+            msgs.append(f"class {names[c] if names else c} has no image in the {ev.split!r} split: its balanced "
+                        "accuracy is undefined there (shown as none)")
+    masks = []
+    for c in ranked:
+        for n in sizes:
+            top = order[c, :n]
+            rm = torch.ones(C)
+            rm[top] = 0
+            kp = torch.zeros(C)
+            kp[top] = 1
+            masks += [rm, kp]
+    gen = torch.Generator().manual_seed(config.seed)
+    perms = [torch.randperm(C, generator=gen) for _ in range(config.random_draws)]
+    for perm in perms:
+        for n in sizes:
+            rm = torch.ones(C)
+            rm[perm[:n]] = 0
+            kp = torch.zeros(C)
+            kp[perm[:n]] = 1
+            masks += [rm, kp]
+    curves = {}
+    if masks:
+        p_curve, _ = ev.run(torch.stack(masks), progress, f"ablation: {layer} top-N curves")
+        ba_curve = balanced_accuracy(p_curve, ev.labels, K).cpu()
+        S = len(sizes)
+        head = len(ranked) * S * 2
+        for i, c in enumerate(ranked):
+            block = ba_curve[i * S * 2:(i + 1) * S * 2, c]
+            curves[c] = {"remove": block[0::2], "keep": block[1::2]}
+        rnd = ba_curve[head:].view(config.random_draws, S, 2, K)
+        rnd_mean = rnd.mean(0)
+        rnd_std = rnd.std(0, unbiased=False)
+    else:
+        rnd_mean = rnd_std = torch.full((len(sizes), 2, K), float("nan"))
+
+    # ---------------------------------------------------------------- many classes
+    imp = min(config.important, C)
+    counts = np.zeros(C, dtype=np.int64)
+    unit_classes: list[list[dict]] = [[] for _ in range(C)]
+    for c in ranked:
+        for r, k in enumerate(order[c, :imp].tolist()):
+            counts[k] += 1
+            unit_classes[k].append({"class": names[c] if names else str(c), "rank": r + 1,
+                                    "drop": _r(drop_eval[k, c].item()),
+                                    "drop_rank": _r(drop_rank[k, c].item())})
+
+    def cname(c: int) -> str:
+        return names[c] if names else str(c)
+
+    classes = []
+    for c in present:
+        entry = {
+            "name": cname(c), "index": int(c), "images_rank": int(n_rank[c]), "images_eval": int(n_eval[c]),
+            "balanced_accuracy": _r(ba_eval[0, c].item()),
+            "balanced_accuracy_rank": _r(ba_rank[0, c].item()),
+        }
+        if c in curves:
+            lst = order[c, :min(config.list_units, C)].tolist()
+            entry["top_units"] = [{"unit": int(k), "drop": _r(drop_eval[k, c].item()),
+                                   "drop_rank": _r(drop_rank[k, c].item())} for k in lst]
+            entry["remove_top"] = [_r(v) for v in curves[c]["remove"].tolist()]
+            entry["keep_top"] = [_r(v) for v in curves[c]["keep"].tolist()]
+        else:
+            entry["top_units"] = []
+            entry["remove_top"] = entry["keep_top"] = None
+        entry["random_remove"] = [_r(v) for v in rnd_mean[:, 0, c].tolist()]
+        entry["random_keep"] = [_r(v) for v in rnd_mean[:, 1, c].tolist()]
+        entry["random_remove_std"] = [_r(v) for v in rnd_std[:, 0, c].tolist()]
+        entry["random_keep_std"] = [_r(v) for v in rnd_std[:, 1, c].tolist()]
+        classes.append(entry)
+
+    unit_rows = []
+    for k in range(C):
+        row = {"unit": k, "num_classes": int(counts[k]), "classes": unit_classes[k]}
+        if units is not None and k < len(units):
+            row["label"] = units[k].get("label")
+            row["iou"] = units[k].get("iou")
+        unit_rows.append(row)
+    many = {"important": imp, "histogram": np.bincount(counts, minlength=1).tolist()}
+    if units is not None and len(units) == C:
+        iou = np.array([float(u.get("iou") or 0.0) for u in units])
+        many["spearman"] = _r(_spearman(counts.astype(float), iou), 4)
+        many["mean_iou_by_count"] = {str(n): _r(float(iou[counts == n].mean()))
+                                     for n in np.unique(counts).tolist()}
+
+    return {
+        "layer": layer,
+        "num_units": C,
+        "method": rank.method,
+        "top_n": sizes,
+        "top_n_dropped": dropped,
+        "accuracy": {"rank": _r(acc_rank), "eval": _r(acc_eval)},
+        "images": {"rank": len(rank), "eval": len(ev), "skipped": rank.skipped + ev.skipped},
+        "classes": classes,
+        "class_order": [cname(c) for c in present],
+        "importance": {  # [unit][class], classes in class_order
+            "eval": [[_r(drop_eval[k, c].item(), 5) for c in present] for k in range(C)],
+            "rank": [[_r(drop_rank[k, c].item(), 5) for c in present] for k in range(C)],
+        },
+        "units": unit_rows,
+        "many_classes": many,
+        "messages": msgs,
+        "seconds": round(time.time() - t0, 2),
+        "_order": order,  # used by the attack summary; dropped before writing
+    }
+
+
+# =============================================================================== report glue
+def ablation_for_report(loaded, layers: Sequence[dict], probe_root: str | os.PathLike | None,
+                        data: str | None = None, config: AblationConfig | None = None,
+                        progress: bool = True) -> dict:
+    """Run the ablation (and attack) for every dissected layer; never raises a DissectError.
+
+    ``layers`` are results.json layer records (``name``, ``slug``, ``units``). Problems with
+    the labeled data are written into the returned dict as ``error`` (one line), problems
+    with one layer into that layer's entry, so that the rest of the report is still written.
+    """
+    from .attack import attack_layer_summary, run_attack
+    config = config or AblationConfig()
+    out: dict[str, Any] = {"params": config.to_dict(), "data": None, "layers": {}, "attack": None,
+                           "messages": [], "error": None}
+    t0 = time.time()
+
+    def note(msg: str) -> None:
+        if progress:
+            tqdm.write(f"dissect: ablation: {msg}")
+
+    try:
+        config.validate()
+        dev = resolve_device(config.device)
+        source = data if data is not None else probe_root
+        if source is None:
+            raise DissectError("no labeled images for ablation; pass --ablation-data FOLDER")
+        labeled = open_labeled_data(source, loaded.class_names, loaded.input_size, loaded.mean,
+                                    loaded.std, config)
+    except DissectError as e:
+        out["error"] = str(e)
+        note(f"skipped: {e}")
+        return out
+    out["data"] = labeled.info()
+    out["messages"] += labeled.messages
+    for m in labeled.messages:
+        note(m)
+
+    attack = None
+    for i, layer in enumerate(layers):
+        name = layer["name"]
+        try:
+            kw = dict(device=dev, batch_size=config.batch_size, num_workers=config.num_workers,
+                      chunk_mb=config.chunk_mb, progress=progress)
+            rank = AblationRunner(loaded.module, name, labeled.rank, **kw)
+            ev = AblationRunner(loaded.module, name, labeled.eval, **kw, tail=rank.tail)
+            ev.method = rank.method
+            res = ablate_layer(loaded.module, name, labeled, config, units=layer.get("units"),
+                               device=dev, progress=progress, runners=(rank, ev))
+            if config.attack and config.attack_pairs > 0 and attack is None:
+                try:
+                    attack = run_attack(loaded, labeled, ev, config, progress=progress)
+                except DissectError as e:
+                    attack = {"error": str(e), "pairs": []}
+                    note(f"attack skipped: {e}")
+                out["attack"] = {k: v for k, v in attack.items() if not k.startswith("_")}
+            if attack is not None and attack.get("pairs"):
+                res["attack"] = attack_layer_summary(loaded.module, name, attack, ev, res, config)
+            else:
+                res["attack"] = []
+            for m in res["messages"]:
+                note(m)
+        except DissectError as e:
+            res = {"layer": name, "error": str(e)}
+            note(f"layer {name} skipped: {e}")
+        res.pop("_order", None)
+        res["slug"] = layer.get("slug", name)
+        out["layers"][name] = res
+    out["seconds"] = round(time.time() - t0, 2)
+    return out

@@ -1,0 +1,384 @@
+"""The report site in a real browser: headless Chromium opens every page, from ``file://``
+and from a static server under a sub-path (as on GitHub Pages), and fails on console
+errors, failed requests, requests leaving the folder, images that did not load, broken
+links and charts that did not render. It also drives the unit grid's sort, filter and
+search by keyboard, checks the phone layout, measures the overview's first paint, and
+keeps screenshots in ``artifacts/screenshots/`` (``DISSECT_ARTIFACTS`` overrides).
+
+One small site is built per session (toy model, 120 toy-world images, top-5 images, plus
+a synthetic model full of hostile strings); no test needs the network.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from pathlib import Path
+from urllib.parse import urldefrag
+
+import pytest
+
+from browser_support import ARTIFACTS, CHROMIUM_ARGS, SiteBrowser, StaticServer, require_browser
+
+SUBPATH = "pages/dissect-demo"        # the site is served at http://127.0.0.1:PORT/pages/dissect-demo/
+PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_playwright, exe = require_browser()
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, browser):
+    """A two-model site: the toy classifier dissected for real, and a synthetic hostile model."""
+    from dissect.experiments.dissection import DissectConfig
+    from dissect.report import report
+    from dissect.site import write_site
+    from test_site import make_run
+
+    root = tmp_path_factory.mktemp("browser")
+    www = root / "www"
+    out = www / SUBPATH
+    notes = root / "notes.md"
+    notes.write_text("## What we found\n\nUnits of *conv4_2* fire on **sky**.\n\n"
+                     "<script>alert('notes')</script><img src=x onerror=alert(3)>\n", encoding="utf-8")
+    # The trained toy weights when they are there (charts then have detectors to show).
+    import dissect.models
+    trained = (Path(dissect.models.__file__).parent / "weights" / "toy_classifier.safetensors").is_file()
+    report(model="toy", weights=None if trained else "none", data_size=120, out=out,
+           layers=["conv2_2", "conv3_2"],
+           config=DissectConfig(top_k=5), cache_dir=root / "cache", notes=notes, reproducible=True,
+           command="dissect report --model toy --data-size 120 --top-k 5 --layer conv2_2 --layer conv3_2", progress=False)
+    results, run_dir = make_run(root)  # 'a"b<c>' with <script> labels, slug "toy-hostile"
+    results["model"]["slug"] = "toy-hostile"
+    write_site(out, [(results, run_dir)])
+    return out
+
+
+def _pages(site: Path) -> set[str]:
+    return {p.relative_to(site).as_posix() for p in site.rglob("*.html")}
+
+
+def _crawl(sb: SiteBrowser, site: Path) -> list:
+    """Visit every page reachable from index.html; check every link and fragment."""
+    queue, seen, visits, ids = deque(["index.html"]), {"index.html"}, [], {}
+    links: list[tuple[str, str]] = []
+    while queue:
+        rel = queue.popleft()
+        v = sb.visit(rel)
+        visits.append(v)
+        ids[rel] = set(v.info["ids"])
+        for ref in v.info["links"]:
+            target = sb.path_of(ref)
+            if target is None or not target.is_file():
+                continue  # reported by visit()
+            trel = target.relative_to(site).as_posix()
+            links.append((rel, ref))
+            if target.suffix == ".html" and trel not in seen:
+                seen.add(trel)
+                queue.append(trel)
+    problems = [p for v in visits for p in v.problems]
+    for rel, ref in links:
+        target = sb.path_of(ref)
+        frag = urldefrag(ref).fragment
+        if frag and target.suffix == ".html" and "=" not in frag:  # key=value: grid state, not an id
+            trel = target.relative_to(site).as_posix()
+            if frag not in ids.get(trel, set()):
+                problems.append(f"{rel}: link to a missing anchor {ref}")
+    missing = _pages(site) - seen
+    if missing:
+        problems.append(f"pages no link leads to: {sorted(missing)[:10]}")
+    return visits, problems
+
+
+def _assert_clean(problems: list[str]) -> None:
+    assert not problems, f"{len(problems)} problem(s):\n" + "\n".join(problems[:40])
+
+
+def test_every_page_from_file_url(browser, site):
+    sb = SiteBrowser(browser, site.resolve().as_uri() + "/", site)
+    try:
+        visits, problems = _crawl(sb, site)
+        _assert_clean(problems + [p for p in sb.problems if p not in problems])
+    finally:
+        sb.close()
+    assert len(visits) == len(_pages(site)) > 50
+    charts = sum(v.info["charts"] for v in visits)
+    assert charts >= 2, "the overview pages render their charts"
+    assert all(r.startswith("file://") for r in sb.requests)
+
+
+def test_every_page_from_server_under_subpath(browser, site):
+    www = site.parents[len(Path(SUBPATH).parts) - 1]
+    assert (www / SUBPATH) == site
+    with StaticServer(www) as server:
+        sb = SiteBrowser(browser, server.url + SUBPATH + "/", site)
+        try:
+            visits, problems = _crawl(sb, site)
+            _assert_clean(problems + [p for p in sb.problems if p not in problems])
+        finally:
+            sb.close()
+    assert len(visits) == len(_pages(site))
+    assert server.log and all(path.startswith(f"/{SUBPATH}/") for path, _ in server.log), \
+        [p for p, _ in server.log if not p.startswith(f"/{SUBPATH}/")][:5]
+    assert all(code < 400 for _, code in server.log)
+
+
+def _layer_page(site: Path) -> str:
+    layers = sorted(p.parent.relative_to(site).as_posix() for p in site.glob("toy/*/units.csv"))
+    return layers[-1] + "/index.html"
+
+
+def _visible(page) -> list[dict]:
+    return page.eval_on_selector_all(
+        "#unit-grid > li:not([hidden])",
+        "els => els.map(e => ({unit: +e.dataset.unit, iou: +e.dataset.iou, cat: e.dataset.cat, "
+        "det: e.dataset.det, label: e.dataset.label, search: e.dataset.search}))")
+
+
+def test_grid_sort_filter_search_by_keyboard(browser, site):
+    sb = SiteBrowser(browser, site.resolve().as_uri() + "/", site)
+    page = sb.page
+    try:
+        sb.visit(_layer_page(site))
+        total = len(_visible(page))
+        assert total > 10
+        assert page.is_visible("#grid-controls")
+        # Tab from the top of the page reaches every control, in order.
+        page.keyboard.press("Tab")
+        reached = []
+        for _ in range(40):
+            page.keyboard.press("Tab")
+            name = page.evaluate("() => document.activeElement && document.activeElement.name")
+            if name:
+                reached.append(name)
+            if name == "q":
+                break
+        assert reached[:4] == ["sort", "cat", "det", "q"], reached
+
+        # Sort by IoU with the keyboard: focus the select, arrow down.
+        page.focus("select[name=sort]")
+        page.keyboard.press("ArrowDown")
+        assert page.input_value("select[name=sort]") == "iou"
+        ious = [c["iou"] for c in _visible(page)]
+        assert ious == sorted(ious, reverse=True) and len(ious) == total
+        assert "sort=iou" in page.url
+
+        # Detectors only, toggled with the space bar.
+        page.focus("input[name=det]")
+        page.keyboard.press("Space")
+        shown = _visible(page)
+        assert all(c["det"] == "1" for c in shown)
+        count = page.text_content("#grid-controls .count")
+        assert (f"{len(shown)} units" in count) if len(shown) == total else (f"showing {len(shown)} of {total}" in count)
+        page.keyboard.press("Space")
+        assert len(_visible(page)) == total
+
+        # A category.
+        cats = page.eval_on_selector_all("select[name=cat] option", "os => os.map(o => o.value).filter(Boolean)")
+        assert cats
+        page.select_option("select[name=cat]", cats[0])
+        assert _visible(page) and all(c["cat"] == cats[0] for c in _visible(page))
+        page.select_option("select[name=cat]", "")
+
+        # Search: type a concept one card shows; every card left holds it.
+        term = next(c["label"] for c in _visible(page) if c["label"] != "none")
+        page.focus("input[name=q]")
+        page.keyboard.type(term, delay=10)
+        page.wait_for_function("(t) => location.hash.includes('q=')", arg=term)
+        shown = _visible(page)
+        assert shown and len(shown) <= total and all(term.lower() in c["search"] for c in shown)
+        page.keyboard.type(" zzzz-no-such-concept")
+        page.wait_for_selector("#grid-empty:not([hidden])")
+        assert _visible(page) == []
+
+        # The state is in the URL: reloading it restores the grid (a deep link).
+        page.fill("input[name=q]", term)
+        page.wait_for_function("(t) => !location.hash.includes('zzzz')", arg=term)
+        url = page.url
+        sb.visit(url)
+        assert page.input_value("input[name=q]") == term and page.input_value("select[name=sort]") == "iou"
+        assert len(_visible(page)) == len(shown)
+
+        # Reset brings every unit back.
+        page.click("button[type=reset]")
+        page.wait_for_function("(n) => document.querySelectorAll('#unit-grid > li:not([hidden])').length === n", arg=total)
+        # Enter on a focused card link opens the unit page.
+        page.focus("#unit-grid > li a.unit-no")
+        page.keyboard.press("Enter")
+        page.wait_for_url("**/unit-*.html")
+        _assert_clean(sb.problems)
+    finally:
+        sb.close()
+
+
+def test_unit_deep_link_and_arrow_keys(browser, site):
+    sb = SiteBrowser(browser, site.resolve().as_uri() + "/", site)
+    page = sb.page
+    try:
+        layer = Path(_layer_page(site)).parent.as_posix()
+        sb.visit(f"{layer}/unit-0001.html")
+        assert "unit 1" in page.text_content("h1")
+        page.keyboard.press("ArrowRight")
+        page.wait_for_url("**/unit-0002.html")
+        page.keyboard.press("ArrowLeft")
+        page.wait_for_url("**/unit-0001.html")
+        # The grid has an anchor per unit: index.html#unit-5 scrolls to it.
+        sb.visit(f"{layer}/index.html#unit-5")
+        assert page.evaluate("() => { const r = document.getElementById('unit-5').getBoundingClientRect();"
+                             " return r.top >= -1 && r.top < innerHeight; }")
+        _assert_clean(sb.problems)
+    finally:
+        sb.close()
+
+
+def test_readable_on_a_phone(browser, site):
+    sb = SiteBrowser(browser, site.resolve().as_uri() + "/", site, **PHONE)
+    page = sb.page
+    try:
+        layer = Path(_layer_page(site)).parent.as_posix()
+        for rel in ["index.html", "toy/index.html", f"{layer}/index.html", f"{layer}/unit-0000.html"]:
+            sb.visit(rel)
+            overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 1, f"{rel} scrolls sideways on a phone by {overflow}px"
+            size = page.evaluate("() => parseFloat(getComputedStyle(document.body).fontSize)")
+            assert size >= 14
+        ARTIFACTS.joinpath("screenshots").mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "screenshots" / "phone-unit.png"))
+        _assert_clean(sb.problems)
+    finally:
+        sb.close()
+
+
+def test_screenshots_and_first_paint(browser, site):
+    """Screenshots of the overview, a layer grid and a unit page, and the overview's first
+    paint from file:// in a fresh browser context (must be under one second)."""
+    shots = ARTIFACTS / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    metrics = {}
+    sb = SiteBrowser(browser, site.resolve().as_uri() + "/", site, viewport={"width": 1280, "height": 900})
+    page = sb.page
+    try:
+        t0 = time.perf_counter()
+        page.goto(sb.url_of("toy/index.html"), wait_until="load")
+        wall = time.perf_counter() - t0
+        fcp = page.evaluate("""() => new Promise(res => {
+            new PerformanceObserver(l => { for (const e of l.getEntries())
+              if (e.name === 'first-contentful-paint') res(e.startTime); }).observe({type: 'paint', buffered: true});
+            setTimeout(() => res(null), 5000); })""")
+        nav = page.evaluate("() => { const n = performance.getEntriesByType('navigation')[0];"
+                            " return {dcl: n.domContentLoadedEventEnd, load: n.loadEventEnd}; }")
+        metrics["overview_file_url"] = {"first_contentful_paint_ms": fcp, "dom_content_loaded_ms": nav["dcl"],
+                                        "load_event_ms": nav["load"], "wall_s": round(wall, 3)}
+        assert fcp is not None and fcp < 1000, metrics
+        layer = Path(_layer_page(site)).parent.as_posix()
+        for name, rel in [("overview", "toy/index.html"), ("site-index", "index.html"),
+                          ("layer-grid", f"{layer}/index.html"), ("unit", f"{layer}/unit-0000.html")]:
+            sb.visit(rel)
+            page.screenshot(path=str(shots / f"{name}.png"), full_page=name != "layer-grid")
+        _assert_clean(sb.problems)
+    finally:
+        sb.close()
+    (ARTIFACTS / "browser-metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+    for name in ("overview", "layer-grid", "unit"):
+        assert (shots / f"{name}.png").stat().st_size > 5000
+
+
+def test_hostile_strings_do_not_run(browser, site):
+    sb = SiteBrowser(browser, site.resolve().as_uri() + "/", site)
+    try:
+        for rel in ["index.html", "toy-hostile/index.html", "toy-hostile/features.3/index.html",
+                    "toy-hostile/features.3/unit-0002.html", "toy/index.html"]:
+            v = sb.visit(rel)
+            assert not v.problems, v.problems
+        text = sb.page.text_content("body")
+        assert "What we found" in text  # the notes are there, their script and image are not
+        assert sb.page.eval_on_selector_all(".notes script, .notes img", "els => els.length") == 0
+        _assert_clean(sb.problems)
+    finally:
+        sb.close()
+
+
+def test_large_layer_opens_quickly(browser, tmp_path):
+    """A 2,048-unit layer: only the thumbnails near the top load at first (lazy loading),
+    and the page is usable in well under a second or two."""
+    from PIL import Image
+
+    from dissect.site import write_site
+    from test_site import make_results
+
+    results = make_results(name="wide", slug="wide")
+    layer = results["layers"][0]
+    unit0 = layer["units"][0]
+    run_dir = tmp_path / "run"
+    (run_dir / "units").mkdir(parents=True)
+    strip = Image.new("RGB", (4 * 24 + 9, 24), "white")
+    for k in range(4):
+        strip.paste(Image.new("RGB", (24, 24), (40 * k, 120, 200 - 40 * k)), (k * 27, 0))
+    strip.save(run_dir / "units" / "s.jpg", quality=80)
+    units = []
+    for i in range(2048):
+        u = json.loads(json.dumps(unit0))
+        u.update(unit=i, iou=round((i * 7919 % 1000) / 4000, 6), strip="units/s.jpg")
+        u["detector"] = u["iou"] > 0.04
+        units.append(u)
+    layer.update(units=units, num_units=2048)
+    results["layers"] = [layer]
+    site = write_site(tmp_path / "site", [(results, run_dir)])
+    page_rel = f"wide/{layer['slug']}/index.html"
+    sb = SiteBrowser(browser, site.resolve().as_uri() + "/", site, viewport={"width": 1280, "height": 900})
+    page = sb.page
+    try:
+        t0 = time.perf_counter()
+        page.goto(sb.url_of(page_rel), wait_until="load")
+        wall = time.perf_counter() - t0
+        thumbs = [r for r in sb.requests if r.endswith("-thumb.jpg")]
+        nav = page.evaluate("() => performance.getEntriesByType('navigation')[0].loadEventEnd")
+        assert len(page.query_selector_all("#unit-grid > li")) == 2048
+        assert len(thumbs) < 400, f"{len(thumbs)} thumbnails loaded before scrolling: lazy loading is off"
+        assert nav < 3000, f"the 2,048-unit grid took {nav:.0f} ms to load"
+        page.select_option("select[name=sort]", "iou")
+        assert page.eval_on_selector("#unit-grid > li", "e => +e.dataset.unit") == max(
+            range(2048), key=lambda i: ((i * 7919 % 1000), -i))
+        _assert_clean(sb.problems)
+    finally:
+        sb.close()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "browser-metrics-2048.json").write_text(json.dumps(
+        {"grid_2048_units": {"load_event_ms": nav, "wall_s": round(wall, 3), "thumbnails_before_scroll": len(thumbs)}},
+        indent=1, sort_keys=True) + "\n")
+
+
+def test_checker_catches_problems(browser, tmp_path):
+    """The checks above are only as good as the checker: a page with every fault fails it."""
+    from PIL import Image
+
+    site = tmp_path / "bad"
+    site.mkdir()
+    Image.new("RGB", (4, 4), "red").save(site / "ok.png")
+    (tmp_path / "outside.txt").write_text("secret")
+    (site / "index.html").write_text("""<!doctype html><html><head><title>bad</title></head><body><h1>bad</h1>
+<img src="ok.png"><img src="missing.png" alt="gone">
+<a href="nope.html">dead link</a> <a href="https://example.com/">away</a>
+<div class="chart" id="c1" data-figure="c1-data"><p class="chart-fallback">no chart</p></div>
+<script>console.error("boom"); var i = new Image(); i.src = "../outside.txt";</script>
+<script src="https://example.com/lib.js"></script>
+</body></html>""", encoding="utf-8")
+    sb = SiteBrowser(browser, site.resolve().as_uri() + "/", site)
+    try:
+        v = sb.visit("index.html", chart_timeout_ms=300)
+    finally:
+        sb.close()
+    found = "\n".join(v.problems)
+    for expected in ["console error", "images did not load", "images without alt text", "broken link",
+                     "link leaves the site", "charts did not render", "request leaves the site folder: https://example.com/lib.js",
+                     "outside.txt"]:
+        assert expected in found, f"{expected!r} not reported in:\n{found}"
