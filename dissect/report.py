@@ -27,6 +27,7 @@ from torch import nn
 from . import __version__
 from .data.broden import BrodenDataset, BrodenIndex, fetch_broden
 from .errors import DissectError
+from .experiments.ablation import AblationConfig, ablation_for_report
 from .experiments.dissection import (DissectConfig, cache_key, dissect_layers, render_unit_strips,
                                      resolve_device, summarize_layer)
 from .models import LoadedModel, from_module, load_model, resolve_layer
@@ -112,8 +113,14 @@ def report(model="toy", *, weights: str | None = None, layers: Sequence[str] = (
            reproducible: bool = False, notes: str | os.PathLike | None = None,
            command: str | None = None, progress: bool = True,
            zip_path: str | os.PathLike | None = None, thumb_height: int = 48,
-           jpeg_quality: int = 85) -> Path:
+           jpeg_quality: int = 85, ablation: "bool | AblationConfig" = True,
+           ablation_data: str | os.PathLike | None = None) -> Path:
     """Dissect ``model`` and write (or update) the site at ``out``. Returns the index path.
+
+    ``ablation`` (True, False or an :class:`AblationConfig`) runs the classifier ablation
+    for every layer, on ``ablation_data`` (a Broden folder with class labels or an
+    ImageFolder; default: the probe set's scene labels); problems with it are reported in
+    the results and on the page, and never stop the report.
 
     ``zip_path`` also writes the whole site as one archive; ``thumb_height`` (grid thumbnail
     height in px) and ``jpeg_quality`` (re-encoded images) trade size for detail.
@@ -208,6 +215,12 @@ def report(model="toy", *, weights: str | None = None, layers: Sequence[str] = (
         },
         "layers": layer_results,
     }
+    if ablation is not False and loaded.kind == "classifier":
+        acfg = ablation if isinstance(ablation, AblationConfig) else AblationConfig(
+            device=config.device, num_workers=config.num_workers)
+        results["ablation"] = ablation_for_report(
+            loaded, layer_results, probe.path, None if ablation_data is None else str(ablation_data),
+            acfg, progress=progress)
     from .site import write_site
     site_dir = write_site(out, [(results, run_dir)], reproducible=reproducible, notes_md=notes_md,
                             thumb_height=thumb_height, jpeg_quality=jpeg_quality)

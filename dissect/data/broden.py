@@ -186,6 +186,7 @@ class BrodenDataset(torch.utils.data.Dataset):
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self.with_labels = with_labels
+        self.with_images = True
         self.indices = list(range(len(self.index.records))) if indices is None else list(indices)
         self.label_size = self.index.label_size()
 
@@ -201,11 +202,15 @@ class BrodenDataset(torch.utils.data.Dataset):
         rec = self.index.records[self.indices[i]]
         item = {"index": i, "ok": True, "path": rec.image}
         try:
-            im = self.load_rgb(i)
-            if im.size != (self.input_size, self.input_size):
-                im = im.resize((self.input_size, self.input_size), Image.BILINEAR)
-            x = torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
-            item["image"] = (x - self.mean) / self.std
+            if self.with_images:
+                im = self.load_rgb(i)
+                if im.size != (self.input_size, self.input_size):
+                    im = im.resize((self.input_size, self.input_size), Image.BILINEAR)
+                x = torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
+                item["image"] = (x - self.mean) / self.std
+            else:  # labels only; still check that the image is readable
+                with Image.open(self.index.root / "images" / rec.image) as im:
+                    im.verify()
             if self.with_labels:
                 sh, sw = self.label_size
                 layers = []
@@ -229,7 +234,8 @@ def collate(items: list[dict]) -> dict:
     out["index"] = torch.tensor([it["index"] for it in good], dtype=torch.long)
     if not good:
         return out
-    out["image"] = torch.stack([it["image"] for it in good])
+    if "image" in good[0]:
+        out["image"] = torch.stack([it["image"] for it in good])
     if "pixel_labels" in good[0]:
         nl = max(it["pixel_labels"].shape[0] for it in good)
         nj = max(it["image_labels"].shape[0] for it in good)

@@ -160,55 +160,66 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
     upsampled = config.quantile_space == "upsampled"
 
     # ----------------------------------------------------------------- pass 1
-    quant, topk, cached = {}, {}, {}  # cached[layer][batch number] = activations
+    # When the layers' activations (and the labels) for the whole probe set fit the
+    # budget, pass 1 keeps them and pass 2 reads them from memory: one pass over the data.
+    quant, topk = {}, {}
     budget = config.activation_cache_mb * 2 ** 20
-    need = sum(n * int(np.prod(s)) * 4 for s in shapes.values())
-    keep_acts = need <= budget
+    label_bytes = len(dataset) * 8 * sh * sw * 2    # up to 8 label layers as int16
+    need = sum(n * int(np.prod(s)) * 4 for s in shapes.values()) + label_bytes
+    keep = need <= budget
+    cached: list[tuple[dict, dict]] = []  # per batch: (activations per layer, labels)
     for layer, (c, h, w) in shapes.items():
         per_image = (sh * sw) if upsampled else (h * w)
         quant[layer] = TopQuantile(c, config.quantile, n * per_image, device=device)
         topk[layer] = TopK(c, config.top_k, (h, w), device=device)
-        cached[layer] = {}
-    pass1 = _images_only(dataset)
+    pass1 = dataset if keep else _view(dataset, with_labels=False)
     skipped: list[str] = []
     t0 = time.time()
     with torch.no_grad():
-        for bi, batch in enumerate(tqdm(make_loader(pass1, config.batch_size, config.num_workers),
-                                        desc="dissect: thresholds", unit="batch",
-                                        disable=not progress, leave=False)):
+        for batch in tqdm(make_loader(pass1, config.batch_size, config.num_workers),
+                          desc="dissect: thresholds", unit="batch", disable=not progress,
+                          leave=False):
             skipped += [p for p, _ in batch["bad"]]
             warn_bad(batch["bad"])
-            if "image" not in batch:
+            if len(batch["index"]) == 0:
                 continue
             acts = _forward(model, todo, batch["image"].to(device))
             for layer, a in acts.items():
                 q_in = F.interpolate(a, size=(sh, sw), mode="bilinear", align_corners=False) if upsampled else a
                 quant[layer].add(q_in.transpose(0, 1).reshape(a.shape[1], -1))
                 topk[layer].add(a, batch["index"])
-                if keep_acts:
-                    cached[layer][bi] = a.cpu()
+            if keep:
+                small = batch["pixel_labels"].to(torch.int16) if index.num_labels < 2 ** 15 else batch["pixel_labels"]
+                cached.append(({k: v.cpu() for k, v in acts.items()},
+                               {"pixel_labels": small, "image_labels": batch["image_labels"]}))
     thresholds = {layer: quant[layer].thresholds() for layer in todo}
+    t1 = time.time()
 
     # ----------------------------------------------------------------- pass 2
     prim = index.primary_category_tensor()
     tallies = {layer: IoUTally(shapes[layer][0], index.num_labels, prim, len(index.categories),
                                device=device) for layer in todo}
+
+    def batches():
+        if keep:
+            while cached:
+                yield cached.pop(0)   # free each batch once it is tallied
+            return
+        for batch in make_loader(dataset, config.batch_size, config.num_workers):
+            if len(batch["index"]):
+                yield _forward(model, todo, batch["image"].to(device)), batch
+
     with torch.no_grad():
-        for bi, batch in enumerate(tqdm(make_loader(dataset, config.batch_size, config.num_workers),
-                                        desc="dissect: IoU", unit="batch", disable=not progress,
-                                        leave=False)):
-            if "image" not in batch:
-                continue
-            if keep_acts:
-                acts = {layer: cached[layer][bi].to(device) for layer in todo}
-            else:
-                acts = _forward(model, todo, batch["image"].to(device))
-            pl = batch["pixel_labels"].to(device)
-            il = batch["image_labels"].to(device)
+        for acts, batch in tqdm(batches(), desc="dissect: IoU", unit="batch",
+                                total=math.ceil(n / config.batch_size), disable=not progress,
+                                leave=False):
+            labels = None
             for layer, a in acts.items():
-                up = F.interpolate(a, size=(sh, sw), mode="bilinear", align_corners=False)
-                masks = up > thresholds[layer].view(1, -1, 1, 1)
-                tallies[layer].add(masks, pl, il)
+                tally = tallies[layer]
+                if labels is None:
+                    labels = tally.prepare(batch["pixel_labels"].long(), batch["image_labels"])
+                img, unit, masks = active_masks(a.to(device), thresholds[layer], (sh, sw))
+                tally.add_sparse(img, unit, masks, labels)
     del cached
 
     for layer in todo:
@@ -226,15 +237,33 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
             torch.save(stats.to_state(), tmp)
             os.replace(tmp, paths[layer])
     if progress:
-        tqdm.write(f"dissect: {n} images, {len(todo)} layer(s) in {time.time() - t0:.1f}s"
+        tqdm.write(f"dissect: {n} images, {len(todo)} layer(s) in {time.time() - t0:.1f}s "
+                   f"(thresholds {t1 - t0:.1f}s, IoU {time.time() - t1:.1f}s)"
                    + (f", {len(set(skipped))} unreadable image(s) skipped" if skipped else ""))
     return results
 
 
-def _images_only(dataset: BrodenDataset) -> BrodenDataset:
+def active_masks(acts: torch.Tensor, thresholds: torch.Tensor, size: tuple[int, int]):
+    """The unit masks ``S_k > T_k`` at ``size`` that are not empty, as (image, unit, mask).
+
+    Bilinear upsampling takes convex combinations of a map's values, so a map whose maximum
+    is at most ``T_k`` upsamples to an empty mask: only the other maps are upsampled. The
+    result equals upsampling every map (``tests/test_dissection.py`` checks it).
+    """
+    peak = acts.flatten(2).max(dim=2).values                            # [B, units]
+    img, unit = (peak > thresholds.view(1, -1)).nonzero(as_tuple=True)
+    if img.numel() == 0:
+        return img, unit, torch.zeros((0, *size), dtype=torch.bool, device=acts.device)
+    maps = acts[img, unit].unsqueeze(1)                                 # [M, 1, h, w]
+    up = F.interpolate(maps, size=size, mode="bilinear", align_corners=False).squeeze(1)
+    return img, unit, up > thresholds[unit].view(-1, 1, 1)
+
+
+def _view(dataset: BrodenDataset, **flags) -> BrodenDataset:
+    """The same dataset, decoding only what a pass needs (``with_images``, ``with_labels``)."""
     view = BrodenDataset.__new__(BrodenDataset)
     view.__dict__.update(dataset.__dict__)
-    view.with_labels = False
+    view.__dict__.update(flags)
     return view
 
 

@@ -10,11 +10,28 @@ Counts, tallied over the probe set (all mergeable sums):
 * ``active[k]`` unit-on pixels over all images, and ``pixels`` the pixel total.
 
 ``IoU[k, c] = inter / (unit_cat[k, cat(c)] + label_pixels[c] - inter)``.
+
+A batch's labels are prepared once (:meth:`IoUTally.prepare`) and shared by every layer's
+tally; unit masks come in sparse form, as the (image, unit) pairs whose mask is not empty,
+since at a top-quantile threshold most maps have no pixel on.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+
+@dataclass
+class LabelBatch:
+    """One batch's labels, prepared once for all layers."""
+
+    pixel: torch.Tensor        # long [B, layers, H*W], a concept at most once per pixel
+    image: torch.Tensor        # long [B, J], whole-image labels, a concept at most once per image
+    has_cat: torch.Tensor      # float64 [B, categories]
+    label_pixels: torch.Tensor  # float64 [labels]
+    hw: int
 
 
 class IoUTally:
@@ -27,10 +44,6 @@ class IoUTally:
         self.num_labels = num_labels
         self.num_categories = num_categories
         self.primary_category = primary_category.to(self.device, torch.long)
-        self._cat_onehot = torch.zeros((num_labels, num_categories), dtype=torch.float64,
-                                       device=self.device)
-        self._cat_onehot[torch.arange(1, num_labels, device=self.device),
-                         self.primary_category[1:]] = 1.0
         z = lambda *s: torch.zeros(s, dtype=torch.float64, device=self.device)  # noqa: E731
         self.inter = z(num_units, num_labels)
         self.unit_cat = z(num_units, num_categories)
@@ -39,63 +52,58 @@ class IoUTally:
         self.pixels = 0
         self.images = 0
 
+    # ------------------------------------------------------------------ labels
+    def prepare(self, pixel_labels: torch.Tensor, image_labels: torch.Tensor) -> LabelBatch:
+        """pixel_labels: long ``[B, layers, H, W]`` (0 none); image_labels: long ``[B, J]``."""
+        return prepare_labels(pixel_labels.to(self.device), image_labels.to(self.device),
+                              self.num_labels, self.primary_category, self.num_categories)
+
+    # ------------------------------------------------------------------ tallying
     def add(self, masks: torch.Tensor, pixel_labels: torch.Tensor,
             image_labels: torch.Tensor) -> None:
-        """Tally one batch.
+        """Tally dense masks: bool ``[B, units, H, W]``."""
+        masks = masks.to(self.device)
+        labels = self.prepare(pixel_labels, image_labels)
+        b, u = masks.flatten(2).any(dim=2).nonzero(as_tuple=True)
+        self.add_sparse(b, u, masks[b, u], labels)
 
-        masks: bool ``[B, units, H, W]`` (unit on);
-        pixel_labels: long ``[B, layers, H, W]`` label numbers (0 none);
-        image_labels: long ``[B, J]`` whole-image label numbers (0 padding).
-        """
+    def add_sparse(self, img: torch.Tensor, unit: torch.Tensor, masks: torch.Tensor,
+                   labels: LabelBatch) -> None:
+        """Tally a batch given the non-empty masks only: ``masks[m]`` (bool ``[H, W]``) is
+        unit ``unit[m]`` on image ``img[m]``; every other (image, unit) mask is empty."""
         dev = self.device
-        masks = masks.to(dev)
-        pixel_labels = _dedupe_layers(pixel_labels.to(dev, torch.long))
-        image_labels = _dedupe_image_labels(image_labels.to(dev, torch.long))
-        b, units, h, w = masks.shape
-        hw = h * w
+        nb = labels.pixel.shape[0]
         nl = self.num_labels
-
-        act = masks.flatten(2).sum(dim=2).to(torch.float64)              # [B, units]
+        units = self.num_units
+        self.pixels += nb * labels.hw
+        self.images += nb
+        self.label_pixels += labels.label_pixels
+        if img.numel() == 0:
+            return
+        flat = masks.reshape(masks.shape[0], -1)
+        counts = flat.sum(dim=1).to(torch.float64)                          # [M]
+        act = torch.zeros((nb, units), dtype=torch.float64, device=dev)
+        act.index_put_((img, unit), counts, accumulate=True)
         self.active += act.sum(dim=0)
-        self.pixels += b * hw
-        self.images += b
+        self.unit_cat += act.t() @ labels.has_cat
 
-        # which labels each image holds -> which categories it is annotated in
-        present = torch.zeros((b, nl), dtype=torch.float64, device=dev)
-        if pixel_labels.numel():
-            present.scatter_(1, pixel_labels.flatten(1), 1.0)
-        if image_labels.numel():
-            present.scatter_(1, image_labels, 1.0)
-        present[:, 0] = 0
-        has_cat = (present @ self._cat_onehot) > 0                      # [B, cats]
-        self.unit_cat += act.t() @ has_cat.to(torch.float64)
+        # pixel labels: look up the labels under every on-pixel, all layers at once
+        nlayers = labels.pixel.shape[1]
+        if nlayers:
+            m, p = flat.nonzero(as_tuple=True)
+            base = img[m] * (nlayers * labels.hw) + p                       # [N]
+            offsets = torch.arange(nlayers, device=dev) * labels.hw
+            lab = torch.take(labels.pixel, base.unsqueeze(1) + offsets)     # [N, layers]
+            key = (unit[m].unsqueeze(1) * nl + lab)[lab > 0]
+            self.inter += torch.bincount(key, minlength=units * nl).view(units, nl).to(torch.float64)
+        # whole-image labels: every on-pixel of the image
+        for j in range(labels.image.shape[1]):
+            lab = labels.image[:, j]
+            keep = lab > 0
+            if keep.any():
+                self.inter.index_add_(1, lab[keep], act[keep].t())
 
-        # label pixel counts
-        if pixel_labels.numel():
-            self.label_pixels += torch.bincount(pixel_labels.flatten(), minlength=nl)[:nl].to(torch.float64)
-        if image_labels.numel():
-            self.label_pixels += torch.bincount(image_labels.flatten(), minlength=nl)[:nl].to(torch.float64) * hw
-        self.label_pixels[0] = 0
-
-        # intersections with pixel labels: only where the unit is on (a small fraction)
-        if pixel_labels.numel():
-            bi, ui, pi = masks.flatten(2).nonzero(as_tuple=True)
-            if bi.numel():
-                flat = pixel_labels.flatten(2)                            # [B, layers, HW]
-                for layer in range(flat.shape[1]):
-                    lab = flat[bi, layer, pi]
-                    keep = lab > 0
-                    key = ui[keep] * nl + lab[keep]
-                    self.inter += torch.bincount(key, minlength=units * nl).view(units, nl).to(torch.float64)
-        # intersections with whole-image labels: every on-pixel of the image
-        if image_labels.numel():
-            for j in range(image_labels.shape[1]):
-                lab = image_labels[:, j]
-                keep = lab > 0
-                if keep.any():
-                    self.inter.index_add_(1, lab[keep], act[keep].t())
-        self.inter[:, 0] = 0
-
+    # ------------------------------------------------------------------ results
     def merge(self, other: "IoUTally") -> None:
         for name in ("inter", "unit_cat", "label_pixels", "active"):
             getattr(self, name).add_(getattr(other, name).to(self.device))
@@ -122,26 +130,47 @@ class IoUTally:
         self.images = int(state["images"])
 
 
-def _dedupe_layers(labels: torch.Tensor) -> torch.Tensor:
-    """Zero a label in a layer when an earlier layer holds the same label at that pixel,
-    so that a pixel counts once per concept."""
-    if labels.shape[1] < 2:
+def prepare_labels(pixel_labels: torch.Tensor, image_labels: torch.Tensor, num_labels: int,
+                   primary_category: torch.Tensor, num_categories: int) -> LabelBatch:
+    dev = pixel_labels.device
+    pixel_labels = _dedupe(pixel_labels.long().flatten(2)).contiguous()    # [B, layers, HW]
+    image_labels = _dedupe(image_labels.long().unsqueeze(2)).squeeze(2)    # [B, J]
+    b = pixel_labels.shape[0]
+    hw = pixel_labels.shape[2] if pixel_labels.dim() == 3 else 0
+    nl = num_labels
+    present = torch.zeros((b, nl), dtype=torch.bool, device=dev)
+    if pixel_labels.numel():
+        present.scatter_(1, pixel_labels.flatten(1), True)
+    if image_labels.numel():
+        present.scatter_(1, image_labels, True)
+    present[:, 0] = False
+    cat_onehot = torch.zeros((nl, num_categories), dtype=torch.float64, device=dev)
+    cat_onehot[torch.arange(1, nl, device=dev), primary_category[1:]] = 1.0
+    has_cat = ((present.to(torch.float64) @ cat_onehot) > 0).to(torch.float64)
+    label_pixels = torch.zeros(nl, dtype=torch.float64, device=dev)
+    if pixel_labels.numel():
+        label_pixels += torch.bincount(pixel_labels.flatten(), minlength=nl)[:nl].to(torch.float64)
+    if image_labels.numel():
+        label_pixels += torch.bincount(image_labels.flatten(), minlength=nl)[:nl].to(torch.float64) * hw
+    label_pixels[0] = 0
+    return LabelBatch(pixel_labels, image_labels, has_cat, label_pixels, hw)
+
+
+def _dedupe(labels: torch.Tensor) -> torch.Tensor:
+    """``labels``: ``[B, layers, N]``. Zero a label in a layer when an earlier layer holds the
+    same label at the same place, so a pixel (or image) counts once per concept. Layers whose
+    label sets are disjoint (the usual case: one category each) are not compared."""
+    n = labels.shape[1]
+    if n < 2:
         return labels
-    labels = labels.clone()
-    for i in range(1, labels.shape[1]):
-        dup = torch.zeros_like(labels[:, i], dtype=torch.bool)
+    top = int(labels.max()) + 1 if labels.numel() else 1
+    sets = [torch.bincount(labels[:, i].flatten(), minlength=top)[1:] > 0 for i in range(n)]
+    out = labels
+    for i in range(1, n):
         for j in range(i):
-            dup |= labels[:, j] == labels[:, i]
-        labels[:, i][dup] = 0
-    return labels
-
-
-def _dedupe_image_labels(labels: torch.Tensor) -> torch.Tensor:
-    """Zero repeated whole-image labels within a row."""
-    if labels.shape[1] < 2:
-        return labels
-    labels = labels.clone()
-    for i in range(1, labels.shape[1]):
-        dup = (labels[:, :i] == labels[:, i : i + 1]).any(dim=1)
-        labels[:, i][dup] = 0
-    return labels
+            if (sets[i] & sets[j]).any():
+                if out is labels:
+                    out = labels.clone()
+                dup = out[:, j] == out[:, i]
+                out[:, i][dup] = 0
+    return out

@@ -61,6 +61,14 @@ class TopQuantile:
         self.min = torch.minimum(self.min, values.min(dim=1).values)
         self.max = torch.maximum(self.max, values.max(dim=1).values)
         if self.exact:
+            if self.top.shape[1] == self.tail:
+                # only values above a unit's current tail minimum can enter its tail
+                above = values > self.top.min(dim=1).values.unsqueeze(1)
+                kmax = int(above.sum(dim=1).max())
+                if kmax == 0:
+                    return
+                if kmax < values.shape[1]:
+                    values = torch.topk(values, kmax, dim=1, sorted=False).values
             both = torch.cat([self.top, values], dim=1)
             if both.shape[1] > self.tail:
                 both = torch.topk(both, self.tail, dim=1, sorted=False).values

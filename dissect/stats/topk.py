@@ -27,8 +27,13 @@ class TopK:
         acts = acts.detach().to(self.device, torch.float32)
         b = acts.shape[0]
         score = acts.flatten(2).max(dim=2).values.t()                   # [units, B]
-        idx = indices.to(self.device).view(1, b).expand(self.num_units, b)
-        maps = acts.transpose(0, 1)                                     # [units, B, h, w]
+        # the batch's own best k per unit first (a stable sort keeps lower indices first
+        # on ties, as indices increase along the batch), so only 2k maps are merged
+        keep = torch.argsort(score, dim=1, descending=True, stable=True)[:, : self.k]
+        score = score.gather(1, keep)
+        idx = indices.to(self.device)[keep]
+        unit = torch.arange(self.num_units, device=self.device).unsqueeze(1)
+        maps = acts[keep, unit]                                         # [units, k, h, w]
         self._fold(score, idx, maps)
 
     def _fold(self, score, idx, maps) -> None:
