@@ -64,11 +64,18 @@ class TopQuantile:
             if self.top.shape[1] == self.tail:
                 # only values above a unit's current tail minimum can enter its tail
                 above = values > self.top.min(dim=1).values.unsqueeze(1)
-                kmax = int(above.sum(dim=1).max())
+                counts = above.sum(dim=1)
+                kmax = int(counts.max())
                 if kmax == 0:
                     return
                 if kmax < values.shape[1]:
-                    values = torch.topk(values, kmax, dim=1, sorted=False).values
+                    # pack each unit's candidates into a [units, kmax] block padded with -inf
+                    row, col = above.nonzero(as_tuple=True)      # row-major: grouped by unit
+                    start = torch.cumsum(counts, 0) - counts
+                    pos = torch.arange(row.numel(), device=row.device) - start[row]
+                    packed = torch.full((self.num_units, kmax), -math.inf, device=values.device)
+                    packed[row, pos] = values[row, col]
+                    values = packed
             both = torch.cat([self.top, values], dim=1)
             if both.shape[1] > self.tail:
                 both = torch.topk(both, self.tail, dim=1, sorted=False).values

@@ -27,6 +27,8 @@ class TopK:
         acts = acts.detach().to(self.device, torch.float32)
         b = acts.shape[0]
         score = acts.flatten(2).max(dim=2).values.t()                   # [units, B]
+        if self.values.shape[1] == self.k and not (score > self.values[:, -1:]).any():
+            return  # nothing beats any unit's current k-th image (ties go to lower indices)
         # the batch's own best k per unit first (a stable sort keeps lower indices first
         # on ties, as indices increase along the batch), so only 2k maps are merged
         keep = torch.argsort(score, dim=1, descending=True, stable=True)[:, : self.k]
