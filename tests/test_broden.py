@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dissect.data.broden import BrodenDataset, BrodenIndex, collate, decode_label_png, display_name
+from dissect.data.broden import (BrodenDataset, BrodenIndex, collate, decode_label_png, display_name,
+                                 fetch_broden)
 from dissect.errors import DissectError
 from dissect.stats import IoUTally
 
@@ -146,3 +147,19 @@ def test_missing_or_foreign_dir(tmp_path):
 def test_display_name():
     assert display_name("red-c") == "red" and display_name("kitchen-s") == "kitchen"
     assert display_name("tree") == "tree"
+
+
+def test_fetch_broden_from_local_zip(broden, tmp_path):
+    """The download path, fed a local copy of the archive in the published layout."""
+    import hashlib
+    import shutil
+    shutil.move(str(broden), str(tmp_path / "broden1_224"))
+    archive = shutil.make_archive(str(tmp_path / "upload" / "broden1_224"), "zip", tmp_path, "broden1_224")
+    sha = hashlib.sha256(open(archive, "rb").read()).hexdigest()
+    dest = tmp_path / "cache"
+    got = fetch_broden(dest, "broden1_224", url=f"file://{archive}", sha256=sha, progress=False)
+    assert got == dest / "broden1_224" and len(BrodenIndex(got).records) == 2
+    assert fetch_broden(dest, "broden1_224", url="file:///nonexistent.zip") == got  # reused
+    with pytest.raises(DissectError):
+        fetch_broden(tmp_path / "other", "broden1_224", url=f"file://{archive}", sha256="0" * 64,
+                     progress=False)

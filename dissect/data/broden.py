@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -266,6 +267,18 @@ BRODEN_URLS = {
 }
 
 
+# MD5 of the published archive, as the NetDissect release scripts check it.
+BRODEN_MD5 = {"broden1_224": "be13c292eaef3300da03f8d0e48eab1c"}
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def fetch_broden(dest_dir: str | os.PathLike, name: str = "broden1_224", url: str | None = None,
                  sha256: str | None = None, progress: bool = True) -> Path:
     """Download and unpack Broden into ``dest_dir/<name>`` (reused when already there).
@@ -285,11 +298,23 @@ def fetch_broden(dest_dir: str | os.PathLike, name: str = "broden1_224", url: st
     zip_path = dest_dir / f"{name}.zip"
     if not zip_path.is_file():
         download(url, zip_path, sha256=sha256, progress=progress)
-    unzip(zip_path, dest_dir)
-    if not (target / "index.csv").is_file():
-        # some archives unpack without the top folder
-        raise DissectError(f"{zip_path} did not unpack to {target}/index.csv; "
-                           "unzip it by hand and pass --data FOLDER")
+        known = BRODEN_MD5.get(name) if sha256 is None and url == BRODEN_URLS.get(name) else None
+        if known and _md5(zip_path) != known:
+            zip_path.unlink()
+            raise DissectError(f"{url} downloaded with a wrong checksum (MD5 is not {known}); "
+                               "try again, or download it yourself and pass --url file:///PATH")
+    staging = dest_dir / f".{name}.unpacked"
+    if staging.exists():
+        shutil.rmtree(staging)
+    unzip(zip_path, staging)
+    # the published archive holds one top folder, broden1_224/; accept one without it too
+    inner = staging / name if (staging / name / "index.csv").is_file() else staging
+    if not (inner / "index.csv").is_file():
+        shutil.rmtree(staging)
+        raise DissectError(f"{zip_path} holds no {name}/index.csv; is it a Broden archive? "
+                           "Unzip it by hand and pass --data FOLDER")
+    os.replace(inner, target)
+    shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
