@@ -694,10 +694,16 @@ def image_seed(seed: int, index: int) -> int:
 MANIFEST = "toyworld.json"
 
 
-def _manifest(n, seed, image_size, val_fraction) -> dict:
+def _manifest(n, seed, image_size, val_fraction, label_size) -> dict:
     return {"generator": "dissect.data.toyworld", "version": GENERATOR_VERSION, "n": int(n),
             "seed": int(seed), "image_size": int(image_size),
-            "val_fraction": float(val_fraction)}
+            "label_size": int(label_size), "val_fraction": float(val_fraction)}
+
+
+def default_label_size(image_size: int) -> int:
+    """Labels at the image size up to 64 px, at half the image size above (as Broden: 112 px
+    labels for 224 px images)."""
+    return image_size if image_size <= 64 else image_size // 2
 
 
 def _read_manifest(path: Path) -> dict | None:
@@ -742,7 +748,7 @@ def _fmt(x: float) -> str:
 
 
 def write_broden(out_dir, n: int, seed: int, image_size: int = 64, val_fraction: float = 0.2,
-                 progress: bool = True) -> Path:
+                 progress: bool = True, label_size: int | None = None) -> Path:
     """Write ``n`` toy scenes as a Broden-format directory at ``out_dir`` and return it.
 
     Image ``i`` is ``render_scene(image_seed(seed, i), image_size)``; the last
@@ -753,6 +759,9 @@ def write_broden(out_dir, n: int, seed: int, image_size: int = 64, val_fraction:
     the smallest and largest global label numbers of the category, ``count`` its number of
     labels, ``frequency`` the number of images annotated in it (all of them).
 
+    Labels are written at ``label_size`` (default :func:`default_label_size`), sampled at
+    the centre of each ``image_size / label_size`` block so every layer stays consistent.
+
     If ``out_dir`` already holds a toy world with the same parameters, it is returned as is.
     """
     out = Path(out_dir)
@@ -761,7 +770,10 @@ def write_broden(out_dir, n: int, seed: int, image_size: int = 64, val_fraction:
         raise DissectError(f"toy world size must be at least 1 image, got {n}")
     if not 0.0 <= val_fraction < 1.0:
         raise DissectError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    want = _manifest(n, seed, image_size, val_fraction)
+    label_size = int(label_size or default_label_size(image_size))
+    if label_size < 1 or image_size % label_size:
+        raise DissectError(f"toy world label size {label_size} must divide the image size {image_size}")
+    want = _manifest(n, seed, image_size, val_fraction, label_size)
     if out.exists():
         if not out.is_dir():
             raise DissectError(f"{out} exists and is not a directory; choose another --out")
@@ -775,7 +787,7 @@ def write_broden(out_dir, n: int, seed: int, image_size: int = 64, val_fraction:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        _write_into(tmp, n, seed, image_size, val_fraction, progress)
+        _write_into(tmp, n, seed, image_size, val_fraction, progress, label_size)
         with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
             json.dump(want, f, indent=1)
         if out.exists():
@@ -792,14 +804,15 @@ def write_broden(out_dir, n: int, seed: int, image_size: int = 64, val_fraction:
 
 
 def _write_into(root: Path, n: int, seed: int, size: int, val_fraction: float,
-                progress: bool) -> None:
+                progress: bool, label_size: int) -> None:
+    f = size // label_size
     images = root / "images"
     images.mkdir()
     n_val = int(round(n * val_fraction))
     max_num = max(num for num, _, _ in LABELS)
     freq = np.zeros(max_num + 1, np.int64)
     cover = np.zeros(max_num + 1, np.float64)
-    npx = float(size * size)
+    npx = float(label_size * label_size)
     rows = []
     it: Iterable[int] = range(n)
     if progress:
@@ -811,7 +824,7 @@ def _write_into(root: Path, n: int, seed: int, size: int, val_fraction: float,
         name = f"toy-{i:05d}"
         (images / f"{name}.png").write_bytes(_png_bytes(sc.image, level=6))
         row = {"image": f"{name}.png", "split": "val" if i >= n - n_val else "train",
-               "ih": size, "iw": size, "sh": size, "sw": size}
+               "ih": size, "iw": size, "sh": label_size, "sw": label_size}
         for cat in CATEGORIES:
             if cat == "scene":
                 num = LABEL_NUMBER[f"{SCENE_CLASSES[sc.scene_class]}-s"]
@@ -819,7 +832,7 @@ def _write_into(root: Path, n: int, seed: int, size: int, val_fraction: float,
                 freq[num] += 1
                 cover[num] += 1.0
                 continue
-            lab = sc.layers[cat]
+            lab = sc.layers[cat][f // 2::f, f // 2::f]
             fname = f"{name}_{cat}.png"
             _save_label_png(images / fname, lab)
             row[cat] = fname
