@@ -83,6 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="height of the unit grid's thumbnails in px (default 48; smaller = smaller site)")
     r.add_argument("--jpeg-quality", type=_positive_int, default=85, metavar="Q",
                    help="JPEG quality 1-95 of re-encoded images and thumbnails (default 85)")
+    r.add_argument("--no-ablation", action="store_true", help="skip the classifier ablation "
+                   "(default: run it for classifiers whose labeled data matches their classes)")
+    r.add_argument("--ablation-data", default=None, metavar="DIR", help="labeled images for the "
+                   "ablation: DIR/<class>/*.jpg (or DIR/train/<class>/..., DIR/val/<class>/...) named "
+                   "after the model's classes, or a Broden folder with scene labels (default: the probe set)")
+    r.add_argument("--ablation-layer", action="append", default=[], metavar="NAME",
+                   help="dissected layer to ablate (repeatable; 'all' for every one; default: the deepest)")
+    r.add_argument("--ablation-top-n", default=None, metavar="N,N,...", help="sizes N of the top-N "
+                   "curves (default 1,2,3,4,5,10,20,50,100,all)")
+    r.add_argument("--attack-epsilon", default=None, metavar="EPS", help="PGD L-inf budget in "
+                   "pixel units, e.g. 8/255 or 0.03 (default 8/255)")
+    r.add_argument("--attack-steps", type=_positive_int, default=None, help="PGD steps (default 10)")
+    r.add_argument("--attack-pairs", type=int, default=None, metavar="K", help="class pairs to "
+                   "attack, the most confused first (default 4; 0: no attack)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
 
     dp = sub.add_parser("data", help="make or fetch probe data sets")
@@ -112,6 +126,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _ablation_config(args: argparse.Namespace):
+    """The ablation config from ``dissect report``'s flags (False with --no-ablation)."""
+    if args.no_ablation:
+        return False
+    from .experiments.ablation import AblationConfig, parse_epsilon, parse_top_n
+    more = {"layers": tuple(args.ablation_layer)}
+    if args.ablation_top_n is not None:
+        more["top_n"] = parse_top_n(args.ablation_top_n)
+    if args.attack_epsilon is not None:
+        more["attack_epsilon"] = parse_epsilon(args.attack_epsilon)
+    if args.attack_steps is not None:
+        more["attack_steps"] = args.attack_steps
+    if args.attack_pairs is not None:
+        more["attack_pairs"] = args.attack_pairs
+    config = AblationConfig(device=args.device, num_workers=args.workers, **more)
+    config.validate()
+    return config
+
+
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "report":
         from .experiments.dissection import DissectConfig
@@ -126,7 +159,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                cache_dir=args.cache_dir, force=args.force, reproducible=args.reproducible,
                notes=args.notes, command=" ".join(["dissect"] + [shlex.quote(a) for a in argv]),
                progress=not args.quiet, zip_path=args.zip, thumb_height=args.thumb_height,
-               jpeg_quality=args.jpeg_quality)
+               jpeg_quality=args.jpeg_quality, ablation=_ablation_config(args),
+               ablation_data=args.ablation_data)
     elif args.command == "data" and args.dataset == "toyworld":
         from .data.toyworld import write_broden
         path = write_broden(Path(args.out), n=args.size, seed=args.seed, image_size=args.image_size)

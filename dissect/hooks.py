@@ -121,8 +121,12 @@ def ablate(model: nn.Module, layer: str, units: Iterable[int]) -> Intervene:
 
 def set_units(model: nn.Module, layer: str, units: Iterable[int], values, mask=None) -> Intervene:
     """Set the given units of ``layer`` to ``values`` (scalar or one per unit), optionally
-    only where ``mask`` (broadcastable to the spatial map, 1 = set) is true."""
-    idx = torch.as_tensor(sorted(set(int(u) for u in units)), dtype=torch.long)
+    only where ``mask`` (broadcastable to the spatial map, 1 = set) is true. Per-unit values
+    follow the order of ``units``."""
+    order = [int(u) for u in units]
+    if len(set(order)) != len(order):
+        raise ValueError(f"set_units: a unit is listed twice in {order}")
+    idx = torch.as_tensor(order, dtype=torch.long)
     vals = torch.as_tensor(values, dtype=torch.float32)
 
     def edit(out: torch.Tensor) -> torch.Tensor:

@@ -117,6 +117,9 @@
     readHash();
     form.hidden = false;
     apply(false);
+    // A deep link to one unit (index.html#unit-12): bring its card into view once laid out.
+    var target = /^#unit-\d+$/.test(location.hash) && document.getElementById(location.hash.slice(1));
+    if (target && grid.contains(target)) target.scrollIntoView({block: "center"});
   }
 
   // ---- unit pages: ← / → follow rel=prev / rel=next

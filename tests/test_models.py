@@ -69,14 +69,15 @@ def test_registered_model_builds_and_layers_resolve(name: str) -> None:
     for alias, path in m.aliases.items():
         assert resolve_layer(m, alias) == (path, alias)
         assert path in modules and path != ""
-    assert len(m.default_layers) == 1 and m.default_layers[0] in modules
-    assert resolve_layer(m, m.default_layers[0]) == (m.default_layers[0], None)
+    assert len(m.default_layers) == (3 if name == "toy" else 1)
+    for default in m.default_layers:
+        assert default in modules and resolve_layer(m, default) == (default, None)
     names = layer_names(m)
     assert names[: len(m.aliases)] == list(m.aliases)
     # the default layer is a convolutional feature map with spatial extent (checked at a
     # reduced size to keep the suite fast; vgg16 is checked at full size below)
     size = min(m.input_size, 112)
-    out = _output_of(m, m.default_layers[0], torch.zeros(1, 3, size, size))
+    out = _output_of(m, m.default_layers[-1], torch.zeros(1, 3, size, size))
     assert out.dim() == 4 and out.shape[-1] > 1 and out.shape[-2] > 1
     # no in-place activations left to overwrite a captured output
     assert not any(getattr(mod, "inplace", False) is True for mod in m.module.modules())

@@ -16,7 +16,7 @@ from typing import Any
 
 import dissect
 from dissect.errors import DissectError
-from dissect.site import _images, _resources, _views
+from dissect.site import _ablation, _images, _resources, _views
 
 MARKER = ".dissect-site"
 #: Top-level names the site owns; anything else in an existing site is kept as it is.
@@ -136,6 +136,10 @@ def _build_model(
         for i, u in enumerate(layer["units"]):
             page = _views.unit_page(ctx, layer, i, images)
             _write(ldir / _views.unit_file(u["unit"]), unit_tpl.render(page))
+        ablation = _ablation.layer_entry(site_results, layer)
+        if ablation is not None:
+            _write(ldir / _ablation.PAGE,
+                   env.get_template("ablation.html").render(_ablation.ablation_page(ctx, layer, ablation)))
 
     _write(dest / "index.html", env.get_template("model.html").render(_views.model_page(ctx, slugs, notes)))
     _write(dest / "results.json", _dump_json(site_results))

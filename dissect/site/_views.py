@@ -285,6 +285,7 @@ def model_page(ctx: ModelContext, layer_slugs: list[str], notes: Markup | None) 
             "hist_chart": hist,
             "hist_chart_id": f"chart-iou-{i}",
             "hist_table": hist_table,
+            "ablation_href": _ablation().layer_href(r, layer, slug),
         })
     created = prov.get("created")
     return {
@@ -327,6 +328,12 @@ def model_page(ctx: ModelContext, layer_slugs: list[str], notes: Markup | None) 
 
 
 # ---------------------------------------------------------------------------- layer grid
+
+def _ablation():
+    """The ablation view module (imported late: it builds on this one)."""
+    from dissect.site import _ablation as mod
+    return mod
+
 
 def unit_file(unit: int) -> str:
     return f"unit-{unit:04d}.html"
@@ -461,6 +468,7 @@ def unit_page(
              "max_activation": fmt_num(t.get("max_activation"))}
             for k, t in enumerate(u.get("top_images", []))
         ],
+        "ablation": _ablation().unit_dependents(ctx, layer, u),
         "prev": nav(index - 1),
         "next": nav(index + 1),
     }

@@ -1,0 +1,319 @@
+"""Gather the ablation page of a layer (``results["ablation"]``) into plain view dicts.
+
+Like :mod:`dissect.site._views`: every number is formatted here, templates only lay out.
+Plotly reads tags and entities in trace text, so names go into figures HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from dissect.site._views import PALETTE, ModelContext, fmt_iou, fmt_num, unit_file
+
+#: Per-class sections shown on the page (the rest are in results.json).
+MAX_CLASSES_SHOWN = 40
+#: Top units listed per class on the page.
+UNITS_SHOWN = 10
+PAGE = "ablation.html"
+
+_COLORS = {"remove": "#c0392b", "keep": "#2f6fbd", "random_remove": "#e6a39b", "random_keep": "#9fbbe0",
+           "baseline": "#6c6f7d"}
+
+
+def layer_entry(results: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any] | None:
+    """The ablation record of ``layer`` (None when there is none or it failed)."""
+    abl = results.get("ablation")
+    if not isinstance(abl, dict):
+        return None
+    entry = (abl.get("layers") or {}).get(layer.get("name"))
+    if not isinstance(entry, dict) or entry.get("error") or not entry.get("classes"):
+        return None
+    return entry
+
+
+def layer_error(results: dict[str, Any], layer: dict[str, Any]) -> str | None:
+    """Why there is no ablation page for ``layer`` (None when there is one, or none was asked)."""
+    abl = results.get("ablation")
+    if not isinstance(abl, dict):
+        return None
+    if abl.get("error"):
+        return str(abl["error"])
+    entry = (abl.get("layers") or {}).get(layer.get("name"))
+    if isinstance(entry, dict) and entry.get("error"):
+        return str(entry["error"])
+    return None
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def _pts(x: float | None) -> str:
+    """An accuracy difference in percentage points, signed."""
+    return "–" if x is None else f"{100 * x:+.1f}"
+
+
+def _unit_info(layer: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    return {u["unit"]: u for u in layer.get("units", [])}
+
+
+def _unit_cell(ctx: ModelContext, info: dict[int, dict[str, Any]], k: int) -> dict[str, Any]:
+    u = info.get(k, {})
+    label = "none" if u.get("dead") or not u.get("label") else u["label"]
+    cat = None if u.get("dead") else u.get("category")
+    return {"unit": k, "href": unit_file(k), "label": label, "category": cat, "cls": ctx.cat_class(cat),
+            "iou": fmt_iou(u.get("iou")) if u else "–", "detector": bool(u.get("detector"))}
+
+
+def _layout(xtitle: str, ytitle: str, **more: Any) -> dict[str, Any]:
+    lay = {
+        "height": 300,
+        "margin": {"l": 52, "r": 8, "t": 8, "b": 44},
+        "xaxis": {"title": {"text": xtitle}},
+        "yaxis": {"title": {"text": ytitle}},
+        "legend": {"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom"},
+        "paper_bgcolor": "rgba(0,0,0,0)",
+        "plot_bgcolor": "rgba(0,0,0,0)",
+    }
+    lay.update(more)
+    return lay
+
+
+def _curve_chart(sizes: list[int], series: dict[str, list[float | None]], baseline: float | None,
+                 num_units: int) -> dict[str, Any]:
+    names = {"remove": "remove top N", "keep": "keep only top N",
+             "random_remove": "remove N random", "random_keep": "keep only N random"}
+    traces = []
+    for key in ("remove", "keep", "random_remove", "random_keep"):
+        ys = series.get(key)
+        if ys is None:
+            continue
+        traces.append({
+            "type": "scatter", "mode": "lines+markers", "name": names[key], "x": sizes,
+            "y": [None if y is None else round(100 * y, 3) for y in ys],
+            "line": {"color": _COLORS[key], "dash": "dot" if key.startswith("random") else "solid"},
+            "hovertemplate": "N=%{x}: %{y:.1f}%<extra>" + names[key] + "</extra>",
+        })
+    shapes = []
+    if baseline is not None:
+        shapes.append({"type": "line", "xref": "paper", "yref": "y", "x0": 0, "x1": 1,
+                       "y0": round(100 * baseline, 3), "y1": round(100 * baseline, 3),
+                       "line": {"color": _COLORS["baseline"], "width": 1, "dash": "dash"}})
+    return {"data": traces,
+            "layout": _layout(f"N units (of {num_units})", "balanced accuracy (%)",
+                              xaxis={"title": {"text": f"N units (of {num_units})"}, "type": "log"},
+                              yaxis={"title": {"text": "balanced accuracy (%)"}, "range": [0, 102]},
+                              shapes=shapes)}
+
+
+def _mean(values: list[float | None]) -> float | None:
+    v = [x for x in values if x is not None]
+    return sum(v) / len(v) if v else None
+
+
+def _many_chart(ctx: ModelContext, rows: list[dict[str, Any]], important: int) -> dict[str, Any] | None:
+    if not rows:
+        return None
+    traces = []
+    cats = [c for c in ctx.categories if any(r["category"] == c for r in rows)]
+    groups = [(c, [r for r in rows if r["category"] == c]) for c in cats]
+    groups.append((None, [r for r in rows if r["category"] is None]))
+    for cat, mine in groups:
+        if not mine:
+            continue
+        traces.append({
+            "type": "scatter", "mode": "markers", "name": html.escape(cat or "no label"),
+            "x": [r["iou_raw"] for r in mine], "y": [r["num_classes"] for r in mine],
+            "text": [html.escape(f"unit {r['unit']}: {r['label']}") for r in mine],
+            "marker": {"color": PALETTE[ctx.cat_index[cat]] if cat in ctx.cat_index else "#999999",
+                       "size": 8, "opacity": 0.75},
+            "hovertemplate": "%{text}<br>IoU %{x:.3f}, top-" + str(important) + " of %{y} classes<extra></extra>",
+        })
+    return {"data": traces,
+            "layout": _layout("best IoU (dissection)", f"classes with the unit in their top {important}",
+                              yaxis={"title": {"text": f"classes with the unit in their top {important}"},
+                                     "rangemode": "tozero", "dtick": 1})}
+
+
+def ablation_page(ctx: ModelContext, layer: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """The view of ``SITE/<model>/<layer>/ablation.html``."""
+    r = ctx.results
+    model = r["model"]
+    abl = r.get("ablation") or {}
+    params = abl.get("params") or {}
+    data = abl.get("data") or {}
+    info = _unit_info(layer)
+    sizes = list(entry.get("top_n") or [])
+    C = entry.get("num_units") or len(info)
+    lname = layer["name"] + (f" ({layer['alias']})" if layer.get("alias") else "")
+
+    classes = []
+    for i, c in enumerate(entry.get("classes", [])[:MAX_CLASSES_SHOWN]):
+        base = c.get("balanced_accuracy")
+        series = {"remove": c.get("remove_top"), "keep": c.get("keep_top"),
+                  "random_remove": c.get("random_remove"), "random_keep": c.get("random_keep")}
+        curve_rows = []
+        for j, n in enumerate(sizes):
+            def at(key: str) -> float | None:
+                v = series.get(key)
+                return v[j] if v is not None and j < len(v) else None
+            curve_rows.append({"n": n, "remove": _pct(at("remove")), "keep": _pct(at("keep")),
+                               "random_remove": _pct(at("random_remove")), "random_keep": _pct(at("random_keep"))})
+        top = []
+        for t in (c.get("top_units") or [])[:UNITS_SHOWN]:
+            cell = _unit_cell(ctx, info, t["unit"])
+            cell.update({"drop": _pts(t.get("drop")), "drop_rank": _pts(t.get("drop_rank")),
+                         "expected": _pts(t.get("expected_drop_rank"))})
+            top.append(cell)
+        has_curves = c.get("remove_top") is not None and base is not None
+        classes.append({
+            "name": c["name"],
+            "anchor": f"class-{i}",
+            "images_rank": fmt_num(c.get("images_rank")),
+            "images_eval": fmt_num(c.get("images_eval")),
+            "balanced_accuracy": _pct(base),
+            "top_units": top,
+            "chart": _curve_chart(sizes, series, base, C) if has_curves else None,
+            "chart_id": f"chart-class-{i}",
+            "curve_rows": curve_rows if has_curves else [],
+        })
+    hidden = max(0, len(entry.get("classes", [])) - MAX_CLASSES_SHOWN)
+
+    # mean over classes
+    shown_all = [c for c in entry.get("classes", []) if c.get("remove_top") is not None and c.get("balanced_accuracy") is not None]
+    mean_series: dict[str, list[float | None]] = {}
+    for key, src in (("remove", "remove_top"), ("keep", "keep_top"), ("random_remove", "random_remove"),
+                     ("random_keep", "random_keep")):
+        mean_series[key] = [_mean([c[src][j] for c in shown_all if c.get(src)]) for j in range(len(sizes))]
+    mean_base = _mean([c["balanced_accuracy"] for c in shown_all])
+    summary_rows = []
+    for j, n in enumerate(sizes):
+        summary_rows.append({"n": n, **{k: _pct(v[j]) for k, v in mean_series.items()}})
+
+    # many classes vs IoU
+    many = entry.get("many_classes") or {}
+    important = many.get("important", params.get("important", 5))
+    scatter_rows = []
+    for row in entry.get("units", []):
+        u = info.get(row["unit"], {})
+        cat = None if u.get("dead") else u.get("category")
+        scatter_rows.append({"unit": row["unit"], "num_classes": row.get("num_classes", 0),
+                             "iou_raw": round(float(u.get("iou") or 0.0), 6),
+                             "label": "none" if u.get("dead") or not u.get("label") else u["label"],
+                             "category": cat})
+    by_count: dict[int, list[dict[str, Any]]] = {}
+    for s in scatter_rows:
+        by_count.setdefault(s["num_classes"], []).append(s)
+    count_rows = [{"count": n, "units": len(rs),
+                   "mean_iou": fmt_iou(sum(x["iou_raw"] for x in rs) / len(rs)),
+                   "detectors": sum(1 for x in rs if info.get(x["unit"], {}).get("detector"))}
+                  for n, rs in sorted(by_count.items(), reverse=True)]
+    many_units = []
+    for s in sorted(scatter_rows, key=lambda s: (-s["num_classes"], s["unit"])):
+        if s["num_classes"] < 2 or len(many_units) >= 20:
+            continue
+        cell = _unit_cell(ctx, info, s["unit"])
+        row = next(x for x in entry["units"] if x["unit"] == s["unit"])
+        cell.update({"num_classes": s["num_classes"], "classes": ", ".join(c["class"] for c in row.get("classes", []))})
+        many_units.append(cell)
+
+    # attack
+    attack_rows = []
+    for a in entry.get("attack") or []:
+        def units(key: str) -> list[dict[str, Any]]:
+            out = []
+            for t in (a.get(key) or [])[:5]:
+                cell = _unit_cell(ctx, info, t["unit"])
+                cell["change"] = f"{t['change']:+.2f}"
+                out.append(cell)
+            return out
+        ov = a.get("overlap") or {}
+        mc = a.get("mean_change") or {}
+        attack_rows.append({
+            "source": a["source"], "target": a["target"], "images": fmt_num(a.get("images")),
+            "success": _pct(a.get("success_rate")),
+            "suppressed": units("suppressed"), "activated": units("activated"),
+            "overlap_source": fmt_num(ov.get("suppressed_source")),
+            "overlap_target": fmt_num(ov.get("activated_target")),
+            "chance": fmt_num(ov.get("chance")),
+            "change_source": "–" if mc.get("source_top") is None else f"{mc['source_top']:+.2f}",
+            "change_target": "–" if mc.get("target_top") is None else f"{mc['target_top']:+.2f}",
+            "change_all": "–" if mc.get("all_units") is None else f"{mc['all_units']:+.2f}",
+            "important": fmt_num(a.get("important")),
+        })
+    attack_info = abl.get("attack") or {}
+    ap = attack_info.get("params") or {}
+    pairs_info = {(p["source"], p["target"]): p for p in attack_info.get("pairs") or []}
+    for row in attack_rows:
+        p = pairs_info.get((row["source"], row["target"]), {})
+        tp = p.get("target_probability") or {}
+        row["target_prob"] = f"{_pct(tp.get('clean'))} → {_pct(tp.get('attacked'))}" if tp else "–"
+
+    acc = entry.get("accuracy") or {}
+    setup = [
+        {"key": "method", "value": entry.get("method", "–")},
+        {"key": "labeled data", "value": f"{data.get('source', '–')}: {data.get('path', '–')}"},
+        {"key": "ranking split", "value": f"{data.get('rank_split', '–')} ({fmt_num(data.get('rank_images'))} images, accuracy {_pct(acc.get('rank'))}%)"},
+        {"key": "evaluation split", "value": f"{data.get('eval_split', '–')} ({fmt_num(data.get('eval_images'))} images, accuracy {_pct(acc.get('eval'))}%)"},
+        {"key": "N (top-N curves)", "value": ", ".join(str(n) for n in sizes) or "–"},
+        {"key": "random draws per N", "value": fmt_num(params.get("random_draws"))},
+        {"key": "seed", "value": fmt_num(params.get("seed"))},
+        {"key": "ranking", "value": f"{params.get('ranking', '–')}: {params.get('ranking_rule', '–')}"},
+        {"key": "balanced accuracy", "value": params.get("balanced_accuracy", "–")},
+        {"key": "time", "value": f"{entry.get('seconds', 0):.1f} s" if entry.get("seconds") is not None else "–"},
+    ]
+    return {
+        "title": f"ablation · {lname} · {model['name']}",
+        "root": "../../",
+        "breadcrumbs": [
+            {"label": "All models", "href": "../../index.html"},
+            {"label": model["name"], "href": "../index.html"},
+            {"label": lname, "href": "index.html"},
+            {"label": "ablation", "href": None},
+        ],
+        "plotly": True,
+        "footer": ctx.footer("../"),
+        "layer": {"name": layer["name"], "alias": layer.get("alias"), "num_units": fmt_num(C)},
+        "setup": setup,
+        "messages": list(abl.get("messages") or []) + list(entry.get("messages") or []),
+        "class_links": [{"name": c["name"], "anchor": c["anchor"], "ba": c["balanced_accuracy"]} for c in classes],
+        "summary_chart": _curve_chart(sizes, mean_series, mean_base, C) if shown_all else None,
+        "summary_rows": summary_rows,
+        "classes": classes,
+        "hidden_classes": hidden,
+        "important": important,
+        "many_chart": _many_chart(ctx, scatter_rows, important),
+        "many_rows": count_rows,
+        "many_units": many_units,
+        "spearman": "–" if many.get("spearman") is None else f"{many['spearman']:+.2f}",
+        "attack": attack_rows,
+        "attack_params": {
+            "epsilon": f"{ap['epsilon'] * 255:.3g}/255" if ap.get("epsilon") is not None else "–",
+            "steps": fmt_num(ap.get("steps")),
+            "step": f"{ap['step_size'] * 255:.3g}/255" if ap.get("step_size") is not None else "–",
+        },
+        "attack_error": attack_info.get("error"),
+    }
+
+
+def unit_dependents(ctx: ModelContext, layer: dict[str, Any], unit: dict[str, Any]) -> dict[str, Any] | None:
+    """For the unit page: the classes whose top units include this one (None: no ablation)."""
+    entry = layer_entry(ctx.results, layer)
+    if entry is None:
+        return None
+    row = next((x for x in entry.get("units", []) if x.get("unit") == unit["unit"]), None)
+    anchors = {c["name"]: f"class-{i}" for i, c in enumerate(entry.get("classes", [])[:MAX_CLASSES_SHOWN])}
+    rows = []
+    for c in (row or {}).get("classes", []):
+        a = anchors.get(c["class"])
+        rows.append({"name": c["class"], "rank": c.get("rank"), "drop": _pts(c.get("drop")),
+                     "drop_rank": _pts(c.get("drop_rank")),
+                     "href": f"{PAGE}#{a}" if a else PAGE})
+    many = entry.get("many_classes") or {}
+    return {"href": PAGE, "classes": rows, "important": many.get("important", 5)}
+
+
+def layer_href(results: dict[str, Any], layer: dict[str, Any], slug: str) -> str | None:
+    """Link from the model overview to the layer's ablation page (None when there is none)."""
+    return f"{slug}/{PAGE}" if layer_entry(results, layer) is not None else None

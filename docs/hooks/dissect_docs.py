@@ -1,0 +1,141 @@
+"""mkdocs hooks of the user guide (see ``mkdocs.yml``).
+
+* ``<!-- dissect:cli-reference -->`` in a page becomes the ``--help`` of every command,
+  generated from the argparse parser, so the reference cannot drift from the code.
+* ``<!-- dissect:defaults -->`` becomes a table of the dissection defaults
+  (:class:`dissect.experiments.dissection.DissectConfig`).
+* A real example site is built by the project (``dissect report`` on the toy classifier)
+  and published under ``example/`` in the guide. ``DISSECT_DOCS_EXAMPLE=/path/to/site``
+  uses a site you built instead (for example a larger one in a Pages workflow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger("mkdocs.plugins.dissect")
+
+CLI_MARK = "<!-- dissect:cli-reference -->"
+DEFAULTS_MARK = "<!-- dissect:defaults -->"
+EXAMPLE_DIR = "example"
+#: The example site: the shipped toy classifier on generated toy-world scenes.
+EXAMPLE_ARGS = {"model": "toy", "data_size": 300}
+
+_tmp: tempfile.TemporaryDirectory | None = None
+
+
+@contextlib.contextmanager
+def _columns(n: int):
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(n)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = old
+
+
+def _subcommands(parser: argparse.ArgumentParser, prefix: str):
+    for action in parser._actions:  # argparse keeps sub-parsers here; there is no public accessor
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                nested = any(isinstance(a, argparse._SubParsersAction) for a in sub._actions)
+                yield f"{prefix} {name}", sub, nested
+                if nested:
+                    yield from _subcommands(sub, f"{prefix} {name}")
+
+
+def cli_reference() -> str:
+    from dissect.cli import build_parser
+
+    parser = build_parser()
+    parts = []
+    with _columns(96):
+        parts.append("## `dissect`\n\n```text\n" + parser.format_help().rstrip() + "\n```\n")
+        for name, sub, nested in _subcommands(parser, "dissect"):
+            if nested:
+                continue
+            sub.prog = name
+            parts.append(f"## `{name}`\n\n```text\n" + sub.format_help().rstrip() + "\n```\n")
+    return "\n".join(parts)
+
+
+def defaults_table() -> str:
+    from dissect.experiments.dissection import DissectConfig
+
+    rows = ["| setting | default | CLI option |", "| --- | --- | --- |"]
+    for f in dataclasses.fields(DissectConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        opt = "--" + f.name.replace("_", "-")
+        opt = {"--num-workers": "--workers", "--activation-cache-mb": "(Python API)",
+               "--tile-size": "(Python API)", "--top-concepts": "(Python API)"}.get(opt, opt)
+        rows.append(f"| `{f.name}` | `{default!r}` | `{opt}` |" if opt.startswith("--") else
+                    f"| `{f.name}` | `{default!r}` | {opt} |")
+    return "\n".join(rows) + "\n"
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    if CLI_MARK in markdown:
+        markdown = markdown.replace(CLI_MARK, cli_reference())
+    if DEFAULTS_MARK in markdown:
+        markdown = markdown.replace(DEFAULTS_MARK, defaults_table())
+    return markdown
+
+
+def _build_example(dest: Path) -> Path:
+    from dissect.errors import DissectError
+    from dissect.report import report
+
+    notes = dest.parent / "notes.md"
+    try:
+        import dissect.models
+        trained = (Path(dissect.models.__file__).parent / "weights" / "toy_classifier.safetensors").is_file()
+        weights = None if trained else "none"
+        notes.write_text(
+            "This example site was built while building the dissect user guide, with\n"
+            f"`dissect report --model toy --data-size {EXAMPLE_ARGS['data_size']} --reproducible`"
+            + ("." if trained else " and **random weights** (`--weights none`): the trained toy weights "
+               "were not in this checkout, so few units are detectors.") + "\n",
+            encoding="utf-8")
+        report(**EXAMPLE_ARGS, weights=weights, out=dest, reproducible=True, notes=notes,
+               command=f"dissect report --model toy --data-size {EXAMPLE_ARGS['data_size']} --reproducible"
+               + ("" if trained else " --weights none"), progress=False)
+    except DissectError as exc:
+        raise SystemExit(f"dissect docs: cannot build the example site: {exc}") from exc
+    return dest
+
+
+def on_files(files, config):
+    from mkdocs.structure.files import File
+
+    global _tmp
+    given = os.environ.get("DISSECT_DOCS_EXAMPLE")
+    if given:
+        site = Path(given)
+        if not (site / "index.html").is_file():
+            raise SystemExit(f"dissect docs: DISSECT_DOCS_EXAMPLE={given} holds no site (no index.html)")
+    else:
+        _tmp = tempfile.TemporaryDirectory(prefix="dissect-docs-example-")
+        log.info("dissect: building the example site (toy classifier) for the guide")
+        site = _build_example(Path(_tmp.name) / "site")
+    for path in sorted(site.rglob("*")):
+        rel = path.relative_to(site).as_posix()
+        if not path.is_file() or any(part.startswith(".") for part in rel.split("/")):
+            continue
+        files.append(File.generated(config, f"{EXAMPLE_DIR}/{rel}", abs_src_path=str(path)))
+    return files
+
+
+def on_post_build(config) -> None:
+    global _tmp
+    if _tmp is not None:
+        _tmp.cleanup()
+        _tmp = None
