@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--ablation-top-n", default=None, metavar="N,N,...", help="sizes N of the top-N "
                    "curves (default 1,2,3,4,5,10,20,50,100,all)")
     r.add_argument("--attack-epsilon", default=None, metavar="EPS", help="PGD L-inf budget in "
-                   "pixel units, e.g. 8/255 or 0.03 (default 8/255)")
+                   "pixel units, e.g. 8/255 or 0.03 (default 16/255)")
     r.add_argument("--attack-steps", type=_positive_int, default=None, help="PGD steps (default 10)")
     r.add_argument("--attack-pairs", type=int, default=None, metavar="K", help="class pairs to "
                    "attack, the most confused first (default 4; 0: no attack)")

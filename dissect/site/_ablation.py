@@ -50,8 +50,8 @@ def _pct(x: float | None) -> str:
 
 
 def _pts(x: float | None) -> str:
-    """An accuracy difference in percentage points, signed."""
-    return "–" if x is None else f"{100 * x:+.1f}"
+    """An accuracy difference in percentage points, signed (never "-0.0")."""
+    return "–" if x is None else f"{round(100 * x, 1) + 0.0:+.1f}"
 
 
 def _unit_info(layer: dict[str, Any]) -> dict[int, dict[str, Any]]:
@@ -102,7 +102,8 @@ def _curve_chart(sizes: list[int], series: dict[str, list[float | None]], baseli
                        "line": {"color": _COLORS["baseline"], "width": 1, "dash": "dash"}})
     return {"data": traces,
             "layout": _layout(f"N units (of {num_units})", "balanced accuracy (%)",
-                              xaxis={"title": {"text": f"N units (of {num_units})"}, "type": "log"},
+                              xaxis={"title": {"text": f"N units (of {num_units})"}, "type": "log",
+                                     "tickvals": sizes, "ticktext": [str(n) for n in sizes]},
                               yaxis={"title": {"text": "balanced accuracy (%)"}, "range": [0, 102]},
                               shapes=shapes)}
 
@@ -261,7 +262,6 @@ def ablation_page(ctx: ModelContext, layer: dict[str, Any], entry: dict[str, Any
         {"key": "seed", "value": fmt_num(params.get("seed"))},
         {"key": "ranking", "value": f"{params.get('ranking', '–')}: {params.get('ranking_rule', '–')}"},
         {"key": "balanced accuracy", "value": params.get("balanced_accuracy", "–")},
-        {"key": "time", "value": f"{entry.get('seconds', 0):.1f} s" if entry.get("seconds") is not None else "–"},
     ]
     return {
         "title": f"ablation · {lname} · {model['name']}",
@@ -308,7 +308,7 @@ def unit_dependents(ctx: ModelContext, layer: dict[str, Any], unit: dict[str, An
     for c in (row or {}).get("classes", []):
         a = anchors.get(c["class"])
         rows.append({"name": c["class"], "rank": c.get("rank"), "drop": _pts(c.get("drop")),
-                     "drop_rank": _pts(c.get("drop_rank")),
+                     "drop_rank": _pts(c.get("drop_rank")), "expected": _pts(c.get("expected_drop_rank")),
                      "href": f"{PAGE}#{a}" if a else PAGE})
     many = entry.get("many_classes") or {}
     return {"href": PAGE, "classes": rows, "important": many.get("important", 5)}
