@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from dissect.site._views import PALETTE, ModelContext, fmt_iou, fmt_num, unit_file
+from dissect.site._views import PALETTE, ModelContext, fmt_iou, fmt_num, layer_breadcrumbs, unit_file
 
 #: Per-class sections shown on the page (the rest are in results.json).
 MAX_CLASSES_SHOWN = 40
@@ -266,12 +266,7 @@ def ablation_page(ctx: ModelContext, layer: dict[str, Any], entry: dict[str, Any
     return {
         "title": f"ablation · {lname} · {model['name']}",
         "root": "../../",
-        "breadcrumbs": [
-            {"label": "All models", "href": "../../index.html"},
-            {"label": model["name"], "href": "../index.html"},
-            {"label": lname, "href": "index.html"},
-            {"label": "ablation", "href": None},
-        ],
+        "breadcrumbs": layer_breadcrumbs(model["name"], lname, "ablation"),
         "plotly": True,
         "footer": ctx.footer("../"),
         "layer": {"name": layer["name"], "alias": layer.get("alias"), "num_units": fmt_num(C)},

@@ -371,11 +371,7 @@ def layer_page(ctx: ModelContext, layer: dict[str, Any], images: dict[int, Any])
     return {
         "title": f"{name} · {model['name']}",
         "root": "../../",
-        "breadcrumbs": [
-            {"label": "All models", "href": "../../index.html"},
-            {"label": model["name"], "href": "../index.html"},
-            {"label": name, "href": None},
-        ],
+        "breadcrumbs": layer_breadcrumbs(model["name"], name),
         "plotly": False,
         "footer": ctx.footer("../"),
         "layer": {
@@ -427,12 +423,7 @@ def unit_page(
     return {
         "title": f"unit {u['unit']}: {label} · {lname} · {model['name']}",
         "root": "../../",
-        "breadcrumbs": [
-            {"label": "All models", "href": "../../index.html"},
-            {"label": model["name"], "href": "../index.html"},
-            {"label": lname, "href": "index.html"},
-            {"label": f"unit {u['unit']}", "href": None},
-        ],
+        "breadcrumbs": layer_breadcrumbs(model["name"], lname, f"unit {u['unit']}"),
         "plotly": False,
         "footer": ctx.footer("../"),
         "unit": {
@@ -472,3 +463,13 @@ def unit_page(
         "prev": nav(index - 1),
         "next": nav(index + 1),
     }
+
+
+def layer_breadcrumbs(model_name: str, layer_name: str, leaf: str | None = None) -> list[dict]:
+    """Breadcrumbs for a page inside a layer's folder: all models > model > layer [> leaf]."""
+    crumbs = [{"label": "All models", "href": "../../index.html"},
+              {"label": model_name, "href": "../index.html"},
+              {"label": layer_name, "href": "index.html" if leaf else None}]
+    if leaf:
+        crumbs.append({"label": leaf, "href": None})
+    return crumbs
