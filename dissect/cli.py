@@ -13,6 +13,7 @@ User errors print one line, ``dissect: error: ...``, and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -197,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     except DissectError as e:
         print(f"dissect: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `dissect layers vgg16 | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("dissect: interrupted; nothing half-written was left in place", file=sys.stderr)
         return 130
