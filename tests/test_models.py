@@ -252,9 +252,9 @@ def test_list_models_and_duplicates() -> None:
         add_model_spec(ModelSpec(name="vgg16", builder=lambda n: nn.Identity()))
 
 
-def test_toy_builtin_weights_missing_message() -> None:
-    if TOY_WEIGHTS.exists():
-        pytest.skip("toy weights are present")
+def test_toy_builtin_weights_missing_message(tmp_path: Path, monkeypatch) -> None:
+    import dissect.models.registry as registry
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)   # as if never trained
     with pytest.raises(DissectError, match="dissect train toy-classifier"):
         load_model("toy")
 
