@@ -43,8 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="dissect a model and write the report site",
                        description="Dissect a model's layers on a probe set and write a "
                        "self-contained static site (default: the toy classifier on toy-world scenes).")
-    r.add_argument("--model", default="toy", help="registered name (see `dissect models`) or "
-                   "package.module:callable returning an nn.Module (default: toy)")
+    r.add_argument("--model", action="append", default=None, help="registered name (see `dissect "
+                   "models`) or package.module:callable returning an nn.Module; repeatable, all "
+                   "go into one site (default: both toy models, toy and toygan)")
+    r.add_argument("--kind", choices=["classifier", "generator"], default=None,
+                   help="what a package.module:callable model is (default classifier); a "
+                   "generator maps latents [N, z_dim] to images in [-1, 1] or [0, 1]")
+    r.add_argument("--z-dim", type=_positive_int, default=None, metavar="N",
+                   help="latent size of a --kind generator model")
+    r.add_argument("--segmenter", default=None, help="labels a generator's outputs: toy, color, "
+                   "deeplabv3_resnet50, ... or package.module:callable (default: the model's own; "
+                   "toy for 64 px outputs, else deeplabv3_resnet50)")
     r.add_argument("--weights", default=None, help="weights: a .pth/.pt/.safetensors state_dict "
                    "file, or 'none' for random init (default: the model's own weights)")
     r.add_argument("--layer", action="append", default=[], metavar="NAME",
@@ -59,10 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--split", default=None, help="only images of this split (default: all)")
     r.add_argument("--input-size", type=_positive_int, default=None,
                    help="model input size in px (default: the model's own)")
-    r.add_argument("--quantile", type=float, default=d.quantile,
-                   help=f"top quantile q for the threshold T_k (default {d.quantile})")
-    r.add_argument("--quantile-space", choices=["activation", "upsampled"], default=d.quantile_space,
-                   help="take the quantile over the layer's maps (2017) or the upsampled maps (2020)")
+    r.add_argument("--quantile", type=float, default=None,
+                   help=f"top quantile q for the threshold T_k (default {d.quantile} for "
+                   "classifiers, 0.01 for generators)")
+    r.add_argument("--quantile-space", choices=["activation", "upsampled"], default=None,
+                   help="take the quantile over the layer's maps (2017, the default for classifiers) "
+                   "or the upsampled maps (2020, the default for generators)")
     r.add_argument("--iou-threshold", type=float, default=d.iou_threshold,
                    help=f"IoU above which a unit is a detector (default {d.iou_threshold})")
     r.add_argument("--top-k", type=_positive_int, default=d.top_k,
@@ -98,6 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--attack-steps", type=_positive_int, default=None, help="PGD steps (default 10)")
     r.add_argument("--attack-pairs", type=int, default=None, metavar="K", help="class pairs to "
                    "attack, the most confused first (default 4; 0: no attack)")
+    r.add_argument("--no-interventions", action="store_true", help="skip a generator's "
+                   "ablation and insertion experiments")
+    r.add_argument("--ablate-concept", action="append", default=None, metavar="CONCEPT",
+                   help="generators: concept whose top units are removed (repeatable; default: "
+                   "the model's own, else the two best-matched objects)")
+    r.add_argument("--insert-concept", action="append", default=None, metavar="CONCEPT",
+                   help="generators: concept whose top units are switched on in a region "
+                   "(repeatable; default: the model's own, else the two best-matched parts/objects)")
+    r.add_argument("--intervene-layer", action="append", default=None, metavar="NAME",
+                   help="generators: dissected layer to intervene on (repeatable; 'all'; default: "
+                   "the model's own, else the first dissected layer)")
+    r.add_argument("--gen-samples", type=_positive_int, default=None, metavar="N",
+                   help="generators: latents per ablation (default 256)")
+    r.add_argument("--gen-units", type=_positive_int, default=None, metavar="N",
+                   help="generators: units switched off/on in the strips and context table (default 10)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
 
     dp = sub.add_parser("data", help="make or fetch probe data sets")
@@ -124,7 +150,40 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--seed", type=int, default=0)
     tc.add_argument("--train-size", type=_positive_int, default=6000)
     tc.add_argument("--epochs", type=_positive_int, default=14)
+    ts = tsub.add_parser("toy-segmenter", help="train the toy segmenter (objects and parts)")
+    ts.add_argument("--out", default=None, help="folder for the weights (default: inside the package)")
+    ts.add_argument("--seed", type=int, default=0)
+    ts.add_argument("--train-size", type=_positive_int, default=8000)
+    ts.add_argument("--steps", type=_positive_int, default=1500)
+    tg = tsub.add_parser("toy-generator", help="train the toy generator (a DCGAN; about an hour "
+                         "on 2 CPU cores, checkpointed: rerun with --resume after a stop)")
+    tg.add_argument("--out", default=None, help="folder for the weights (default: inside the package)")
+    tg.add_argument("--seed", type=int, default=0)
+    tg.add_argument("--train-size", type=_positive_int, default=24000)
+    tg.add_argument("--steps", type=_positive_int, default=9000)
+    tg.add_argument("--batch-size", type=_positive_int, default=32)
+    tg.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     return p
+
+
+def _generator_config(args: argparse.Namespace):
+    if args.no_interventions:
+        return False
+    from .experiments.generator import GeneratorExperimentConfig
+    more = {}
+    if args.ablate_concept:
+        more["ablate"] = tuple(args.ablate_concept)
+    if args.insert_concept:
+        more["insert"] = tuple(args.insert_concept)
+    if args.intervene_layer:
+        more["layers"] = tuple(args.intervene_layer)
+    if args.gen_samples:
+        more["samples"] = args.gen_samples
+    if args.gen_units:
+        more["units"] = args.gen_units
+    config = GeneratorExperimentConfig(device=args.device, batch_size=args.batch_size, **more)
+    config.validate()
+    return config
 
 
 def _ablation_config(args: argparse.Namespace):
@@ -150,18 +209,22 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "report":
         from .experiments.dissection import DissectConfig
         from .report import report
-        config = DissectConfig(quantile=args.quantile, quantile_space=args.quantile_space,
+        config = DissectConfig(quantile=args.quantile or DissectConfig.quantile, quantile_space=args.quantile_space or DissectConfig.quantile_space,
                                iou_threshold=args.iou_threshold, top_k=args.top_k,
                                batch_size=args.batch_size, num_workers=args.workers,
                                device=args.device)
-        report(model=args.model, weights=args.weights, layers=args.layer, data=args.data,
+        from .report import DEFAULT_MODELS
+        report(model=args.model or list(DEFAULT_MODELS), weights=args.weights, layers=args.layer, data=args.data,
                data_size=args.data_size, data_seed=args.data_seed, split=args.split,
                out=args.out, config=config, input_size=args.input_size,
                cache_dir=args.cache_dir, force=args.force, reproducible=args.reproducible,
                notes=args.notes, command=" ".join(["dissect"] + [shlex.quote(a) for a in argv]),
                progress=not args.quiet, zip_path=args.zip, thumb_height=args.thumb_height,
                jpeg_quality=args.jpeg_quality, ablation=_ablation_config(args),
-               ablation_data=args.ablation_data)
+               ablation_data=args.ablation_data, kind=args.kind, z_dim=args.z_dim,
+               segmenter=args.segmenter, generator_quantile=args.quantile,
+               generator_quantile_space=args.quantile_space,
+               interventions=_generator_config(args))
     elif args.command == "data" and args.dataset == "toyworld":
         from .data.toyworld import write_broden
         path = write_broden(Path(args.out), n=args.size, seed=args.seed, image_size=args.image_size)
@@ -183,6 +246,16 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         for name in layer_names(loaded):
             target = loaded.aliases.get(name)
             print(f"{name}  ->  {target}" if target else name)
+    elif args.command == "train" and args.what == "toy-segmenter":
+        from .models.train_seg import train_segmenter
+        rec = train_segmenter(args.out, seed=args.seed, train_size=args.train_size, steps=args.steps)
+        print(f"dissect: toy segmenter: held-out pixel accuracy {rec['heldout']['object_pixel_accuracy']:.4f} "
+              f"(objects), {rec['heldout']['part_pixel_accuracy']:.4f} (parts)")
+    elif args.command == "train" and args.what == "toy-generator":
+        from .models.train_gan import train_generator
+        rec = train_generator(args.out, seed=args.seed, train_size=args.train_size, steps=args.steps,
+                              batch_size=args.batch_size, resume=args.resume)
+        print(f"dissect: toy generator trained, {rec['steps']} steps in {rec['train_seconds']} s")
     elif args.command == "train" and args.what == "toy-classifier":
         from .models.train_toy import train_classifier
         train_classifier(out_dir=args.out, seed=args.seed, train_size=args.train_size,

@@ -181,8 +181,21 @@ class BrodenDataset(torch.utils.data.Dataset):
 
     def __init__(self, index: BrodenIndex | str | os.PathLike, input_size: int = 224,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 with_labels: bool = True, indices: Sequence[int] | None = None):
+                 with_labels: bool = True, indices: Sequence[int] | None = None,
+                 model_input: str = "image"):
         self.index = index if isinstance(index, BrodenIndex) else BrodenIndex(index)
+        if model_input not in ("image", "latent"):
+            raise ValueError(f"model_input must be 'image' or 'latent', not {model_input!r}")
+        self.model_input = model_input
+        self.latents = None
+        if model_input == "latent":
+            path = self.index.root / "latents.npy"
+            if not path.is_file():
+                raise DissectError(f"{self.index.root} has no latents.npy: not a generator's probe set")
+            self.latents = np.load(path, mmap_mode="r")
+            if len(self.latents) != len(self.index.records):
+                raise DissectError(f"{path} holds {len(self.latents)} latents for "
+                                   f"{len(self.index.records)} images; regenerate the probe set")
         self.input_size = int(input_size)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
@@ -194,6 +207,12 @@ class BrodenDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def example_input(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """A batch of one all-zero model input (to find layer shapes)."""
+        if self.latents is not None:
+            return torch.zeros(1, self.latents.shape[1], device=device)
+        return torch.zeros(1, 3, self.input_size, self.input_size, device=device)
+
     def load_rgb(self, i: int) -> Image.Image:
         rec = self.index.records[self.indices[i]]
         with Image.open(self.index.root / "images" / rec.image) as im:
@@ -203,7 +222,9 @@ class BrodenDataset(torch.utils.data.Dataset):
         rec = self.index.records[self.indices[i]]
         item = {"index": i, "ok": True, "path": rec.image}
         try:
-            if self.with_images:
+            if self.with_images and self.latents is not None:
+                item["image"] = torch.from_numpy(np.array(self.latents[self.indices[i]], dtype=np.float32))
+            elif self.with_images:
                 im = self.load_rgb(i)
                 if im.size != (self.input_size, self.input_size):
                     im = im.resize((self.input_size, self.input_size), Image.BILINEAR)
@@ -258,6 +279,44 @@ def make_loader(dataset: BrodenDataset, batch_size: int = 64, num_workers: int |
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
         collate_fn=collate, pin_memory=False,
         persistent_workers=False, prefetch_factor=4 if num_workers else None)
+
+
+# ---------------------------------------------------------------------- writing
+def _fmt(x: float) -> str:
+    return f"{x:.6g}"
+
+
+def write_broden_tables(root: Path, categories: Sequence[str], labels: Sequence[tuple[int, str, str]],
+                        rows: list[dict], freq: np.ndarray, cover: np.ndarray, n: int) -> None:
+    """Write index.csv, label.csv, category.csv and c_*.csv of a Broden-format directory.
+
+    ``labels``: ``(number, name, category)`` of every label; ``rows``: one dict per image with
+    ``image, split, ih, iw, sh, sw`` and one column per category; ``freq[num]``: images
+    holding label ``num``; ``cover[num]``: its mean fraction of an image.
+    """
+    root = Path(root)
+    cols = ["image", "split", "ih", "iw", "sh", "sw"] + list(categories)
+    with open(root / "index.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    with open(root / "label.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["number", "name", "category", "frequency", "coverage", "syns"])
+        for num, name, cat in labels:
+            w.writerow([num, name, f"{cat}({freq[num]})", int(freq[num]), _fmt(cover[num]), ""])
+    with open(root / "category.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "first", "last", "count", "frequency"])
+        for cat in categories:
+            nums = [num for num, _, c in labels if c == cat]
+            w.writerow([cat, min(nums), max(nums), len(nums), n])
+    for cat in categories:
+        with open(root / f"c_{cat}.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["code", "number", "name", "frequency", "coverage"])
+            for code, (num, name, _) in enumerate([lab for lab in labels if lab[2] == cat], start=1):
+                w.writerow([code, num, name, int(freq[num]), _fmt(cover[num])])
 
 
 # ---------------------------------------------------------------------- download

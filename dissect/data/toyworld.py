@@ -54,7 +54,6 @@ lit windows). Horizon height is uniform in [0.35, 0.55] of the image height.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -68,6 +67,7 @@ from typing import Iterable
 
 import numpy as np
 
+from dissect.data.broden import write_broden_tables
 from dissect.data.colors import COLOR_NAMES, name_colors
 from dissect.errors import DissectError
 
@@ -743,10 +743,6 @@ def _save_label_png(path: Path, labels: np.ndarray) -> None:
     Path(path).write_bytes(_png_bytes(rgb))
 
 
-def _fmt(x: float) -> str:
-    return f"{x:.6g}"
-
-
 def write_broden(out_dir, n: int, seed: int, image_size: int = 64, val_fraction: float = 0.2,
                  progress: bool = True, label_size: int | None = None) -> Path:
     """Write ``n`` toy scenes as a Broden-format directory at ``out_dir`` and return it.
@@ -843,26 +839,4 @@ def _write_into(root: Path, n: int, seed: int, size: int, val_fraction: float,
         rows.append(row)
     cover /= n
 
-    cols = ["image", "split", "ih", "iw", "sh", "sw"] + CATEGORIES
-    with open(root / "index.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
-    with open(root / "label.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["number", "name", "category", "frequency", "coverage", "syns"])
-        for num, name, cat in LABELS:
-            w.writerow([num, name, f"{cat}({freq[num]})", int(freq[num]), _fmt(cover[num]), ""])
-    with open(root / "category.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["name", "first", "last", "count", "frequency"])
-        for cat in CATEGORIES:
-            nums = [num for num, _, c in LABELS if c == cat]
-            w.writerow([cat, min(nums), max(nums), len(nums), n])
-    for cat in CATEGORIES:
-        with open(root / f"c_{cat}.csv", "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["code", "number", "name", "frequency", "coverage"])
-            for code, (num, name, _) in enumerate(
-                    [lab for lab in LABELS if lab[2] == cat], start=1):
-                w.writerow([code, num, name, int(freq[num]), _fmt(cover[num])])
+    write_broden_tables(root, CATEGORIES, LABELS, rows, freq, cover, n)

@@ -154,8 +154,8 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
     shapes = _layer_shapes(model, todo, dataset, device)
     for layer, shape in shapes.items():
         if len(shape) != 3 or shape[1] * shape[2] < 1:
-            raise DissectError(f"layer {layer!r} has output shape {list(shape)}; dissection "
-                               "needs a conv feature map [units, h, w]")
+            raise DissectError(f"layer {layer!r} has output shape {list(shape)}, without spatial "
+                               "extent; dissection needs a conv feature map [units, h, w]")
     sh, sw = dataset.label_size
     upsampled = config.quantile_space == "upsampled"
 
@@ -277,9 +277,8 @@ def _forward(model, layers, x) -> dict[str, torch.Tensor]:
 
 
 def _layer_shapes(model, layers, dataset, device) -> dict[str, tuple]:
-    s = dataset.input_size
     with torch.no_grad():
-        acts = _forward(model, layers, torch.zeros(1, 3, s, s, device=device))
+        acts = _forward(model, layers, dataset.example_input(device))
     return {layer: tuple(a.shape[1:]) for layer, a in acts.items()}
 
 

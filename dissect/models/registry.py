@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from dissect.download import download, sha256_file
 from dissect.errors import DissectError, unknown_choice
 from dissect.models.toy import TOY_ALIASES, TOY_DEFAULT_LAYER, TOY_INPUT_SIZE, ToyClassifier
+from dissect.models.toygan import TOYGAN_DEFAULT_LAYER, TOYGAN_Z_DIM, ToyGenerator
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -72,6 +73,9 @@ class ModelSpec:
     fix_state_dict: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None
     missing_weights_hint: str = ""  # what to do when built-in weights are missing
     description: str = ""
+    z_dim: int | None = None  # generators: size of the latent vector
+    segmenter: str | None = None  # generators: the segmenter that labels their outputs
+    experiments: Mapping[str, Any] = field(default_factory=dict)  # generators: default concepts
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -124,6 +128,7 @@ class LoadedModel:
     weights_file_sha256: str | None
     default_layers: list[str]  # dotted paths
     aliases: dict[str, str]
+    z_dim: int | None = None  # generators: latent size (input is z, output an image batch)
 
     def provenance(self) -> dict[str, Any]:
         """What a report records about the model (JSON-serializable)."""
@@ -137,6 +142,7 @@ class LoadedModel:
             "mean": list(self.mean),
             "std": list(self.std),
             "num_classes": len(self.class_names) if self.class_names else None,
+            "z_dim": self.z_dim,
         }
 
 
@@ -384,6 +390,8 @@ def load_model(
     num_classes: int | None = None,
     input_size: int | None = None,
     progress: bool = True,
+    kind: str | None = None,
+    z_dim: int | None = None,
 ) -> LoadedModel:
     """Load a registered model, or ``package.module:callable``, with the chosen weights.
 
@@ -392,7 +400,7 @@ def load_model(
     hold (or the model's usual number). ``input_size`` overrides the model's default.
     """
     if name not in _REGISTRY and ":" in name:
-        return _load_callable(name, weights, num_classes, input_size, progress)
+        return _load_callable(name, weights, num_classes, input_size, progress, kind or "classifier", z_dim)
     spec = get_model_spec(name)
     src = _resolve_weights(spec, spec.name, weights, progress)
     if src.state is not None:
@@ -431,10 +439,12 @@ def load_model(
         weights_file_sha256=src.file_sha256,
         default_layers=[aliases.get(d, d) for d in ((default,) if isinstance(default, str) else (default or ()))],
         aliases=aliases,
+        z_dim=spec.z_dim,
     )
 
 
-def _load_callable(target: str, weights: str | None, num_classes: int | None, input_size: int | None, progress: bool) -> LoadedModel:
+def _load_callable(target: str, weights: str | None, num_classes: int | None, input_size: int | None,
+                   progress: bool, kind: str = "classifier", z_dim: int | None = None) -> LoadedModel:
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise DissectError(f"cannot load model {target!r}: write it as package.module:callable")
@@ -454,6 +464,8 @@ def _load_callable(target: str, weights: str | None, num_classes: int | None, in
     if not callable(obj):
         raise DissectError(f"{target} is a {type(obj).__name__}, not a callable that returns an nn.Module")
     kwargs = {"num_classes": num_classes} if num_classes is not None else {}
+    if kind == "generator" and not z_dim:
+        raise DissectError(f"generator {target}: pass --z-dim N, the size of its latent vector")
     net = _seeded(lambda: obj(**kwargs))
     if not isinstance(net, nn.Module):
         raise DissectError(f"{target}() returned a {type(net).__name__}, not a torch.nn.Module")
@@ -468,18 +480,20 @@ def _load_callable(target: str, weights: str | None, num_classes: int | None, in
         class_names=src.class_names,
         weights="object" if src.label == "none" else src.label,
         weights_file_sha256=src.file_sha256,
+        kind=kind,
+        z_dim=z_dim,
     )
 
 
-def find_last_spatial_layer(module: nn.Module, input_size: int = 224) -> str | None:
-    """Dotted path of the last module to finish, on a dummy input, whose output is a 4-D
-    tensor with more than one spatial position; None if there is none."""
-    order: list[str] = []
+def spatial_layers(module: nn.Module, dummy: Tensor, what: str = "") -> list[tuple[str, tuple[int, ...]]]:
+    """``(dotted path, output shape)`` of every module whose output, on ``dummy``, is a 4-D
+    tensor with more than one spatial position, in the order they finish."""
+    order: list[tuple[str, tuple[int, ...]]] = []
 
     def make_hook(path: str) -> Callable[..., None]:
         def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
             if isinstance(out, Tensor) and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1:
-                order.append(path)
+                order.append((path, tuple(out.shape[1:])))
 
         return hook
 
@@ -492,17 +506,52 @@ def find_last_spatial_layer(module: nn.Module, input_size: int = 224) -> str | N
             if path:
                 handles.append(m.register_forward_hook(make_hook(path)))
         with torch.no_grad():
-            module(torch.zeros(1, 3, input_size, input_size, device=device, dtype=dtype))
+            module(dummy.to(device=device, dtype=dtype))
     except Exception as exc:  # the user's model failed on a dummy input; say so in one line
+        shape = "x".join(str(d) for d in dummy.shape)
         raise DissectError(
-            f"could not run the model on a 1x3x{input_size}x{input_size} input to find its default "
+            f"could not run the model on a {shape} input to find its default "
             f"layer ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-            f"pass --input-size or --layer"
+            f"{what or 'pass --input-size or --layer'}"
         ) from exc
     finally:
         for h in handles:
             h.remove()
-    return order[-1] if order else None
+    return order
+
+
+def find_last_spatial_layer(module: nn.Module, input_size: int = 224) -> str | None:
+    """Dotted path of the last module to finish, on a dummy input, whose output is a 4-D
+    tensor with more than one spatial position; None if there is none."""
+    order = spatial_layers(module, torch.zeros(1, 3, input_size, input_size))
+    return order[-1][0] if order else None
+
+
+def _generator_output_size(module: nn.Module, z_dim: int, name: str) -> int:
+    from ..data.generated import output_range
+    param = next(iter(module.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    with torch.no_grad():
+        try:
+            out = module(torch.randn(2, z_dim, generator=torch.Generator().manual_seed(0)).to(device))
+        except Exception as exc:
+            raise DissectError(f"generator {name} failed on latents of size {z_dim} "
+                               f"({type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}); "
+                               "check --z-dim") from exc
+    output_range(out, f"generator {name}")
+    return int(out.shape[-1])
+
+
+def find_generator_layer(module: nn.Module, z_dim: int) -> str | None:
+    """A generator's default layer: the first with a spatial map of at least 8x8 that has
+    more than 3 channels (GAN dissection's featured layer4 of a Progressive GAN is 8x8)."""
+    order = spatial_layers(module, torch.zeros(1, z_dim), "pass --z-dim N (the latent size) or --layer")
+    for i, (path, shape) in enumerate(order):
+        if len(shape) == 3 and shape[0] > 3 and min(shape[1:]) >= 8:
+            while i + 1 < len(order) and order[i + 1][1] == shape:  # conv, norm, relu, block:
+                i += 1                                            # take the block's output
+            return order[i][0]
+    return order[-1][0] if order else None
 
 
 def from_module(
@@ -517,12 +566,25 @@ def from_module(
     kind: str = "classifier",
     weights: str = "object",
     weights_file_sha256: str | None = None,
+    z_dim: int | None = None,
 ) -> LoadedModel:
     """Wrap a model object you already hold (it is put in eval mode, otherwise unchanged).
 
-    Without ``default_layers``, the default is :func:`find_last_spatial_layer`.
+    ``kind="generator"``: the module maps latents ``[N, z_dim]`` to images ``[N, 3, H, W]``
+    in [-1, 1] or [0, 1]; ``z_dim`` is then required. Without ``default_layers``, the
+    default is :func:`find_last_spatial_layer` (classifiers) or
+    :func:`find_generator_layer` (generators).
     """
     module.eval()
+    if kind not in ("classifier", "generator"):
+        raise DissectError(f"--kind must be classifier or generator, not {kind!r}")
+    if kind == "generator":
+        if not z_dim or z_dim < 1:
+            raise DissectError(f"generator {name}: pass --z-dim N, the size of its latent vector")
+        if default_layers is None:
+            found = find_generator_layer(module, z_dim)
+            default_layers = [found] if found else []
+        input_size = _generator_output_size(module, z_dim, name)
     if default_layers is None:
         found = find_last_spatial_layer(module, input_size)
         default_layers = [found] if found else []
@@ -540,6 +602,7 @@ def from_module(
         weights_file_sha256=weights_file_sha256,
         default_layers=list(default_layers),
         aliases=dict(aliases or {}),
+        z_dim=z_dim if kind == "generator" else None,
     )
 
 
@@ -598,6 +661,20 @@ register_model(
     missing_weights_hint="run `dissect train toy-classifier` to create them",
     description="small VGG-style scene classifier for the 64x64 toy world (weights ship with dissect)",
 )(lambda n: ToyClassifier(num_classes=n))
+
+register_model(
+    "toygan",
+    kind="generator",
+    default_weights="builtin:toy_generator",
+    input_size=64,
+    default_layer=TOYGAN_DEFAULT_LAYER,
+    num_classes=0,
+    z_dim=TOYGAN_Z_DIM,
+    segmenter="toy",
+    experiments={"ablate": ("tree",), "insert": ("door",)},
+    missing_weights_hint="run `dissect train toy-generator` to create them",
+    description="DCGAN-style generator of 64x64 toy-world scenes (weights ship with dissect)",
+)(lambda n: ToyGenerator())
 
 for _name, _blocks in {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}.items():
     register_model(

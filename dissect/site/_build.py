@@ -16,7 +16,7 @@ from typing import Any
 
 import dissect
 from dissect.errors import DissectError
-from dissect.site import _ablation, _images, _resources, _views
+from dissect.site import _ablation, _generator, _images, _resources, _views
 
 MARKER = ".dissect-site"
 #: Top-level names the site owns; anything else in an existing site is kept as it is.
@@ -136,6 +136,11 @@ def _build_model(
         for i, u in enumerate(layer["units"]):
             page = _views.unit_page(ctx, layer, i, images)
             _write(ldir / _views.unit_file(u["unit"]), unit_tpl.render(page))
+        gentry = _generator.layer_entry(site_results, layer)
+        if gentry is not None:
+            _generator.copy_media(gentry, run_dir, ldir)
+            _write(ldir / _generator.PAGE, env.get_template("interventions.html").render(
+                _generator.interventions_page(ctx, layer, gentry)))
         ablation = _ablation.layer_entry(site_results, layer)
         if ablation is not None:
             _write(ldir / _ablation.PAGE,

@@ -286,6 +286,7 @@ def model_page(ctx: ModelContext, layer_slugs: list[str], notes: Markup | None) 
             "hist_chart_id": f"chart-iou-{i}",
             "hist_table": hist_table,
             "ablation_href": _ablation().layer_href(r, layer, slug),
+            "interventions_href": _generator().layer_href(r, layer, slug),
         })
     created = prov.get("created")
     return {
@@ -328,6 +329,12 @@ def model_page(ctx: ModelContext, layer_slugs: list[str], notes: Markup | None) 
 
 
 # ---------------------------------------------------------------------------- layer grid
+
+def _generator():
+    """The generator intervention view module (imported late: it builds on this one)."""
+    from dissect.site import _generator as mod
+    return mod
+
 
 def _ablation():
     """The ablation view module (imported late: it builds on this one)."""
@@ -460,6 +467,8 @@ def unit_page(
             for k, t in enumerate(u.get("top_images", []))
         ],
         "ablation": _ablation().unit_dependents(ctx, layer, u),
+        "effects": _generator().unit_effects(ctx, layer, u),
+        "interventions_href": None,
         "prev": nav(index - 1),
         "next": nav(index + 1),
     }

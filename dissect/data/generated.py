@@ -1,0 +1,163 @@
+"""A generator's probe set: its outputs for a fixed sequence of latents, labeled by a segmenter.
+
+GAN dissection probes a generator with random latents ``z`` (a fixed seed); the segmenter
+labels the generated images. :func:`write_generated_probe` writes exactly that as a
+Broden-format directory (``BRODEN.md``): the images, one label layer per segmenter category,
+the usual tables, plus ``latents.npy`` (``[N, z_dim]`` float32) holding each image's ``z``.
+Every tool that reads Broden reads it (and a user can open it); the dissection runs the
+generator on the latents (:class:`~dissect.data.broden.BrodenDataset` with
+``model_input="latent"``) and the labels describe the images it produced.
+
+Latent ``i`` is :func:`dissect.models.toygan.sample_z` ``(seed, i)``: any prefix of the set is
+the same whatever its size or batch size. The images are quantized to 8 bits before they are
+segmented, so the labels describe exactly the pixels that are saved and shown. Written to a
+temporary directory and moved into place; reused when the generator's weights, the
+segmenter, the seed and the size all match (``generated.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import DissectError
+from .broden import write_broden_tables
+
+MANIFEST = "generated.json"
+VERSION = 1
+
+
+def output_range(images: Tensor, what: str = "the generator") -> str:
+    """``"tanh"`` for images in [-1, 1], ``"unit"`` for [0, 1]; a clear error otherwise."""
+    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        shape = list(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise DissectError(f"{what} returned {shape}; a generator must return an image batch "
+                           "[N, 3, H, W] with values in [-1, 1] or [0, 1]")
+    if not torch.isfinite(images).all():
+        raise DissectError(f"{what} returned NaN or infinite values; check its weights")
+    lo, hi = float(images.min()), float(images.max())
+    tol = 1e-3
+    if lo >= -tol and hi <= 1 + tol:
+        return "unit"
+    if lo >= -1 - tol and hi <= 1 + tol:
+        return "tanh"
+    raise DissectError(f"{what} returned values in [{lo:.3g}, {hi:.3g}]; images must be in "
+                       "[-1, 1] (tanh) or [0, 1]: rescale its output")
+
+
+def to_unit(images: Tensor, value_range: str) -> Tensor:
+    """Generator output -> [0, 1]."""
+    x = (images + 1) / 2 if value_range == "tanh" else images
+    return x.clamp(0, 1)
+
+
+def quantize(images01: Tensor) -> Tensor:
+    """[0, 1] float -> the same values rounded to 8 bits (what a PNG holds)."""
+    return (images01 * 255).round() / 255
+
+
+def probe_manifest(loaded, segmenter, n: int, seed: int, z_dim: int) -> dict:
+    from ..segmenters import segmenter_key
+    return {"generator": "dissect.data.generated", "version": VERSION,
+            "model": loaded.name, "weights_sha256": loaded.weights_sha256,
+            "segmenter": segmenter.name, "segmenter_key": segmenter_key(segmenter),
+            "n": int(n), "seed": int(seed), "z_dim": int(z_dim)}
+
+
+def write_generated_probe(loaded, segmenter, out_dir: str | os.PathLike, n: int, seed: int = 1,
+                          batch_size: int = 64, device: torch.device | str = "cpu",
+                          val_fraction: float = 0.2, progress: bool = True) -> Path:
+    """Generate ``n`` images from latents ``sample_z(seed, 0..n-1)``, label them with
+    ``segmenter`` and write them as a Broden directory at ``out_dir``."""
+    out = Path(out_dir)
+    z_dim = int(getattr(loaded, "z_dim", None) or 0)
+    if z_dim < 1:
+        raise DissectError(f"model {loaded.name} has no latent size; pass --z-dim N")
+    if n < 1:
+        raise DissectError(f"the generator's probe set needs at least 1 sample, got {n}")
+    want = probe_manifest(loaded, segmenter, n, seed, z_dim)
+    try:
+        if json.loads((out / MANIFEST).read_text()) == want and (out / "index.csv").is_file():
+            return out
+    except (OSError, ValueError):
+        pass
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        _write(tmp, loaded, segmenter, n, seed, z_dim, batch_size, device, val_fraction, progress)
+        (tmp / MANIFEST).write_text(json.dumps(want, indent=1))
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, trash / "old")
+            os.replace(tmp, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _write(root: Path, loaded, segmenter, n, seed, z_dim, batch_size, device, val_fraction,
+           progress) -> None:
+    from tqdm.auto import tqdm
+
+    from ..models.toygan import sample_z
+    from .toyworld import _png_bytes as png_bytes
+    from .toyworld import _save_label_png as save_label_png
+    from .toyworld import default_label_size
+
+    gen = loaded.module.to(device).eval()
+    segmenter.to(device)
+    images = root / "images"
+    images.mkdir()
+    latents = np.lib.format.open_memmap(root / "latents.npy", mode="w+", dtype=np.float32,
+                                        shape=(n, z_dim))
+    labels = [(i + 1, name, cat) for i, (name, cat) in enumerate(segmenter.concepts)]
+    num_max = len(labels)
+    freq = np.zeros(num_max + 1, np.int64)
+    cover = np.zeros(num_max + 1, np.float64)
+    categories = list(dict.fromkeys(segmenter.layers))
+    n_val = int(round(n * val_fraction))
+    rows, value_range = [], None
+    with torch.no_grad():
+        for start in tqdm(range(0, n, batch_size), desc="generate + segment", unit="batch",
+                          disable=not progress, leave=False):
+            z = sample_z(min(batch_size, n - start), seed, z_dim, start)
+            latents[start:start + len(z)] = z.numpy()
+            raw = gen(z.to(device))
+            if value_range is None:
+                value_range = output_range(raw, f"generator {loaded.name}")
+            x = quantize(to_unit(raw.float(), value_range))
+            lab = segmenter.segment(x).cpu().numpy()
+            u8 = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            size = u8.shape[1]
+            ls = default_label_size(size)
+            f = size // ls
+            for b in range(len(z)):
+                i = start + b
+                name = f"gen-{i:05d}"
+                (images / f"{name}.png").write_bytes(png_bytes(u8[b], level=6))
+                row = {"image": f"{name}.png", "split": "val" if i >= n - n_val else "train",
+                       "ih": size, "iw": u8.shape[2], "sh": ls, "sw": u8.shape[2] // f}
+                for li, cat in enumerate(segmenter.layers):
+                    m = lab[b, li][f // 2::f, f // 2::f]
+                    fname = f"{name}_{cat}.png"
+                    save_label_png(images / fname, m)
+                    row[cat] = fname
+                    counts = np.bincount(m.ravel(), minlength=num_max + 1)[: num_max + 1]
+                    counts[0] = 0
+                    freq += counts > 0
+                    cover += counts / m.size
+                rows.append(row)
+    latents.flush()
+    del latents
+    write_broden_tables(root, categories, labels, rows, freq, cover / n, n)

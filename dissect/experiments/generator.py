@@ -1,0 +1,535 @@
+"""Generator interventions, as METHOD.md section 3 gives them: what a unit *causes*.
+
+For one layer of a generator, after its dissection (the probe set is the generator's own
+outputs labeled by a segmenter, :mod:`dissect.data.generated`):
+
+* **ablation** of concept ``c``: zero the ``N`` units with the highest IoU for ``c`` and
+  measure the fraction of pixels the segmenter labels ``c``, averaged over ``samples``
+  latents (seed ``config.seed``, not the probe set's); a curve over ``N``, next to ``N``
+  random units (``random_draws`` draws); and what the removed pixels became (their labels
+  after the ablation, finest first: a part where there is one, else the object);
+* **insertion** of concept ``c``: set its top ``N`` units to their 99.5th-percentile
+  activation (over the probe set) inside a square region of ``region`` x ``region`` cells of
+  the layer, at every position of a grid over the map, and count the pixels that *become*
+  ``c``. Grouped by the region's context (what the segmenter saw there before: the most
+  frequent finest label in the region) and by position (a heat-map of where insertion works);
+  a curve over ``N`` and a random-units baseline;
+* **strips**: the same latents before and after, side by side, the changed region outlined,
+  as a PNG and an animated GIF (imageio).
+
+Speed: the layer's activations are computed once per latent; each intervention re-runs only
+the generator after the layer (:func:`~dissect.experiments.ablation.split_tail`, with a full
+forward pass and a hook as the fallback), and only the segmenter runs on each edited image.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..data.generated import output_range, quantize, to_unit
+from ..errors import DissectError
+from ..hooks import Intervene, Trace
+from ..segmenters import Segmenter
+from ..stats import TopQuantile
+from .ablation import split_tail
+from .dissection import resolve_device
+
+DEFAULT_GEN_TOP_N = (1, 3, 5, 10, 20)
+
+
+@dataclass
+class GeneratorExperimentConfig:
+    """Parameters of the generator interventions; all are written into the report."""
+
+    ablate: tuple[str, ...] | None = None   # concepts to remove (None: chosen from the dissection)
+    insert: tuple[str, ...] | None = None   # concepts to insert (None: chosen from the dissection)
+    top_n: tuple[int, ...] = DEFAULT_GEN_TOP_N
+    units: int = 10                          # N of the strips, the context table and "became"
+    samples: int = 256                       # latents for ablation (>= 200)
+    insert_samples: int = 64                 # latents for insertion at N = units (x positions)
+    curve_samples: int = 16                  # latents for the insertion curve over N (x positions)
+    layers: tuple[str, ...] = ()             # layers to intervene on (default: the model's, else the first)
+    region: int = 0                          # insertion square, in layer cells (0: a quarter of the side)
+    insert_quantile: float = 0.005           # insertion value: the unit's (1 - q) quantile (99.5th pct)
+    random_draws: int = 3
+    seed: int = 2                            # seed of the intervention latents
+    strip_samples: int = 6
+    batch_size: int = 64
+    device: str = "auto"
+
+    def validate(self) -> None:
+        if self.samples < 1 or self.insert_samples < 1:
+            raise DissectError("generator interventions need at least 1 sample")
+        if not self.top_n or any((not isinstance(n, int)) or n < 1 for n in self.top_n):
+            raise DissectError(f"--gen-top-n must be positive integers, got {self.top_n}")
+        if self.units < 1:
+            raise DissectError(f"--gen-units must be at least 1, got {self.units}")
+        if self.region < 0:
+            raise DissectError(f"--insert-region must be >= 0 cells, got {self.region}")
+        if not 0 < self.insert_quantile < 0.5:
+            raise DissectError(f"insert_quantile must be in (0, 0.5), got {self.insert_quantile}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["top_n"] = list(self.top_n)
+        d["layers"] = list(self.layers)
+        d["ablate"] = list(self.ablate) if self.ablate is not None else None
+        d["insert"] = list(self.insert) if self.insert is not None else None
+        return d
+
+
+# ============================================================================ runner
+class GeneratorRunner:
+    """Activations of one layer for latents, and images from (edited) activations."""
+
+    def __init__(self, generator: nn.Module, layer: str, device: torch.device, value_range: str | None = None):
+        self.gen = generator.to(device).eval()
+        self.layer = layer
+        self.device = device
+        self.tail, self.how = split_tail(self.gen, layer)
+        if self.tail is not None:
+            self.tail = self.tail.to(device).eval()
+        self.value_range = value_range
+
+    @torch.no_grad()
+    def acts(self, z: Tensor) -> Tensor:
+        with Trace(self.gen, [self.layer], stop=True) as tr:
+            self.gen(z.to(self.device))
+        a = tr.outputs[self.layer]
+        if a.dim() != 4 or a.shape[-1] * a.shape[-2] < 2:
+            raise DissectError(f"layer {self.layer!r} has output shape {list(a.shape[1:])}; generator "
+                               "interventions need a layer with spatial extent [units, h, w], h * w > 1")
+        return a.float()
+
+    @torch.no_grad()
+    def images(self, acts: Tensor, z: Tensor) -> Tensor:
+        """Images in [0, 1], quantized to 8 bits, from (edited) activations of latents ``z``."""
+        if self.tail is not None:
+            out = self.tail(acts.to(self.device))
+        else:
+            with Intervene(self.gen, self.layer, lambda o: acts.to(o.device, o.dtype)):
+                out = self.gen(z.to(self.device))
+        if self.value_range is None:
+            self.value_range = output_range(out)
+        return quantize(to_unit(out.float(), self.value_range))
+
+
+def finest_labels(labels: Tensor, seg: Segmenter) -> Tensor:
+    """One label per pixel: the part where the segmenter has a part layer and found one,
+    else the object (else the first layer)."""
+    layers = list(seg.layers)
+    base = labels[:, layers.index("object")] if "object" in layers else labels[:, 0]
+    if "part" in layers:
+        part = labels[:, layers.index("part")]
+        base = torch.where(part > 0, part, base)
+    return base
+
+
+def _concept_units(iou_row: np.ndarray, n: int) -> list[int]:
+    order = np.argsort(-iou_row, kind="stable")
+    return [int(u) for u in order[:n]]
+
+
+def _sizes(top_n: Sequence[int], units: int) -> list[int]:
+    return sorted({n for n in top_n if n <= units} | ({units} if units <= max(top_n) else set()))
+
+
+def choose_concepts(iou: np.ndarray, seg: Segmenter, want: Sequence[str] | None, k: int = 2,
+                    categories: Sequence[str] = ("object",)) -> list[str]:
+    """``want`` checked against the segmenter, or the ``k`` concepts (of ``categories``) with
+    the highest best-unit IoU in this layer."""
+    if want is not None:
+        for c in want:
+            seg.number(c)  # unknown concept -> error listing the known ones
+        return list(want)
+    cands = [(float(iou[:, seg.number(n)].max()), n) for n, c in seg.concepts if c in categories]
+    cands.sort(reverse=True)
+    return [n for v, n in cands[:k] if v > 0]
+
+
+# ============================================================================ ablation
+def _count_concept(images: Tensor, seg: Segmenter, concept: str) -> tuple[Tensor, Tensor]:
+    lab = seg.segment(images)
+    mask = lab[:, seg.layer_of(concept)] == seg.number(concept)
+    return mask, lab
+
+
+def ablation_experiment(runner: GeneratorRunner, seg: Segmenter, concept: str, iou_row: np.ndarray,
+                        cfg: GeneratorExperimentConfig, z: Tensor, acts_batches: list[Tensor],
+                        progress: bool = False) -> tuple[dict, dict]:
+    """Remove the top-N units of ``concept``; returns (result, data for the strips)."""
+    units_total = acts_batches[0].shape[1]
+    sizes = _sizes(cfg.top_n, units_total)
+    n_main = min(cfg.units, units_total)
+    if n_main not in sizes:
+        sizes = sorted(set(sizes) | {n_main})
+    ranked = _concept_units(iou_row, max(sizes))
+    rng = np.random.default_rng(cfg.seed)
+    random_sets = {n: [rng.choice(units_total, size=n, replace=False).tolist()
+                       for _ in range(cfg.random_draws)] for n in sizes}
+    total = sum(len(a) for a in acts_batches)
+    px = None
+    base_frac = torch.zeros(total)
+    top_frac = {n: torch.zeros(total) for n in sizes}
+    rnd_frac = {n: torch.zeros(cfg.random_draws, total) for n in sizes}
+    became = None
+    fin_names = None
+    strip_before, strip_after = [], []
+    start = 0
+    for a in tqdm(acts_batches, desc=f"ablate {concept}", disable=not progress, leave=False):
+        zb = z[start:start + len(a)]
+        sl = slice(start, start + len(a))
+        before = runner.images(a, zb)
+        m0, lab0 = _count_concept(before, seg, concept)
+        px = m0[0].numel()
+        base_frac[sl] = m0.flatten(1).float().mean(1).cpu()
+        for n in sizes:
+            edited = a.clone()
+            edited[:, ranked[:n]] = 0
+            imgs = runner.images(edited, zb)
+            m1, lab1 = _count_concept(imgs, seg, concept)
+            top_frac[n][sl] = m1.flatten(1).float().mean(1).cpu()
+            if n == n_main:
+                gone = m0 & ~m1
+                fin = finest_labels(lab1, seg)[gone]
+                counts = torch.bincount(fin.flatten().cpu(), minlength=len(seg.concepts) + 1)
+                became = counts if became is None else became + counts
+                strip_before.append(before.cpu())
+                strip_after.append(imgs.cpu())
+            for d, units in enumerate(random_sets[n]):
+                edited = a.clone()
+                edited[:, units] = 0
+                m2, _ = _count_concept(runner.images(edited, zb), seg, concept)
+                rnd_frac[n][d, sl] = m2.flatten(1).float().mean(1).cpu()
+        start += len(a)
+    b = float(base_frac.mean())
+
+    def drop(f: float) -> float | None:
+        return None if b <= 0 else 1.0 - f / b
+
+    curve = []
+    for n in sizes:
+        f = float(top_frac[n].mean())
+        rf = rnd_frac[n].mean(1)  # per draw
+        curve.append({"n": n, "fraction": f, "drop": drop(f), "random_fraction": float(rf.mean()),
+                      "random_drop": drop(float(rf.mean())),
+                      "random_drop_min": drop(float(rf.max())), "random_drop_max": drop(float(rf.min())),
+                      "random_units": random_sets[n]})
+    if fin_names is None:
+        fin_names = ["-"] + [name for name, _ in seg.concepts]
+    became_list = []
+    if became is not None and became.sum() > 0:
+        tot = float(became.sum())
+        for i in torch.argsort(became, descending=True)[:8].tolist():
+            if became[i] > 0:
+                became_list.append({"label": fin_names[i], "fraction": float(became[i]) / tot})
+    result = {
+        "concept": concept, "category": seg.category_of(concept), "units": ranked[:max(sizes)],
+        "unit_ious": [float(iou_row[u]) for u in ranked[:max(sizes)]],
+        "samples": total, "pixels_per_image": px, "baseline_fraction": b, "n_main": n_main,
+        "curve": curve, "became": became_list,
+    }
+    before_all, after_all = torch.cat(strip_before), torch.cat(strip_after)
+    show = torch.argsort(base_frac, descending=True, stable=True)[:cfg.strip_samples]
+    return result, {"before": before_all[show], "after": after_all[show], "z": z[show],
+                    "mask_concept": concept, "units": ranked, "sizes": sizes}
+
+
+# ============================================================================ insertion
+def unit_quantiles(runner: GeneratorRunner, z: Tensor, q: float, batch_size: int) -> Tensor:
+    """Each unit's (1 - q) quantile of activation over the maps of latents ``z``."""
+    tq = None
+    for i in range(0, len(z), batch_size):
+        a = runner.acts(z[i:i + batch_size])
+        if tq is None:
+            tq = TopQuantile(a.shape[1], q, len(z) * a.shape[2] * a.shape[3], device=a.device)
+        tq.add(a.transpose(0, 1).reshape(a.shape[1], -1))
+    return tq.thresholds().float()
+
+
+def _positions(h: int, w: int, r: int) -> list[tuple[int, int]]:
+    return [(y, x) for y in range(0, h - r + 1, r) for x in range(0, w - r + 1, r)]
+
+
+def insertion_experiment(runner: GeneratorRunner, seg: Segmenter, concept: str, iou_row: np.ndarray,
+                         values: Tensor, cfg: GeneratorExperimentConfig, z: Tensor,
+                         acts_batches: list[Tensor], progress: bool = False) -> tuple[dict, dict]:
+    """Set the top-N units of ``concept`` high in a region at every grid position."""
+    units_total, h, w = acts_batches[0].shape[1:]
+    r = cfg.region or max(1, min(h, w) // 4)
+    if r > min(h, w):
+        raise DissectError(f"--insert-region {r} cells is larger than the layer's {h}x{w} map")
+    pos = _positions(h, w, r)
+    sizes = _sizes(cfg.top_n, units_total)
+    n_main = min(cfg.units, units_total)
+    if n_main not in sizes:
+        sizes = sorted(set(sizes) | {n_main})
+    ranked = _concept_units(iou_row, max(sizes))
+    rng = np.random.default_rng(cfg.seed + 1)
+    random_units = rng.choice(units_total, size=n_main, replace=False).tolist()
+    names = ["-"] + [name for name, _ in seg.concepts]
+    cnum, clayer = seg.number(concept), seg.layer_of(concept)
+    added = {n: [] for n in sizes}
+    added_random = []
+    contexts: list[int] = []
+    heat = np.zeros((len(pos),))
+    heat_n = np.zeros((len(pos),))
+    best = {"before": [], "after": [], "region": [], "context": [], "added": []}
+    start = 0
+    img_h = img_w = None
+    for a in tqdm(acts_batches, desc=f"insert {concept}", disable=not progress, leave=False):
+        zb = z[start:start + len(a)]
+        before = runner.images(a, zb)
+        lab0 = seg.segment(before)
+        img_h, img_w = before.shape[-2:]
+        fy, fx = img_h / h, img_w / w
+        is0 = lab0[:, clayer] == cnum
+        fin0 = finest_labels(lab0, seg)
+        for p, (y, x) in enumerate(pos):
+            y0, y1 = int(round(y * fy)), int(round((y + r) * fy))
+            x0, x1 = int(round(x * fx)), int(round((x + r) * fx))
+            region = fin0[:, y0:y1, x0:x1].flatten(1)
+            ctx = torch.mode(region, dim=1).values.cpu().tolist()
+            contexts += ctx
+            for n in sizes + ["random"]:
+                # the curve over N uses the first curve_samples latents; N = n_main uses all
+                k = len(a) if n in (n_main, "random") else max(0, min(len(a), cfg.curve_samples - start))
+                if k == 0:
+                    continue
+                units = random_units if n == "random" else ranked[:n]
+                edited = a[:k].clone()
+                idx = torch.as_tensor(units)
+                edited[:, idx, y:y + r, x:x + r] = values[idx].view(1, -1, 1, 1).to(edited)
+                imgs = runner.images(edited, zb[:k])
+                is1 = seg.segment(imgs)[:, clayer] == cnum
+                gained = (is1 & ~is0[:k]).flatten(1).sum(1).float().cpu()
+                if n == "random":
+                    added_random.append(gained)
+                    continue
+                added[n].append(gained)
+                if n == n_main:
+                    heat[p] += float(gained.sum())
+                    heat_n[p] += len(gained)
+                    best["before"].append(before.cpu())
+                    best["after"].append(imgs.cpu())
+                    best["region"] += [(y0, y1, x0, x1)] * len(a)
+                    best["context"] += ctx
+                    best["added"].append(gained)
+        start += len(a)
+    main = torch.cat(added[n_main])
+    ctx_arr = np.array(contexts)
+    table = []
+    for c in np.unique(ctx_arr):
+        sel = torch.from_numpy(ctx_arr == c)
+        table.append({"context": names[int(c)], "count": int(sel.sum()),
+                      "added_pixels": float(main[sel].mean()),
+                      "success_rate": float((main[sel] > 0).float().mean())})
+    table.sort(key=lambda t: -t["added_pixels"])
+    curve = [{"n": n, "added_pixels": float(torch.cat(added[n]).mean())} for n in sizes]
+    result = {
+        "concept": concept, "category": seg.category_of(concept), "units": ranked[:max(sizes)],
+        "unit_ious": [float(iou_row[u]) for u in ranked[:max(sizes)]],
+        "values": [float(values[u]) for u in ranked[:max(sizes)]],
+        "value_rule": f"each unit's {100 * (1 - cfg.insert_quantile):g}th-percentile activation over the probe set",
+        "region_cells": r, "region_pixels": [int(round(r * img_h / h)), int(round(r * img_w / w))],
+        "layer_size": [h, w], "positions": len(pos), "samples": start, "n_main": n_main,
+        "insertions": int(len(main)), "curve": curve,
+        "random_units": random_units, "random_added_pixels": float(torch.cat(added_random).mean()),
+        "contexts": table,
+        "heatmap": (heat / np.maximum(heat_n, 1)).reshape(len(range(0, h - r + 1, r)), -1).tolist(),
+    }
+    # strip: the insertions whose region held the context where insertion works best
+    ranked_ctx = [t["context"] for t in table if t["count"] >= 5] or [t["context"] for t in table]
+    target = names.index(ranked_ctx[0]) if ranked_ctx else None
+    before_all, after_all = torch.cat(best["before"]), torch.cat(best["after"])
+    ctxs = np.array(best["context"])
+    pick, seen_img = [], set()
+    order = np.arange(len(ctxs))
+    # rows of best[*] come batch by batch, position by position: the sample of each row
+    ids = []
+    s = 0
+    for a in acts_batches:
+        for _ in pos:
+            ids += list(range(s, s + len(a)))
+        s += len(a)
+    ids = np.array(ids)
+    for k in order:
+        if target is not None and ctxs[k] != target:
+            continue
+        if ids[k] in seen_img:
+            continue
+        seen_img.add(int(ids[k]))
+        pick.append(int(k))
+        if len(pick) >= cfg.strip_samples:
+            break
+    pick_t = torch.as_tensor(pick, dtype=torch.long)
+    result["strip_context"] = names[target] if target is not None else None
+    return result, {"before": before_all[pick_t], "after": after_all[pick_t],
+                    "regions": [best["region"][k] for k in pick]}
+
+
+# ============================================================================ strips
+def _tile(img01: Tensor, scale: int) -> np.ndarray:
+    a = (img01.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    if scale > 1:
+        a = np.asarray(Image.fromarray(a).resize((a.shape[1] * scale, a.shape[0] * scale), Image.NEAREST))
+    return a.copy()
+
+
+def _outline_mask(tile: np.ndarray, mask: np.ndarray, color=(255, 214, 0)) -> np.ndarray:
+    m = mask.astype(bool)
+    edge = np.zeros_like(m)
+    edge[1:, :] |= m[1:, :] != m[:-1, :]
+    edge[:-1, :] |= m[1:, :] != m[:-1, :]
+    edge[:, 1:] |= m[:, 1:] != m[:, :-1]
+    edge[:, :-1] |= m[:, 1:] != m[:, :-1]
+    edge &= m
+    tile[edge] = color
+    return tile
+
+
+def _outline_box(tile: np.ndarray, box: tuple[int, int, int, int], scale: int, color=(255, 214, 0)) -> np.ndarray:
+    y0, y1, x0, x1 = (v * scale for v in box)
+    y1, x1 = min(y1, tile.shape[0]) - 1, min(x1, tile.shape[1]) - 1
+    for t in range(2):
+        tile[max(y0 - t, 0), x0:x1 + 1] = color
+        tile[min(y1 + t, tile.shape[0] - 1), x0:x1 + 1] = color
+        tile[y0:y1 + 1, max(x0 - t, 0)] = color
+        tile[y0:y1 + 1, min(x1 + t, tile.shape[1] - 1)] = color
+    return tile
+
+
+def _row(tiles: list[np.ndarray], gap: int = 4) -> np.ndarray:
+    h = tiles[0].shape[0]
+    out = np.full((h, sum(t.shape[1] for t in tiles) + gap * (len(tiles) - 1), 3), 255, np.uint8)
+    x = 0
+    for t in tiles:
+        out[:, x:x + t.shape[1]] = t
+        x += t.shape[1] + gap
+    return out
+
+
+def _stack(rows: list[np.ndarray], gap: int = 4) -> np.ndarray:
+    w = max(r.shape[1] for r in rows)
+    out = np.full((sum(r.shape[0] for r in rows) + gap * (len(rows) - 1), w, 3), 255, np.uint8)
+    y = 0
+    for r in rows:
+        out[y:y + r.shape[0], :r.shape[1]] = r
+        y += r.shape[0] + gap
+    return out
+
+
+def _scale_for(size: int) -> int:
+    return max(1, 128 // max(size, 1))
+
+
+def write_strip(out_dir: Path, stem: str, before: Tensor, after: Tensor, masks: list | None = None,
+                boxes: list | None = None, frames: list[Tensor] | None = None) -> tuple[str, str]:
+    """Write ``<stem>.png`` (row 1: before, row 2: after, regions outlined on both) and
+    ``<stem>.gif`` (before and after alternating, or ``frames``). Returns both names."""
+    import imageio.v3 as iio
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scale = _scale_for(before.shape[-1])
+
+    def decorate(imgs: Tensor) -> list[np.ndarray]:
+        tiles = []
+        for i in range(len(imgs)):
+            t = _tile(imgs[i], scale)
+            if masks is not None:
+                m = np.kron(masks[i].numpy().astype(np.uint8), np.ones((scale, scale), np.uint8))
+                t = _outline_mask(t, m)
+            if boxes is not None:
+                t = _outline_box(t, boxes[i], scale)
+            tiles.append(t)
+        return tiles
+
+    rb, ra = _row(decorate(before)), _row(decorate(after))
+    png = f"{stem}.png"
+    Image.fromarray(_stack([rb, ra])).save(out_dir / png, optimize=True)
+    seq = [rb, ra] if frames is None else [_row(decorate(f)) for f in frames]
+    gif = f"{stem}.gif"
+    durations = [900] * len(seq)
+    iio.imwrite(out_dir / gif, np.stack(seq), extension=".gif", duration=durations, loop=0)
+    return png, gif
+
+
+# ============================================================================ report
+def generator_experiments(loaded, layer: str, iou: np.ndarray, seg: Segmenter, probe_latents: np.ndarray,
+                          cfg: GeneratorExperimentConfig, out_dir: Path, rel_prefix: str,
+                          progress: bool = True) -> dict:
+    """Ablation and insertion for one dissected layer; strips written under ``out_dir``.
+
+    ``iou``: the layer's ``[units, labels]`` IoU from the dissection, whose label numbers
+    are the segmenter's (the probe set was labeled by ``seg``).
+    """
+    from ..models.toygan import sample_z
+
+    cfg.validate()
+    t0 = time.time()
+    device = resolve_device(cfg.device)
+    seg.to(device)
+    runner = GeneratorRunner(loaded.module, layer, device)
+    z_dim = probe_latents.shape[1]
+    n_needed = max(cfg.samples, cfg.insert_samples)
+    z = sample_z(n_needed, cfg.seed, z_dim)
+    acts = [runner.acts(z[i:i + cfg.batch_size]) for i in range(0, len(z), cfg.batch_size)]
+    ablate = choose_concepts(iou, seg, cfg.ablate)
+    insert = choose_concepts(iou, seg, cfg.insert,
+                             categories=("part",) if "part" in seg.layers else ("object",))
+    out: dict = {"layer": layer, "how": runner.how, "ablation": [], "insertion": []}
+
+    def take(n):
+        keep, total = [], 0
+        for a in acts:
+            if total >= n:
+                break
+            keep.append(a[:n - total])
+            total += len(keep[-1])
+        return keep
+
+    for concept in ablate:
+        res, strip = ablation_experiment(runner, seg, concept, iou[:, seg.number(concept)], cfg,
+                                         z, take(cfg.samples), progress)
+        masks = [(seg.segment(strip["before"][i:i + 1])[0, seg.layer_of(concept)] == seg.number(concept)).cpu()
+                 for i in range(len(strip["before"]))]
+        frames = [strip["before"]]
+        for n in strip["sizes"]:
+            if n > res["n_main"]:
+                break
+            ed = runner.acts(strip["z"])
+            ed[:, strip["units"][:n]] = 0
+            frames.append(runner.images(ed, strip["z"]).cpu())
+        png, gif = write_strip(out_dir, f"ablate-{_safe(concept)}", strip["before"], strip["after"],
+                               masks=masks, frames=frames)
+        res["strip"], res["animation"] = f"{rel_prefix}/{png}", f"{rel_prefix}/{gif}"
+        res["animation_frames"] = ["before"] + [f"top {n} removed" for n in strip["sizes"] if n <= res["n_main"]]
+        out["ablation"].append(res)
+    if insert:
+        values = unit_quantiles(runner, torch.from_numpy(np.array(probe_latents[:1024], dtype=np.float32)),
+                                cfg.insert_quantile, cfg.batch_size)
+        for concept in insert:
+            res, strip = insertion_experiment(runner, seg, concept, iou[:, seg.number(concept)], values,
+                                              cfg, z, take(cfg.insert_samples), progress)
+            if len(strip["before"]):
+                png, gif = write_strip(out_dir, f"insert-{_safe(concept)}", strip["before"], strip["after"],
+                                       boxes=strip["regions"])
+                res["strip"], res["animation"] = f"{rel_prefix}/{png}", f"{rel_prefix}/{gif}"
+            out["insertion"].append(res)
+    out["seconds"] = round(time.time() - t0, 1)
+    return out
+
+
+def _safe(name: str) -> str:
+    import re
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-") or "concept"

@@ -1,0 +1,186 @@
+"""Train the shipped toy generator from scratch: ``dissect train toy-generator``.
+
+A DCGAN (non-saturating loss, Adam 2e-4, betas (0.5, 0.999), batch 64) on toy-world scenes
+with seeds ``30_000_000 + i`` (disjoint from every probe and classifier seed), flipped
+left-right at random. The shipped weights are an exponential moving average of the
+generator's (decay 0.999), whose BatchNorm statistics are then re-estimated over fresh
+samples, the usual way to get clean samples in eval mode.
+
+Training checkpoints every ``checkpoint_every`` steps to ``<out>/toy_generator.ckpt`` and
+resumes from it (``--resume``), so an interrupted run loses at most that many steps. The
+checkpoint is read with ``weights_only=True`` like every other file this tool loads.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .. import __version__
+from .registry import WEIGHTS_DIR
+from .toygan import TOYGAN_WIDTH, TOYGAN_Z_DIM, ToyDiscriminator, ToyGenerator, dcgan_init
+
+GAN_TRAIN_SEED_BASE = 30_000_000
+
+
+def _render_scenes(n: int, progress: bool) -> torch.Tensor:
+    from ..data.toyworld import render_batch
+    out = torch.empty(n, 3, 64, 64, dtype=torch.uint8)
+    chunk = 500
+    for i in tqdm(range(0, n, chunk), desc="training scenes", disable=not progress, leave=False):
+        a, _ = render_batch(range(GAN_TRAIN_SEED_BASE + i, GAN_TRAIN_SEED_BASE + min(n, i + chunk)), 64)
+        out[i:i + len(a)] = torch.from_numpy(a).permute(0, 3, 1, 2)
+    return out
+
+
+@torch.no_grad()
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm, 1.0 - decay)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(gen: torch.nn.Module, seed: int = 12345, batches: int = 40,
+                          batch_size: int = 128) -> None:
+    """Replace every BatchNorm's running statistics by their average over fresh samples."""
+    bns = [m for m in gen.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    gen.train()
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(batches):
+        gen(torch.randn(batch_size, gen.z_dim, generator=g))
+    for m in bns:
+        m.momentum = 0.1
+    gen.eval()
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
+    """Save images in [-1, 1] as one PNG grid (for watching training)."""
+    from PIL import Image
+    x = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    n, h, w, _ = x.shape
+    rows = (n + nrow - 1) // nrow
+    grid = np.full((rows * (h + 2), nrow * (w + 2), 3), 255, np.uint8)
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        grid[r * (h + 2):r * (h + 2) + h, c * (w + 2):c * (w + 2) + w] = x[i]
+    Image.fromarray(grid).save(path)
+
+
+def export_checkpoint(ckpt_path: str | Path, out_path: str | Path) -> ToyGenerator:
+    """The EMA generator of a training checkpoint, BatchNorm re-estimated, saved as safetensors."""
+    from safetensors.torch import save_file
+    ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    gen = ToyGenerator()
+    gen.load_state_dict(ck["ema"])
+    recalibrate_batchnorm(gen)
+    save_file({k: v.contiguous() for k, v in gen.state_dict().items()}, str(out_path))
+    return gen
+
+
+def train_generator(out_dir: str | Path | None = None, seed: int = 0, train_size: int = 24000,
+                    steps: int = 10000, batch_size: int = 64, lr: float = 2e-4,
+                    ema_decay: float = 0.999, checkpoint_every: int = 250, resume: bool = False,
+                    progress: bool = True) -> dict:
+    from safetensors.torch import save_file
+
+    out = Path(out_dir) if out_dir else WEIGHTS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "toy_generator.ckpt"
+    t0 = time.time()
+    data = _render_scenes(train_size, progress)
+    torch.manual_seed(seed)
+    gen, disc = ToyGenerator(), ToyDiscriminator()
+    dcgan_init(gen)
+    dcgan_init(disc)
+    ema = copy.deepcopy(gen).eval()
+    opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))
+    rng = torch.Generator().manual_seed(seed)
+    step, history, elapsed = 0, [], 0.0
+    if resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        gen.load_state_dict(ck["gen"])
+        disc.load_state_dict(ck["disc"])
+        ema.load_state_dict(ck["ema"])
+        opt_g.load_state_dict(ck["opt_g"])
+        opt_d.load_state_dict(ck["opt_d"])
+        rng.set_state(ck["rng"])
+        step, history, elapsed = int(ck["step"]), list(ck["history"]), float(ck["elapsed"])
+    fixed_z = torch.randn(64, TOYGAN_Z_DIM, generator=torch.Generator().manual_seed(7))
+    bar = tqdm(total=steps, initial=step, desc="toy generator", disable=not progress)
+    t_run = time.time()
+    d_sum = g_sum = 0.0
+    while step < steps:
+        idx = torch.randint(0, train_size, (batch_size,), generator=rng)
+        real = data[idx]
+        flip = torch.rand(batch_size, generator=rng) < 0.5
+        real = torch.where(flip.view(-1, 1, 1, 1), real.flip(3), real).float() / 127.5 - 1.0
+        z = torch.randn(batch_size, TOYGAN_Z_DIM, generator=rng)
+        fake = gen(z)
+        # discriminator: real -> 1, fake -> 0
+        d_loss = (F.softplus(-disc(real)).mean() + F.softplus(disc(fake.detach())).mean())
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        # generator: non-saturating loss
+        g_loss = F.softplus(-disc(fake)).mean()
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        _ema_update(ema, gen, ema_decay if step > 500 else 0.0)
+        step += 1
+        d_sum += d_loss.item()
+        g_sum += g_loss.item()
+        bar.update(1)
+        if step % checkpoint_every == 0 or step == steps:
+            history.append({"step": step, "d_loss": round(d_sum / checkpoint_every, 4),
+                            "g_loss": round(g_sum / checkpoint_every, 4)})
+            d_sum = g_sum = 0.0
+            now = time.time()
+            elapsed += now - t_run
+            t_run = now
+            for b_ema, b_gen in zip(ema.buffers(), gen.buffers()):
+                b_ema.copy_(b_gen)
+            torch.save({"gen": gen.state_dict(), "disc": disc.state_dict(), "ema": ema.state_dict(),
+                        "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                        "rng": rng.get_state(), "step": step, "history": history,
+                        "elapsed": elapsed}, str(ckpt_path) + ".tmp")
+            Path(str(ckpt_path) + ".tmp").replace(ckpt_path)
+            if progress:
+                tqdm.write(f"step {step}: d {history[-1]['d_loss']}, g {history[-1]['g_loss']}, "
+                           f"{elapsed:.0f} s")
+            if step % (4 * checkpoint_every) == 0 or step == steps:
+                with torch.no_grad():
+                    ema.eval()
+                    save_grid(ema(fixed_z), out / "toy_generator_progress.png")
+    bar.close()
+    final = copy.deepcopy(ema)
+    recalibrate_batchnorm(final)
+    save_file({k: v.contiguous() for k, v in final.state_dict().items()},
+              str(out / "toy_generator.safetensors"))
+    with torch.no_grad():
+        save_grid(final(fixed_z), out / "toy_generator_samples.png")
+    record = {
+        "model": "ToyGenerator", "z_dim": TOYGAN_Z_DIM, "width": TOYGAN_WIDTH,
+        "command": f"dissect train toy-generator --seed {seed} --train-size {train_size} --steps {steps}",
+        "seed": seed, "train_size": train_size,
+        "train_scene_seeds": f"{GAN_TRAIN_SEED_BASE}..{GAN_TRAIN_SEED_BASE + train_size - 1}",
+        "steps": steps, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
+        "loss": "non-saturating (softplus) DCGAN loss", "history": history,
+        "train_seconds": round(elapsed + time.time() - t_run), "total_seconds": round(time.time() - t0),
+        "tool_version": __version__, "torch_version": torch.__version__,
+        "platform": platform.platform(), "threads": torch.get_num_threads(),
+    }
+    (out / "toy_generator.json").write_text(json.dumps(record, indent=1) + "\n")
+    return record

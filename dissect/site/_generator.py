@@ -1,0 +1,200 @@
+"""Gather a generator layer's intervention page (``results["generator"]``) into view dicts.
+
+Like :mod:`dissect.site._views`: numbers are formatted here, templates only lay out, names
+going into plotly figures are HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import shutil
+from pathlib import Path
+from typing import Any
+
+from dissect.site._views import ModelContext, fmt_iou, fmt_num, layer_breadcrumbs, unit_file
+
+PAGE = "interventions.html"
+_RED, _GREY, _BLUE = "#c0392b", "#9a9ca8", "#2f6fbd"
+
+
+def layer_entry(results: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any] | None:
+    gen = results.get("generator")
+    if not isinstance(gen, dict):
+        return None
+    for entry in gen.get("layers") or []:
+        if isinstance(entry, dict) and entry.get("layer") == layer.get("name"):
+            return entry if (entry.get("ablation") or entry.get("insertion")) else None
+    return None
+
+
+def layer_href(results: dict[str, Any], layer: dict[str, Any], slug: str) -> str | None:
+    return f"{slug}/{PAGE}" if layer_entry(results, layer) is not None else None
+
+
+def copy_media(entry: dict[str, Any], run_dir: Path, layer_dir: Path) -> None:
+    """Copy the strips and animations into the layer folder; repoint the entry's paths."""
+    for group in ("ablation", "insertion"):
+        for exp in entry.get(group) or []:
+            for key in ("strip", "animation"):
+                rel = exp.get(key)
+                if not rel:
+                    continue
+                src = Path(run_dir) / rel
+                dst = layer_dir / "interventions" / Path(rel).name
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+                exp[key] = f"interventions/{Path(rel).name}"
+
+
+def _pct(x: float | None, nd: int = 1) -> str:
+    return "–" if x is None else f"{100 * x:.{nd}f}"
+
+
+def _units(ctx: ModelContext, info: dict[int, dict[str, Any]], units: list[int], ious: list[float],
+           limit: int) -> list[dict[str, Any]]:
+    rows = []
+    for k, iou in list(zip(units, ious))[:limit]:
+        u = info.get(k, {})
+        label = "none" if u.get("dead") or not u.get("label") else u["label"]
+        cat = None if u.get("dead") else u.get("category")
+        rows.append({"unit": k, "href": unit_file(k), "label": label, "category": cat,
+                     "cls": ctx.cat_class(cat), "iou": fmt_iou(iou)})
+    return rows
+
+
+def _layout(xtitle: str, ytitle: str, **more: Any) -> dict[str, Any]:
+    lay = {"height": 300, "margin": {"l": 56, "r": 8, "t": 8, "b": 44},
+           "xaxis": {"title": {"text": xtitle}}, "yaxis": {"title": {"text": ytitle}},
+           "legend": {"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom"},
+           "paper_bgcolor": "rgba(0,0,0,0)", "plot_bgcolor": "rgba(0,0,0,0)"}
+    lay.update(more)
+    return lay
+
+
+def _ablation_view(ctx, info, exp: dict[str, Any], i: int, units_total: int) -> dict[str, Any]:
+    c = html.escape(exp["concept"])
+    sizes = [p["n"] for p in exp["curve"]]
+    base = exp.get("baseline_fraction") or 0.0
+    chart = {"data": [
+        {"type": "scatter", "mode": "lines+markers", "name": f"top-N {c} units removed", "x": sizes,
+         "y": [round(100 * p["fraction"], 4) for p in exp["curve"]], "line": {"color": _RED},
+         "hovertemplate": "N=%{x}: %{y:.2f}% " + c + " pixels<extra></extra>"},
+        {"type": "scatter", "mode": "lines+markers", "name": "N random units removed", "x": sizes,
+         "y": [round(100 * p["random_fraction"], 4) for p in exp["curve"]],
+         "line": {"color": _GREY, "dash": "dot"},
+         "hovertemplate": "N=%{x}: %{y:.2f}%<extra>random</extra>"},
+    ], "layout": _layout(f"N units removed (of {units_total})", f"{c} pixels (%)",
+                         xaxis={"title": {"text": f"N units removed (of {units_total})"}, "type": "log",
+                                "tickvals": sizes, "ticktext": [str(n) for n in sizes]},
+                         yaxis={"title": {"text": f"{c} pixels (%)"}, "rangemode": "tozero"},
+                         shapes=[{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y",
+                                  "y0": round(100 * base, 4), "y1": round(100 * base, 4),
+                                  "line": {"color": "#6c6f7d", "width": 1, "dash": "dash"}}])}
+    rows = [{"n": p["n"], "fraction": _pct(p["fraction"], 2), "drop": _pct(p["drop"]),
+             "random_fraction": _pct(p["random_fraction"], 2), "random_drop": _pct(p["random_drop"]),
+             "random_range": f"{_pct(p.get('random_drop_min'))} to {_pct(p.get('random_drop_max'))}"}
+            for p in exp["curve"]]
+    main = next((p for p in exp["curve"] if p["n"] == exp.get("n_main")), exp["curve"][-1])
+    return {
+        "concept": exp["concept"], "category": exp.get("category"), "anchor": f"ablate-{i}",
+        "baseline": _pct(base, 2), "samples": fmt_num(exp.get("samples")), "n_main": exp.get("n_main"),
+        "drop_main": _pct(main.get("drop")), "random_drop_main": _pct(main.get("random_drop")),
+        "units": _units(ctx, info, exp["units"], exp.get("unit_ious") or [0.0] * len(exp["units"]),
+                        exp.get("n_main") or 10),
+        "chart": chart, "chart_id": f"chart-ablate-{i}", "rows": rows,
+        "became": [{"label": b["label"], "fraction": _pct(b["fraction"])} for b in exp.get("became") or []],
+        "strip": exp.get("strip"), "animation": exp.get("animation"),
+        "frames": ", ".join(exp.get("animation_frames") or []),
+    }
+
+
+def _insertion_view(ctx, info, exp: dict[str, Any], i: int, units_total: int) -> dict[str, Any]:
+    c = html.escape(exp["concept"])
+    sizes = [p["n"] for p in exp["curve"]]
+    chart = {"data": [
+        {"type": "scatter", "mode": "lines+markers", "name": f"top-N {c} units switched on", "x": sizes,
+         "y": [round(p["added_pixels"], 4) for p in exp["curve"]], "line": {"color": _BLUE},
+         "hovertemplate": "N=%{x}: %{y:.2f} px<extra></extra>"},
+    ], "layout": _layout(f"N units (of {units_total})", f"{c} pixels added per insertion",
+                         xaxis={"title": {"text": f"N units (of {units_total})"}, "type": "log",
+                                "tickvals": sizes, "ticktext": [str(n) for n in sizes]},
+                         yaxis={"title": {"text": f"{c} pixels added per insertion"}, "rangemode": "tozero"},
+                         shapes=[{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y",
+                                  "y0": round(exp.get("random_added_pixels") or 0.0, 4),
+                                  "y1": round(exp.get("random_added_pixels") or 0.0, 4),
+                                  "line": {"color": _GREY, "width": 1, "dash": "dot"}}])}
+    heat = exp.get("heatmap") or []
+    heat_chart = {"data": [{"type": "heatmap", "z": [[round(v, 3) for v in row] for row in heat],
+                            "colorscale": "Viridis", "hovertemplate": "row %{y}, column %{x}: %{z:.2f} px<extra></extra>",
+                            "colorbar": {"title": {"text": "px"}}}],
+                  "layout": _layout("region column", "region row", height=300,
+                                    yaxis={"title": {"text": "region row"}, "autorange": "reversed",
+                                           "scaleanchor": "x"},
+                                    xaxis={"title": {"text": "region column"}})}
+    total = sum(t["count"] for t in exp.get("contexts") or []) or 1
+    contexts = [{"context": t["context"], "count": fmt_num(t["count"]), "share": _pct(t["count"] / total),
+                 "added": f"{t['added_pixels']:.2f}", "success": _pct(t.get("success_rate"))}
+                for t in exp.get("contexts") or []]
+    return {
+        "concept": exp["concept"], "category": exp.get("category"), "anchor": f"insert-{i}",
+        "n_main": exp.get("n_main"), "samples": fmt_num(exp.get("samples")),
+        "positions": fmt_num(exp.get("positions")), "insertions": fmt_num(exp.get("insertions")),
+        "region": f"{exp['region_cells']}x{exp['region_cells']} cells of {exp['layer_size'][0]}x{exp['layer_size'][1]} "
+                  f"({exp['region_pixels'][0]}x{exp['region_pixels'][1]} px)",
+        "value_rule": exp.get("value_rule", "–"),
+        "random_added": f"{exp.get('random_added_pixels', 0.0):.2f}",
+        "units": _units(ctx, info, exp["units"], exp.get("unit_ious") or [0.0] * len(exp["units"]),
+                        exp.get("n_main") or 10),
+        "chart": chart, "chart_id": f"chart-insert-{i}", "heat": heat_chart, "heat_id": f"chart-heat-{i}",
+        "rows": [{"n": p["n"], "added": f"{p['added_pixels']:.2f}"} for p in exp["curve"]],
+        "contexts": contexts, "strip": exp.get("strip"), "animation": exp.get("animation"),
+        "strip_context": exp.get("strip_context"),
+    }
+
+
+def interventions_page(ctx: ModelContext, layer: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    r = ctx.results
+    model = r["model"]
+    gen = r.get("generator") or {}
+    params = gen.get("params") or {}
+    seg = gen.get("segmenter") or {}
+    info = {u["unit"]: u for u in layer.get("units", [])}
+    units_total = layer.get("num_units") or len(info)
+    lname = layer["name"] + (f" ({layer['alias']})" if layer.get("alias") else "")
+    setup = [
+        {"key": "method", "value": entry.get("how", "–")},
+        {"key": "segmenter", "value": f"{seg.get('name', '–')} (layers: {', '.join(seg.get('layers') or [])})"},
+        {"key": "latents", "value": f"seed {fmt_num(params.get('seed'))} (not the probe set's)"},
+        {"key": "ablation samples", "value": fmt_num(params.get("samples"))},
+        {"key": "insertion samples", "value": fmt_num(params.get("insert_samples"))},
+        {"key": "N (curves)", "value": ", ".join(str(n) for n in params.get("top_n") or [])},
+        {"key": "random draws per N", "value": fmt_num(params.get("random_draws"))},
+        {"key": "time", "value": f"{entry.get('seconds', '–')} s"},
+    ]
+    return {
+        "title": f"interventions · {lname} · {model['name']}",
+        "root": "../../",
+        "breadcrumbs": layer_breadcrumbs(model["name"], lname, "interventions"),
+        "plotly": True,
+        "footer": ctx.footer("../"),
+        "layer": {"name": layer["name"], "alias": layer.get("alias"), "num_units": fmt_num(units_total)},
+        "setup": setup,
+        "ablation": [_ablation_view(ctx, info, e, i, units_total) for i, e in enumerate(entry.get("ablation") or [])],
+        "insertion": [_insertion_view(ctx, info, e, i, units_total) for i, e in enumerate(entry.get("insertion") or [])],
+    }
+
+
+def unit_effects(ctx: ModelContext, layer: dict[str, Any], unit: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """For the unit page: the interventions that switch this unit off or on (None: none run)."""
+    entry = layer_entry(ctx.results, layer)
+    if entry is None:
+        return None
+    rows = []
+    for group, verb, prefix in (("ablation", "removed with", "ablate"), ("insertion", "switched on with", "insert")):
+        for i, e in enumerate(entry.get(group) or []):
+            n = e.get("n_main") or 10
+            if unit["unit"] in (e.get("units") or [])[:n]:
+                rank = e["units"].index(unit["unit"]) + 1
+                rows.append({"text": f"{verb} the top {n} {e['concept']} units (rank {rank})",
+                             "href": f"{PAGE}#{prefix}-{i}"})
+    return rows

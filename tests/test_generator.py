@@ -1,0 +1,297 @@
+"""Generators: segmenters, the generated probe set, interventions, and the shipped toy GAN.
+
+The criteria of the toy generator (tree units, tree ablation, door insertion in context)
+are asserted on the shipped weights, from one report run shared by the module.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dissect.cli import main
+from dissect.data.broden import BrodenDataset, BrodenIndex, decode_label_png
+from dissect.data.generated import output_range, write_generated_probe
+from dissect.errors import DissectError
+from dissect.experiments.generator import GeneratorExperimentConfig, GeneratorRunner
+from dissect.hooks import Intervene
+from dissect.models import load_model
+from dissect.models.registry import WEIGHTS_DIR, from_module
+from dissect.models.toygan import ToyGenerator, sample_z
+from dissect.segmenters import ColorNamer, TorchvisionSegmenter, load_segmenter
+
+HAVE_GAN = (WEIGHTS_DIR / "toy_generator.safetensors").is_file()
+HAVE_SEG = (WEIGHTS_DIR / "toy_segmenter.safetensors").is_file()
+
+
+# ------------------------------------------------------------------ segmenters
+def test_toy_segmenter_heldout_pixel_accuracy():
+    """The shipped segmenter on toy scenes it never saw: >= 95% of pixels get the right object."""
+    from dissect.models.train_seg import SEG_HELDOUT_SEED_BASE, pixel_accuracy, render_segmentation_set
+    seg = load_segmenter("toy")
+    x, obj, part = render_segmentation_set(range(SEG_HELDOUT_SEED_BASE, SEG_HELDOUT_SEED_BASE + 60))
+    acc = pixel_accuracy(seg.net, x, obj, part)
+    assert acc["object_pixel_accuracy"] >= 0.95, acc
+    assert acc["part_pixel_accuracy"] >= 0.80, acc
+    record = json.loads((WEIGHTS_DIR / "toy_segmenter.json").read_text())
+    assert record["heldout"]["object_pixel_accuracy"] >= 0.95
+    assert "dissect train toy-segmenter" in record["command"]
+
+
+def test_toy_segmenter_output_is_consistent_with_its_concepts():
+    from dissect.data.toyworld import render_scene
+    seg = load_segmenter("toy")
+    sc = render_scene(50_000_123, 64)
+    x = torch.from_numpy(sc.image).permute(2, 0, 1)[None].float() / 255
+    lab = seg.segment(x)
+    assert lab.shape == (1, 3, 64, 64) and lab.dtype == torch.int64
+    for li, cat in enumerate(seg.layers):
+        nums = lab[0, li].unique().tolist()
+        assert all(n == 0 or seg.concepts[n - 1][1] == cat for n in nums), (cat, nums)
+    # colors come from the color namer, exactly
+    from dissect.data.colors import name_colors
+    u8 = (x[0].permute(1, 2, 0) * 255).round().byte().numpy()
+    assert torch.equal(lab[0, 2] - 1 - 12 - 8, torch.from_numpy(name_colors(u8)).long())
+    # a 128 px image is resized for the net and the labels come back at 128 px
+    big = torch.nn.functional.interpolate(x, size=(128, 128), mode="bilinear", align_corners=False)
+    assert seg.segment(big).shape == (1, 3, 128, 128)
+
+
+def test_unknown_concept_lists_the_known_ones():
+    seg = load_segmenter("toy")
+    with pytest.raises(DissectError, match=r"unknown concept 'treee'.*tree"):
+        seg.number("treee")
+
+
+def test_color_namer_segmenter():
+    seg = ColorNamer()
+    x = torch.zeros(1, 3, 8, 8)
+    x[0, 0] = 1.0  # pure red
+    lab = seg.segment(x)
+    assert lab.shape == (1, 1, 8, 8)
+    assert seg.concepts[int(lab[0, 0, 0, 0]) - 1][0] == "red-c"
+
+
+def test_torchvision_segmenter_interface(tmp_path):
+    seg = TorchvisionSegmenter("lraspp_mobilenet_v3_large", weights="none")
+    lab = seg.segment(torch.rand(2, 3, 64, 64))
+    assert lab.shape == (2, 2, 64, 64)
+    assert int(lab[:, 0].max()) <= 20 and seg.concepts[0] == ("aeroplane", "object")
+    # a local copy of the weights file is read (weights_only), as the download would be
+    path = tmp_path / "lraspp.pth"
+    torch.save(seg.net.state_dict(), path)
+    again = TorchvisionSegmenter("lraspp_mobilenet_v3_large", weights=str(path))
+    x = torch.rand(1, 3, 64, 64)
+    assert torch.equal(again.segment(x), seg.segment(x))
+
+
+def test_user_segmenter_callable(tmp_path, monkeypatch):
+    (tmp_path / "myseg.py").write_text(textwrap.dedent("""
+        import torch
+        class Halves:
+            concepts = [("top", "object"), ("bottom", "object")]
+            layers = ["object"]
+            def segment(self, images):
+                n, _, h, w = images.shape
+                out = torch.ones(n, 1, h, w, dtype=torch.long)
+                out[:, :, h // 2:] = 2
+                return out
+        def make():
+            return Halves()
+        def broken():
+            return object()
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seg = load_segmenter("myseg:make")
+    assert seg.number("bottom") == 2 and seg.segment(torch.rand(1, 3, 4, 4))[0, 0, 3, 0] == 2
+    with pytest.raises(DissectError, match="has no 'concepts'"):
+        load_segmenter("myseg:broken")
+    with pytest.raises(DissectError, match="unknown segmenter"):
+        load_segmenter("nope")
+
+
+# ------------------------------------------------------------------ generator basics
+def test_output_range_detection():
+    assert output_range(torch.tensor([-0.9, 0.8]).view(1, 1, 1, 2).expand(1, 3, 1, 2)) == "tanh"
+    assert output_range(torch.rand(2, 3, 4, 4)) == "unit"
+    with pytest.raises(DissectError, match=r"values in \[0, 255\]"):
+        output_range(torch.tensor([0.0, 255.0]).view(1, 1, 1, 2).expand(1, 3, 1, 2))
+    with pytest.raises(DissectError, match=r"image batch \[N, 3, H, W\]"):
+        output_range(torch.rand(2, 10))
+    with pytest.raises(DissectError, match="NaN"):
+        output_range(torch.full((1, 3, 2, 2), float("nan")))
+
+
+def test_latents_are_reproducible_slices():
+    a = sample_z(10, seed=3)
+    assert torch.equal(sample_z(4, seed=3, start=6), a[6:])
+    assert not torch.equal(sample_z(10, seed=4), a)
+
+
+def test_split_tail_equals_intervention_in_full_forward():
+    torch.manual_seed(0)
+    gen = ToyGenerator().eval()
+    for layer in ("layer2", "layer3"):
+        runner = GeneratorRunner(gen, layer, torch.device("cpu"))
+        assert runner.how.startswith("split")
+        z = sample_z(4, 1)
+        acts = runner.acts(z)
+        edited = acts.clone()
+        edited[:, [1, 5, 7]] = 0
+        edited[:, 2, 1:3, 1:3] = 9.0
+        fast = runner.images(edited, z)
+        with Intervene(gen, layer, lambda o: edited), torch.no_grad():
+            slow = gen(z)
+        ref = ((slow + 1) / 2).clamp(0, 1)
+        ref = (ref * 255).round() / 255
+        assert torch.allclose(fast, ref, atol=1e-6)
+
+
+def test_generated_probe_is_a_broden_set_labeled_by_the_segmenter(tmp_path):
+    torch.manual_seed(0)
+    loaded = from_module(ToyGenerator(), name="g", kind="generator", z_dim=128)
+    seg = ColorNamer()
+    root = write_generated_probe(loaded, seg, tmp_path / "probe", n=10, seed=5, batch_size=4, progress=False)
+    index = BrodenIndex(root)
+    assert len(index.records) == 10 and index.categories == ["color"]
+    lat = np.load(root / "latents.npy")
+    assert np.array_equal(lat, sample_z(10, 5).numpy())
+    ds = BrodenDataset(index, input_size=64, model_input="latent")
+    assert torch.equal(ds[3]["image"], sample_z(1, 5, start=3)[0])
+    # the labels are the segmenter's labels of exactly the saved pixels
+    rec = index.records[7]
+    img = torch.from_numpy(np.asarray(Image.open(root / "images" / rec.image), dtype=np.float32)).permute(2, 0, 1)[None] / 255
+    want = seg.segment(img)[0, 0].numpy()
+    got = decode_label_png(root / "images" / rec.pixel_files[0])
+    assert np.array_equal(got, want)
+    # cached: a second call with the same inputs does not rewrite
+    mtime = (root / "index.csv").stat().st_mtime_ns
+    write_generated_probe(loaded, seg, tmp_path / "probe", n=10, seed=5, progress=False)
+    assert (root / "index.csv").stat().st_mtime_ns == mtime
+
+
+# ------------------------------------------------------------------ bad input through the CLI
+GEN_MODULE = textwrap.dedent("""
+    import torch
+    from torch import nn
+    class Gen(nn.Module):
+        def __init__(self, scale=1.0):
+            super().__init__()
+            self.fc = nn.Linear(8, 16 * 4 * 4)
+            self.up = nn.Sequential(nn.ConvTranspose2d(16, 8, 4, 2, 1), nn.ReLU(),
+                                    nn.ConvTranspose2d(8, 3, 4, 2, 1), nn.Tanh())
+            self.scale = scale
+        def forward(self, z):
+            return self.up(self.fc(z).view(-1, 16, 4, 4)) * self.scale
+    def good():
+        return Gen()
+    def bytes255():
+        return Gen(scale=255.0)
+""")
+
+
+@pytest.fixture()
+def gen_module(tmp_path, monkeypatch):
+    (tmp_path / "tinygen.py").write_text(GEN_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _cli(args, tmp_path, capsys):
+    code = main(["report", "--quiet", "--cache-dir", str(tmp_path / "cache"), *args])
+    return code, capsys.readouterr().err
+
+
+def test_custom_generator_end_to_end(gen_module, capsys):
+    code, err = _cli(["--model", "tinygen:good", "--kind", "generator", "--z-dim", "8", "--segmenter",
+                      "color", "--data-size", "40", "--gen-samples", "8", "--ablate-concept", "blue-c",
+                      "--insert-concept", "red-c", "--out", "site"], gen_module, capsys)
+    assert code == 0, err
+    r = json.loads((gen_module / "site" / "tinygen-good" / "results.json").read_text())
+    assert r["model"]["kind"] == "generator" and r["layers"][0]["name"] == "up.1"
+    assert r["params"]["quantile"] == 0.01 and r["params"]["quantile_space"] == "upsampled"
+    g = r["generator"]["layers"][0]
+    assert g["ablation"][0]["concept"] == "blue-c" and g["insertion"][0]["concept"] == "red-c"
+    assert (gen_module / "site" / "tinygen-good" / "up.1" / "interventions.html").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "tinygen:bytes255", "--kind", "generator", "--z-dim", "8"], "values in"),
+    (["--model", "tinygen:good", "--kind", "generator"], "--z-dim"),
+    (["--model", "tinygen:good", "--kind", "generator", "--z-dim", "8", "--layer", "fc",
+      "--segmenter", "color"], "spatial"),
+    (["--model", "tinygen:good", "--kind", "generator", "--z-dim", "8", "--segmenter", "color",
+      "--ablate-concept", "tree", "--data-size", "8"], "unknown concept 'tree'"),
+    (["--model", "tinygen:good", "--kind", "generator", "--z-dim", "8", "--segmenter", "nope"],
+     "unknown segmenter"),
+])
+def test_generator_bad_input(gen_module, capsys, args, message):
+    code, err = _cli([*args, "--out", "site"], gen_module, capsys)
+    assert code == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("dissect: error:") and message in lines[0], err
+    assert not (gen_module / "site").exists()
+
+
+# ------------------------------------------------------------------ the shipped toy generator
+@pytest.fixture(scope="module")
+def toygan_report(tmp_path_factory):
+    if not (HAVE_GAN and HAVE_SEG):
+        pytest.fail("the toy generator or segmenter weights are missing from the package")
+    from dissect.report import report
+    out = tmp_path_factory.mktemp("toygan")
+    report(model="toygan", out=out / "site", progress=False, cache_dir=out / "cache")
+    return out / "site", json.loads((out / "site" / "toygan" / "results.json").read_text())
+
+
+@pytest.mark.slow
+def test_toygan_has_tree_units(toygan_report):
+    _, r = toygan_report
+    best = max((t["iou"] for layer in r["layers"] for u in layer["units"]
+                for t in u.get("top_concepts", []) if t["name"] == "tree"), default=0.0)
+    labeled = [u for layer in r["layers"] for u in layer["units"] if u.get("label") == "tree"]
+    assert labeled and max(u["iou"] for u in labeled) >= 0.1, best
+
+
+@pytest.mark.slow
+def test_toygan_tree_ablation(toygan_report):
+    _, r = toygan_report
+    abl = next(a for layer in r["generator"]["layers"] for a in layer["ablation"] if a["concept"] == "tree")
+    assert abl["samples"] >= 200
+    ten = next(p for p in abl["curve"] if p["n"] == 10)
+    assert ten["drop"] >= 0.5, ten
+    assert ten["random_drop"] < 0.1, ten
+
+
+@pytest.mark.slow
+def test_toygan_door_insertion_needs_walls(toygan_report):
+    _, r = toygan_report
+    ins = next(a for layer in r["generator"]["layers"] for a in layer["insertion"] if a["concept"] == "door")
+    ctx = {c["context"]: c for c in ins["contexts"]}
+    assert "wall" in ctx and "sky" in ctx, list(ctx)
+    assert ctx["wall"]["added_pixels"] >= 3 * max(ctx["sky"]["added_pixels"], 1e-9), ctx
+
+
+@pytest.mark.slow
+def test_toygan_site_has_strips_and_animations(toygan_report):
+    site, r = toygan_report
+    for layer in r["generator"]["layers"]:
+        page = site / "toygan" / layer["slug"] / "interventions.html"
+        html = page.read_text()
+        for exp in layer["ablation"] + layer["insertion"]:
+            strip = page.parent / exp["strip"]
+            anim = page.parent / exp["animation"]
+            assert exp["strip"] in html and strip.is_file()
+            with Image.open(strip) as im:
+                assert im.height >= 2 * 64
+            with Image.open(anim) as im:
+                assert getattr(im, "n_frames", 1) >= 2
+    assert (site / "toygan" / "index.html").read_text().count("interventions.html") >= 1
