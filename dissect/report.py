@@ -173,9 +173,13 @@ def report(model=DEFAULT_MODELS, *, weights: str | None = None, layers: Sequence
     if not models:
         raise DissectError("no model to report on; pass --model NAME")
     if len(models) > 1 and (layers or weights is not None):
-        raise DissectError("--layer and --weights apply to one model; pass a single --model with them")
+        raise DissectError("--layer and --weights apply to one model: add --model NAME "
+                           f"(this run reports {len(models)} models: {', '.join(map(str, models))})")
 
     loaded_all = [as_loaded(m, weights, input_size, progress, kind, z_dim) for m in models]
+    slugs = [slugify(m.name) for m in loaded_all]
+    if len(set(slugs)) != len(slugs):
+        raise DissectError(f"two models share the name {slugs}; report them one at a time")
     dflt = DissectConfig()
     gq = generator_quantile if generator_quantile is not None else (
         config.quantile if user_config and config.quantile != dflt.quantile else GENERATOR_QUANTILE)
@@ -196,9 +200,6 @@ def report(model=DEFAULT_MODELS, *, weights: str | None = None, layers: Sequence
                                                ablation_data)
         runs.append((results, run_dir))
         summaries.append((loaded.name, results["layers"], time.time() - t_model))
-    slugs = [r["model"]["slug"] for r, _ in runs]
-    if len(set(slugs)) != len(slugs):
-        raise DissectError(f"two models share the name {slugs}; report them one at a time")
 
     from .site import write_site
     site_dir = write_site(out, runs, reproducible=reproducible, notes_md=notes_md,

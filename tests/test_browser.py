@@ -68,8 +68,11 @@ def site(tmp_path_factory, browser):
     from dissect.models import get_model_spec, list_models
     for name in list_models():
         if name.startswith("toy") and get_model_spec(name).kind == "generator":
+            from dissect.experiments.generator import GeneratorExperimentConfig
             report(model=name, data_size=60, out=out, config=DissectConfig(top_k=5), cache_dir=root / "cache",
-                   reproducible=True, progress=False)
+                   reproducible=True, progress=False,
+                   interventions=GeneratorExperimentConfig(samples=8, insert_samples=4, curve_samples=2,
+                                                           top_n=(1, 10), random_draws=1, strip_samples=3))
     results, run_dir = make_run(root)  # 'a"b<c>' with <script> labels, slug "toy-hostile"
     results["model"]["slug"] = "toy-hostile"
     write_site(out, [(results, run_dir)])
@@ -313,6 +316,8 @@ def test_screenshots_and_first_paint(browser, site):
         pages = [("overview", "toy/index.html"), ("site-index", "index.html"),
                  ("layer-grid", f"{layer}/index.html"), ("unit", f"{layer}/unit-0000.html")]
         pages += [(f"ablation-{p.parent.name}", p.relative_to(site).as_posix()) for p in site.glob("toy/*/ablation.html")]
+        pages += [(f"interventions-{p.parent.name}", p.relative_to(site).as_posix())
+                  for p in site.glob("toygan/*/interventions.html")]
         for name, rel in pages:
             sb.visit(rel)
             page.screenshot(path=str(shots / f"{name}.png"), full_page=name != "layer-grid")

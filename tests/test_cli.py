@@ -24,6 +24,8 @@ def run_cli(capsys, *args):
     (["--model", "toy", "--weights", "/nonexistent/w.pth"], "/nonexistent/w.pth"),
     (["--model", "toy", "--weights", "none", "--quantile", "0.7"], "--quantile"),
     (["--model", "toy", "--weights", "none", "--device", "cuda:7"], "cuda"),
+    (["--layer", "conv4_2"], "add --model NAME (this run reports 2 models: toy, toygan)"),
+    (["--model", "toy", "--model", "toy"], "share the name"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, tmp_path, args, needle):
     code, out, err = run_cli(capsys, "report", *args, "--out", str(tmp_path / "site"), "--quiet")

@@ -60,7 +60,7 @@ def _output_of(loaded, path: str, x: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- every registered model
 
 
-@pytest.mark.parametrize("name", [n for n in list_models() if n != "toy"] + ["toy"])
+@pytest.mark.parametrize("name", [n for n in list_models() if n != "toy" and get_model_spec(n).kind == "classifier"] + ["toy"])
 def test_registered_model_builds_and_layers_resolve(name: str) -> None:
     m = _random(name) if name in _REUSED else load_model(name, weights="none")
     assert m.weights == "none" and m.class_names is None and m.weights_file_sha256 is None
@@ -81,6 +81,15 @@ def test_registered_model_builds_and_layers_resolve(name: str) -> None:
     assert out.dim() == 4 and out.shape[-1] > 1 and out.shape[-2] > 1
     # no in-place activations left to overwrite a captured output
     assert not any(getattr(mod, "inplace", False) is True for mod in m.module.modules())
+
+
+def test_toygan_is_a_generator_with_spatial_default_layers() -> None:
+    m = load_model("toygan", weights="none")
+    assert m.kind == "generator" and m.z_dim == 128 and m.input_size == 64
+    assert m.default_layers == ["layer2", "layer3"]
+    out = _output_of(m, "layer3", torch.zeros(2, 128))
+    assert out.shape == (2, 64, 16, 16)
+    assert m.provenance()["z_dim"] == 128
 
 
 def test_random_init_is_deterministic_and_leaves_global_rng_alone() -> None:

@@ -88,6 +88,48 @@ def export_checkpoint(ckpt_path: str | Path, out_path: str | Path) -> ToyGenerat
     return gen
 
 
+OBJECT_MIN_FRACTION = 0.005  # an object is "found" in an image when it covers >= 0.5% of it
+
+
+@torch.no_grad()
+def evaluate_generator(gen: torch.nn.Module, n: int = 1000, seed: int = 99,
+                       batch_size: int = 100) -> dict:
+    """How often the toy segmenter finds each object in ``n`` generated images, next to how
+    often it finds it in ``n`` real toy scenes and how often the scenes really hold it."""
+    from ..data.toyworld import LABEL_NUMBER, render_scene
+    from ..segmenters import load_segmenter
+    from .toygan import sample_z
+
+    seg = load_segmenter("toy")
+    objects = [name for name, cat in seg.concepts if cat == "object"]
+    counts = {k: np.zeros(len(objects)) for k in ("generated", "real_segmented", "real_truth")}
+
+    def found(lab_obj: torch.Tensor) -> np.ndarray:   # [B, H, W] label numbers -> [B, objects]
+        px = lab_obj[0].numel()
+        return np.stack([((lab_obj == seg.number(o)).flatten(1).sum(1) / px >= OBJECT_MIN_FRACTION).numpy()
+                         for o in objects], 1)
+
+    gen.eval()
+    for i in range(0, n, batch_size):
+        z = sample_z(min(batch_size, n - i), seed, gen.z_dim, i)
+        x = ((gen(z) + 1) / 2).clamp(0, 1)
+        x = (x * 255).round() / 255
+        counts["generated"] += found(seg.segment(x)[:, 0]).sum(0)
+        scenes = [render_scene(60_000_000 + j, 64) for j in range(i, i + len(z))]
+        real = torch.from_numpy(np.stack([sc.image for sc in scenes])).permute(0, 3, 1, 2).float() / 255
+        counts["real_segmented"] += found(seg.segment(real)[:, 0]).sum(0)
+        truth = torch.from_numpy(np.stack([sc.layers["object"] for sc in scenes]))
+        lut = torch.zeros(int(truth.max()) + 1, dtype=torch.long)
+        for o in objects:
+            if LABEL_NUMBER[o] < len(lut):
+                lut[LABEL_NUMBER[o]] = seg.number(o)
+        counts["real_truth"] += found(lut[truth]).sum(0)
+    return {"images": n, "latent_seed": seed, "real_scene_seeds": f"60000000..{60_000_000 + n - 1}",
+            "rule": f"an object is found when it covers >= {100 * OBJECT_MIN_FRACTION:g}% of the image",
+            "objects": {o: {k: round(float(v[j]) / n, 4) for k, v in counts.items()}
+                        for j, o in enumerate(objects)}}
+
+
 def train_generator(out_dir: str | Path | None = None, seed: int = 0, train_size: int = 24000,
                     steps: int = 10000, batch_size: int = 64, lr: float = 2e-4,
                     ema_decay: float = 0.999, checkpoint_every: int = 250, resume: bool = False,
@@ -182,5 +224,9 @@ def train_generator(out_dir: str | Path | None = None, seed: int = 0, train_size
         "tool_version": __version__, "torch_version": torch.__version__,
         "platform": platform.platform(), "threads": torch.get_num_threads(),
     }
+    try:
+        record["segmenter_finds"] = evaluate_generator(final)
+    except Exception as exc:  # no toy segmenter yet: train it, then rerun with --resume
+        record["segmenter_finds"] = {"error": f"{type(exc).__name__}: {exc}"}
     (out / "toy_generator.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
