@@ -95,8 +95,15 @@ def _ablation_view(ctx, info, exp: dict[str, Any], i: int, units_total: int) -> 
              "random_range": f"{_pct(p.get('random_drop_min'))} to {_pct(p.get('random_drop_max'))}"}
             for p in exp["curve"]]
     main = next((p for p in exp["curve"] if p["n"] == exp.get("n_main")), exp["curve"][-1])
+
+    def effect(d: float | None) -> dict[str, str]:
+        if d is None:
+            return {"verb": "changes", "amount": "–"}
+        return {"verb": "lowers", "amount": f"{_pct(d)}%"} if d >= 0 else {"verb": "raises", "amount": f"{_pct(-d)}%"}
     return {
         "concept": exp["concept"], "category": exp.get("category"), "anchor": f"ablate-{i}",
+        "cls": ctx.cat_class(exp.get("category")),
+        "effect_main": effect(main.get("drop")), "random_effect_main": effect(main.get("random_drop")),
         "baseline": _pct(base, 2), "samples": fmt_num(exp.get("samples")), "n_main": exp.get("n_main"),
         "drop_main": _pct(main.get("drop")), "random_drop_main": _pct(main.get("random_drop")),
         "units": _units(ctx, info, exp["units"], exp.get("unit_ious") or [0.0] * len(exp["units"]),
@@ -137,6 +144,7 @@ def _insertion_view(ctx, info, exp: dict[str, Any], i: int, units_total: int) ->
                 for t in exp.get("contexts") or []]
     return {
         "concept": exp["concept"], "category": exp.get("category"), "anchor": f"insert-{i}",
+        "cls": ctx.cat_class(exp.get("category")),
         "n_main": exp.get("n_main"), "samples": fmt_num(exp.get("samples")),
         "positions": fmt_num(exp.get("positions")), "insertions": fmt_num(exp.get("insertions")),
         "region": f"{exp['region_cells']}x{exp['region_cells']} cells of {exp['layer_size'][0]}x{exp['layer_size'][1]} "
