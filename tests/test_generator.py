@@ -295,6 +295,17 @@ def test_toygan_site_has_strips_and_animations(toygan_report):
             with Image.open(anim) as im:
                 assert getattr(im, "n_frames", 1) >= 2
     assert (site / "toygan" / "index.html").read_text().count("interventions.html") >= 1
+    # a unit switched off by the tree ablation says so on its page, once; ids stay unique
+    import re
+    layer = r["generator"]["layers"][0]
+    unit = layer["ablation"][0]["units"][0]
+    for page in (site / "toygan" / layer["slug"] / f"unit-{unit:04d}.html",
+                 site / "toygan" / layer["slug"] / "interventions.html"):
+        html = page.read_text()
+        ids = re.findall(r'\bid="([^"]+)"', html)
+        assert len(ids) == len(set(ids)), page
+    html = (site / "toygan" / layer["slug"] / f"unit-{unit:04d}.html").read_text()
+    assert html.count("Interventions with this unit") == 1 and "removed with the top" in html
 
 
 # ------------------------------------------------------------------ experiments vs brute force
