@@ -28,7 +28,6 @@ Available (``--segmenter``):
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 from typing import Any, Sequence
 
@@ -242,7 +241,8 @@ def load_segmenter(name: str, weights: str | None = None, progress: bool = True)
     if ":" in name:
         module_name, _, attr = name.partition(":")
         try:
-            mod = importlib.import_module(module_name)
+            from .models.registry import import_user_module
+            mod = import_user_module(module_name)
         except ImportError as exc:
             raise DissectError(f"cannot import {module_name!r} for segmenter {name}: {exc}; "
                                "make sure it is on PYTHONPATH") from exc

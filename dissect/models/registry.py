@@ -29,6 +29,7 @@ import hashlib
 import importlib
 import json
 import os
+import sys
 import pickle
 import re
 import urllib.parse
@@ -443,13 +444,22 @@ def load_model(
     )
 
 
+def import_user_module(module_name: str) -> Any:
+    """Import ``module_name`` for a ``package.module:callable`` argument, looking in the
+    current folder too (as ``python -m`` does; the ``dissect`` script alone would not)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+    return importlib.import_module(module_name)
+
+
 def _load_callable(target: str, weights: str | None, num_classes: int | None, input_size: int | None,
                    progress: bool, kind: str = "classifier", z_dim: int | None = None) -> LoadedModel:
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise DissectError(f"cannot load model {target!r}: write it as package.module:callable")
     try:
-        py_module = importlib.import_module(module_name)
+        py_module = import_user_module(module_name)
     except ImportError as exc:
         raise DissectError(
             f"cannot import {module_name!r} for model {target}: {exc}; make sure it is on PYTHONPATH "

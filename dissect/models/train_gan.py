@@ -1,6 +1,6 @@
 """Train the shipped toy generator from scratch: ``dissect train toy-generator``.
 
-A DCGAN (non-saturating loss, Adam 2e-4, betas (0.5, 0.999), batch 64) on toy-world scenes
+A DCGAN (non-saturating loss, Adam 2e-4, betas (0.5, 0.999), batch 32) on toy-world scenes
 with seeds ``30_000_000 + i`` (disjoint from every probe and classifier seed), flipped
 left-right at random. The shipped weights are an exponential moving average of the
 generator's (decay 0.999), whose BatchNorm statistics are then re-estimated over fresh
@@ -131,7 +131,7 @@ def evaluate_generator(gen: torch.nn.Module, n: int = 1000, seed: int = 99,
 
 
 def train_generator(out_dir: str | Path | None = None, seed: int = 0, train_size: int = 24000,
-                    steps: int = 10000, batch_size: int = 64, lr: float = 2e-4,
+                    steps: int = 9000, batch_size: int = 32, lr: float = 2e-4,
                     ema_decay: float = 0.999, checkpoint_every: int = 250, resume: bool = False,
                     progress: bool = True) -> dict:
     from safetensors.torch import save_file
@@ -215,7 +215,8 @@ def train_generator(out_dir: str | Path | None = None, seed: int = 0, train_size
         save_grid(final(fixed_z), out / "toy_generator_samples.png")
     record = {
         "model": "ToyGenerator", "z_dim": TOYGAN_Z_DIM, "width": TOYGAN_WIDTH,
-        "command": f"dissect train toy-generator --seed {seed} --train-size {train_size} --steps {steps}",
+        "command": f"dissect train toy-generator --seed {seed} --train-size {train_size} --steps {steps} "
+                   f"--batch-size {batch_size}",
         "seed": seed, "train_size": train_size,
         "train_scene_seeds": f"{GAN_TRAIN_SEED_BASE}..{GAN_TRAIN_SEED_BASE + train_size - 1}",
         "steps": steps, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
