@@ -382,9 +382,6 @@ def test_shipped_forest_depends_on_tree_units(shipped_result, toyworld_small):
 
 
 @shipped
-@pytest.mark.xfail(reason="the shipped toy classifier tells forest partly by the absence of other "
-                          "classes' evidence: keeping only forest's top 20 units (all positive forest "
-                          "evidence) makes most other scenes look like forest", strict=False)
 def test_shipped_forest_keep_top20(shipped_result):
     res, _ = shipped_result
     forest = next(c for c in res["classes"] if c["name"] == "forest")
