@@ -10,7 +10,8 @@ outputs labeled by a segmenter, :mod:`dissect.data.generated`):
   after the ablation, finest first: a part where there is one, else the object);
 * **insertion** of concept ``c``: set its top ``N`` units to their 99.5th-percentile
   activation (over the probe set) inside a square region of ``region`` x ``region`` cells of
-  the layer, at every position of a grid over the map, and count the pixels that *become*
+  the layer (default: an eighth of the map's side, 8 px of a 64 px image: door-sized), at
+  every position of a grid over the map, and count the pixels that *become*
   ``c``. Grouped by the region's context (what the segmenter saw there before: the most
   frequent finest label in the region) and by position (a heat-map of where insertion works);
   a curve over ``N`` and a random-units baseline;
@@ -56,10 +57,10 @@ class GeneratorExperimentConfig:
     top_n: tuple[int, ...] = DEFAULT_GEN_TOP_N
     units: int = 10                          # N of the strips, the context table and "became"
     samples: int = 256                       # latents for ablation (>= 200)
-    insert_samples: int = 64                 # latents for insertion at N = units (x positions)
-    curve_samples: int = 16                  # latents for the insertion curve over N (x positions)
+    insert_samples: int = 32                 # latents for insertion at N = units (x positions)
+    curve_samples: int = 4                   # latents for the insertion curve over N (x positions)
     layers: tuple[str, ...] = ()             # layers to intervene on (default: the model's, else the first)
-    region: int = 0                          # insertion square, in layer cells (0: a quarter of the side)
+    region: int = 0                          # insertion square, in layer cells (0: an eighth of the side)
     insert_quantile: float = 0.005           # insertion value: the unit's (1 - q) quantile (99.5th pct)
     random_draws: int = 3
     seed: int = 2                            # seed of the intervention latents
@@ -266,7 +267,7 @@ def insertion_experiment(runner: GeneratorRunner, seg: Segmenter, concept: str, 
                          acts_batches: list[Tensor], progress: bool = False) -> tuple[dict, dict]:
     """Set the top-N units of ``concept`` high in a region at every grid position."""
     units_total, h, w = acts_batches[0].shape[1:]
-    r = cfg.region or max(1, min(h, w) // 4)
+    r = cfg.region or max(1, min(h, w) // 8)
     if r > min(h, w):
         raise DissectError(f"--insert-region {r} cells is larger than the layer's {h}x{w} map")
     pos = _positions(h, w, r)

@@ -681,7 +681,7 @@ register_model(
     num_classes=0,
     z_dim=TOYGAN_Z_DIM,
     segmenter="toy",
-    experiments={"ablate": ("tree",), "insert": ("door",)},
+    experiments={"ablate": ("tree",), "insert": ("door",), "layers": ("layer2",)},
     missing_weights_hint="run `dissect train toy-generator` to create them",
     description="DCGAN-style generator of 64x64 toy-world scenes (weights ship with dissect)",
 )(lambda n: ToyGenerator())
