@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--steps", type=_positive_int, default=9000)
     tg.add_argument("--batch-size", type=_positive_int, default=32)
     tg.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    tg.add_argument("--variant", choices=["dcgan", "sngan"], default="dcgan",
+                    help="dcgan (the shipped weights) or sngan (spectral-norm discriminator, hinge loss)")
     return p
 
 
@@ -254,7 +256,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     elif args.command == "train" and args.what == "toy-generator":
         from .models.train_gan import train_generator
         rec = train_generator(args.out, seed=args.seed, train_size=args.train_size, steps=args.steps,
-                              batch_size=args.batch_size, resume=args.resume)
+                              batch_size=args.batch_size, resume=args.resume, variant=args.variant)
         print(f"dissect: toy generator trained, {rec['steps']} steps in {rec['train_seconds']} s")
     elif args.command == "train" and args.what == "toy-classifier":
         from .models.train_toy import train_classifier

@@ -51,21 +51,26 @@ class ToyGenerator(nn.Module):
 
 
 class ToyDiscriminator(nn.Module):
-    """Mirror of :class:`ToyGenerator`: 64x64 image -> one logit (real vs generated)."""
+    """Mirror of :class:`ToyGenerator`: 64x64 image -> one logit (real vs generated).
 
-    def __init__(self, width: int = TOYGAN_WIDTH):
+    ``spectral=True``: spectral normalization on every conv instead of BatchNorm (SN-GAN).
+    """
+
+    def __init__(self, width: int = TOYGAN_WIDTH, spectral: bool = False):
         super().__init__()
         w = width
+        sn = nn.utils.parametrizations.spectral_norm if spectral else (lambda m: m)
 
         def down(cin, cout, bn=True):
-            mods: list[nn.Module] = [nn.Conv2d(cin, cout, 4, 2, 1, bias=not bn)]
+            bn = bn and not spectral
+            mods: list[nn.Module] = [sn(nn.Conv2d(cin, cout, 4, 2, 1, bias=not bn))]
             if bn:
                 mods.append(nn.BatchNorm2d(cout))
-            mods.append(nn.LeakyReLU(0.2))
+            mods.append(nn.LeakyReLU(0.2 if not spectral else 0.1))
             return mods
 
         self.net = nn.Sequential(*down(3, w, bn=False), *down(w, 2 * w), *down(2 * w, 4 * w),
-                                 *down(4 * w, 8 * w), nn.Conv2d(8 * w, 1, 4, 1, 0))
+                                 *down(4 * w, 8 * w), sn(nn.Conv2d(8 * w, 1, 4, 1, 0)))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x).flatten()

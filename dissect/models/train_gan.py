@@ -133,7 +133,12 @@ def evaluate_generator(gen: torch.nn.Module, n: int = 1000, seed: int = 99,
 def train_generator(out_dir: str | Path | None = None, seed: int = 0, train_size: int = 24000,
                     steps: int = 9000, batch_size: int = 32, lr: float = 2e-4,
                     ema_decay: float = 0.999, checkpoint_every: int = 250, resume: bool = False,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, variant: str = "dcgan") -> dict:
+    """``variant``: ``"dcgan"`` (BatchNorm discriminator, non-saturating loss, Adam betas
+    (0.5, 0.999); the shipped weights) or ``"sngan"`` (spectrally normalized discriminator,
+    hinge loss, Adam betas (0.0, 0.9))."""
+    if variant not in ("dcgan", "sngan"):
+        raise ValueError(f"variant must be dcgan or sngan, not {variant!r}")
     from safetensors.torch import save_file
 
     out = Path(out_dir) if out_dir else WEIGHTS_DIR
@@ -142,12 +147,14 @@ def train_generator(out_dir: str | Path | None = None, seed: int = 0, train_size
     t0 = time.time()
     data = _render_scenes(train_size, progress)
     torch.manual_seed(seed)
-    gen, disc = ToyGenerator(), ToyDiscriminator()
+    gen, disc = ToyGenerator(), ToyDiscriminator(spectral=variant == "sngan")
     dcgan_init(gen)
-    dcgan_init(disc)
+    if variant == "dcgan":
+        dcgan_init(disc)
     ema = copy.deepcopy(gen).eval()
-    opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))
+    betas = (0.5, 0.999) if variant == "dcgan" else (0.0, 0.9)
+    opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=betas)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=betas)
     rng = torch.Generator().manual_seed(seed)
     step, history, elapsed = 0, [], 0.0
     if resume and ckpt_path.exists():
@@ -171,12 +178,15 @@ def train_generator(out_dir: str | Path | None = None, seed: int = 0, train_size
         z = torch.randn(batch_size, TOYGAN_Z_DIM, generator=rng)
         fake = gen(z)
         # discriminator: real -> 1, fake -> 0
-        d_loss = (F.softplus(-disc(real)).mean() + F.softplus(disc(fake.detach())).mean())
+        if variant == "sngan":  # hinge loss
+            d_loss = F.relu(1 - disc(real)).mean() + F.relu(1 + disc(fake.detach())).mean()
+        else:
+            d_loss = (F.softplus(-disc(real)).mean() + F.softplus(disc(fake.detach())).mean())
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
         # generator: non-saturating loss
-        g_loss = F.softplus(-disc(fake)).mean()
+        g_loss = -disc(fake).mean() if variant == "sngan" else F.softplus(-disc(fake)).mean()
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
@@ -216,11 +226,13 @@ def train_generator(out_dir: str | Path | None = None, seed: int = 0, train_size
     record = {
         "model": "ToyGenerator", "z_dim": TOYGAN_Z_DIM, "width": TOYGAN_WIDTH,
         "command": f"dissect train toy-generator --seed {seed} --train-size {train_size} --steps {steps} "
-                   f"--batch-size {batch_size}",
+                   f"--batch-size {batch_size}" + (f" --variant {variant}" if variant != "dcgan" else ""),
         "seed": seed, "train_size": train_size,
         "train_scene_seeds": f"{GAN_TRAIN_SEED_BASE}..{GAN_TRAIN_SEED_BASE + train_size - 1}",
         "steps": steps, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
-        "loss": "non-saturating (softplus) DCGAN loss", "history": history,
+        "variant": variant,
+        "loss": "non-saturating (softplus) DCGAN loss" if variant == "dcgan" else "hinge loss, spectral-norm discriminator",
+        "history": history,
         "train_seconds": round(elapsed + time.time() - t_run), "total_seconds": round(time.time() - t0),
         "tool_version": __version__, "torch_version": torch.__version__,
         "platform": platform.platform(), "threads": torch.get_num_threads(),

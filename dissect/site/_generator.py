@@ -147,8 +147,9 @@ def _insertion_view(ctx, info, exp: dict[str, Any], i: int, units_total: int) ->
         "cls": ctx.cat_class(exp.get("category")),
         "n_main": exp.get("n_main"), "samples": fmt_num(exp.get("samples")),
         "positions": fmt_num(exp.get("positions")), "insertions": fmt_num(exp.get("insertions")),
-        "region": f"{exp['region_cells']}x{exp['region_cells']} cells of {exp['layer_size'][0]}x{exp['layer_size'][1]} "
-                  f"({exp['region_pixels'][0]}x{exp['region_pixels'][1]} px)",
+        "region": f"{exp['region_cells']}x{exp['region_cells']} cell{'s' if exp['region_cells'] > 1 else ''} of the "
+                  f"{exp['layer_size'][0]}x{exp['layer_size'][1]} map ({exp['region_pixels'][0]}x{exp['region_pixels'][1]} px "
+                  "of the image)",
         "value_rule": exp.get("value_rule", "–"),
         "random_added": f"{exp.get('random_added_pixels', 0.0):.2f}",
         "units": _units(ctx, info, exp["units"], exp.get("unit_ious") or [0.0] * len(exp["units"]),
