@@ -27,3 +27,6 @@ def test_wheel_carries_templates_assets_and_weights(tmp_path):
         assert f"dissect/_site_assets/{a.name}" in names
     assert "dissect/models/weights/toy_classifier.safetensors" in names
     assert "dissect/models/weights/toy_classifier.json" in names
+    for model in ("toy_generator", "toy_segmenter"):
+        assert f"dissect/models/weights/{model}.safetensors" in names
+        assert f"dissect/models/weights/{model}.json" in names
