@@ -157,6 +157,7 @@ def train_generator(out_dir: str | Path | None = None, seed: int = 0, train_size
     opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=betas)
     rng = torch.Generator().manual_seed(seed)
     step, history, elapsed = 0, [], 0.0
+    train_threads = torch.get_num_threads()
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         gen.load_state_dict(ck["gen"])
@@ -166,6 +167,7 @@ def train_generator(out_dir: str | Path | None = None, seed: int = 0, train_size
         opt_d.load_state_dict(ck["opt_d"])
         rng.set_state(ck["rng"])
         step, history, elapsed = int(ck["step"]), list(ck["history"]), float(ck["elapsed"])
+        train_threads = int(ck.get("threads", torch.get_num_threads()))
     fixed_z = torch.randn(64, TOYGAN_Z_DIM, generator=torch.Generator().manual_seed(7))
     bar = tqdm(total=steps, initial=step, desc="toy generator", disable=not progress)
     t_run = time.time()
@@ -207,7 +209,7 @@ def train_generator(out_dir: str | Path | None = None, seed: int = 0, train_size
             torch.save({"gen": gen.state_dict(), "disc": disc.state_dict(), "ema": ema.state_dict(),
                         "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
                         "rng": rng.get_state(), "step": step, "history": history,
-                        "elapsed": elapsed}, str(ckpt_path) + ".tmp")
+                        "elapsed": elapsed, "threads": torch.get_num_threads()}, str(ckpt_path) + ".tmp")
             Path(str(ckpt_path) + ".tmp").replace(ckpt_path)
             if progress:
                 tqdm.write(f"step {step}: d {history[-1]['d_loss']}, g {history[-1]['g_loss']}, "
@@ -235,7 +237,7 @@ def train_generator(out_dir: str | Path | None = None, seed: int = 0, train_size
         "history": history,
         "train_seconds": round(elapsed + time.time() - t_run), "total_seconds": round(time.time() - t0),
         "tool_version": __version__, "torch_version": torch.__version__,
-        "platform": platform.platform(), "threads": torch.get_num_threads(),
+        "platform": platform.platform(), "threads": train_threads,
     }
     try:
         record["segmenter_finds"] = evaluate_generator(final)
