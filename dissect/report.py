@@ -13,10 +13,8 @@ from __future__ import annotations
 import os
 import platform
 import re
-import shlex
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence

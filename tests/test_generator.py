@@ -7,9 +7,7 @@ are asserted on the shipped weights, from one report run shared by the module.
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +20,6 @@ from dissect.data.generated import output_range, write_generated_probe
 from dissect.errors import DissectError
 from dissect.experiments.generator import GeneratorExperimentConfig, GeneratorRunner
 from dissect.hooks import Intervene
-from dissect.models import load_model
 from dissect.models.registry import WEIGHTS_DIR, from_module
 from dissect.models.toygan import ToyGenerator, sample_z
 from dissect.segmenters import ColorNamer, TorchvisionSegmenter, load_segmenter

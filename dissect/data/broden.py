@@ -282,6 +282,33 @@ def make_loader(dataset: BrodenDataset, batch_size: int = 64, num_workers: int |
 
 
 # ---------------------------------------------------------------------- writing
+def write_dir_atomically(out: Path, write, manifest_name: str, manifest: dict) -> Path:
+    """Write a data folder at ``out`` in one piece: ``write(tmp)`` fills a temporary folder
+    beside it, the manifest goes in last, then the folder is swapped in (an old one moved
+    away and deleted). On any error the temporary folder is removed and ``out`` is as it was."""
+    import json
+    import tempfile
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        write(tmp)
+        with open(tmp / manifest_name, "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=1)
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, trash / "old")
+            os.replace(tmp, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
 def _fmt(x: float) -> str:
     return f"{x:.6g}"
 

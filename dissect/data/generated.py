@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DissectError
-from .broden import write_broden_tables
+from .broden import write_broden_tables, write_dir_atomically
 
 MANIFEST = "generated.json"
 VERSION = 1
@@ -88,22 +86,9 @@ def write_generated_probe(loaded, segmenter, out_dir: str | os.PathLike, n: int,
             return out
     except (OSError, ValueError):
         pass
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        _write(tmp, loaded, segmenter, n, seed, z_dim, batch_size, device, val_fraction, progress)
-        (tmp / MANIFEST).write_text(json.dumps(want, indent=1))
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, trash / "old")
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return write_dir_atomically(
+        out, lambda tmp: _write(tmp, loaded, segmenter, n, seed, z_dim, batch_size, device,
+                                val_fraction, progress), MANIFEST, want)
 
 
 def _write(root: Path, loaded, segmenter, n, seed, z_dim, batch_size, device, val_fraction,

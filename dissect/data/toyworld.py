@@ -56,10 +56,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +64,7 @@ from typing import Iterable
 
 import numpy as np
 
-from dissect.data.broden import write_broden_tables
+from dissect.data.broden import write_broden_tables, write_dir_atomically
 from dissect.data.colors import COLOR_NAMES, name_colors
 from dissect.errors import DissectError
 
@@ -780,23 +777,9 @@ def write_broden(out_dir, n: int, seed: int, image_size: int = 64, val_fraction:
                 "choose an empty or new --out")
         if old == want and (out / "index.csv").is_file():
             return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        _write_into(tmp, n, seed, image_size, val_fraction, progress, label_size)
-        with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
-            json.dump(want, f, indent=1)
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, trash / "old")
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return write_dir_atomically(
+        out, lambda tmp: _write_into(tmp, n, seed, image_size, val_fraction, progress, label_size),
+        MANIFEST, want)
 
 
 def _write_into(root: Path, n: int, seed: int, size: int, val_fraction: float,

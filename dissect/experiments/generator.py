@@ -25,7 +25,6 @@ forward pass and a hook as the fallback), and only the segmenter runs on each ed
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path

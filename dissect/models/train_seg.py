@@ -10,7 +10,6 @@ holds the held-out pixel accuracy of objects, of parts, and per class.
 from __future__ import annotations
 
 import json
-import math
 import platform
 import time
 from pathlib import Path

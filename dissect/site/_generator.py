@@ -11,7 +11,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from dissect.site._views import ModelContext, fmt_iou, fmt_num, layer_breadcrumbs, unit_file
+from dissect.site._ablation import _layout, _unit_cell
+from dissect.site._views import ModelContext, fmt_iou, fmt_num, layer_breadcrumbs
 
 PAGE = "interventions.html"
 _RED, _GREY, _BLUE = "#c0392b", "#9a9ca8", "#2f6fbd"
@@ -52,23 +53,8 @@ def _pct(x: float | None, nd: int = 1) -> str:
 
 def _units(ctx: ModelContext, info: dict[int, dict[str, Any]], units: list[int], ious: list[float],
            limit: int) -> list[dict[str, Any]]:
-    rows = []
-    for k, iou in list(zip(units, ious))[:limit]:
-        u = info.get(k, {})
-        label = "none" if u.get("dead") or not u.get("label") else u["label"]
-        cat = None if u.get("dead") else u.get("category")
-        rows.append({"unit": k, "href": unit_file(k), "label": label, "category": cat,
-                     "cls": ctx.cat_class(cat), "iou": fmt_iou(iou)})
-    return rows
-
-
-def _layout(xtitle: str, ytitle: str, **more: Any) -> dict[str, Any]:
-    lay = {"height": 300, "margin": {"l": 56, "r": 8, "t": 8, "b": 44},
-           "xaxis": {"title": {"text": xtitle}}, "yaxis": {"title": {"text": ytitle}},
-           "legend": {"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom"},
-           "paper_bgcolor": "rgba(0,0,0,0)", "plot_bgcolor": "rgba(0,0,0,0)"}
-    lay.update(more)
-    return lay
+    """Unit cells (own label and category, from the dissection) with the IoU for *this* concept."""
+    return [{**_unit_cell(ctx, info, k), "iou": fmt_iou(iou)} for k, iou in list(zip(units, ious))[:limit]]
 
 
 def _ablation_view(ctx, info, exp: dict[str, Any], i: int, units_total: int) -> dict[str, Any]:
