@@ -163,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--steps", type=_positive_int, default=9000)
     tg.add_argument("--batch-size", type=_positive_int, default=32)
     tg.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    tg.add_argument("--variant", choices=["dcgan", "sngan"], default="dcgan",
-                    help="dcgan (the shipped weights) or sngan (spectral-norm discriminator, hinge loss)")
+    tg.add_argument("--variant", choices=["dcgan", "sngan"], default="sngan",
+                    help="sngan (spectral-norm discriminator, hinge loss: the shipped weights) or "
+                    "dcgan (BatchNorm discriminator, non-saturating loss)")
     return p
 
 
