@@ -313,6 +313,15 @@ def _fmt(x: float) -> str:
     return f"{x:.6g}"
 
 
+def tally_label_map(labels: np.ndarray, freq: np.ndarray, cover: np.ndarray) -> None:
+    """Add one label map to the per-label statistics of :func:`write_broden_tables`: images
+    holding the label (``freq``) and the fraction of the map it covers (``cover``)."""
+    counts = np.bincount(labels.ravel(), minlength=len(freq))[: len(freq)]
+    counts[0] = 0
+    freq += counts > 0
+    cover += counts / labels.size
+
+
 def write_broden_tables(root: Path, categories: Sequence[str], labels: Sequence[tuple[int, str, str]],
                         rows: list[dict], freq: np.ndarray, cover: np.ndarray, n: int) -> None:
     """Write index.csv, label.csv, category.csv and c_*.csv of a Broden-format directory.

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DissectError
-from .broden import write_broden_tables, write_dir_atomically
+from .broden import tally_label_map, write_broden_tables, write_dir_atomically
 
 MANIFEST = "generated.json"
 VERSION = 1
@@ -138,10 +138,7 @@ def _write(root: Path, loaded, segmenter, n, seed, z_dim, batch_size, device, va
                     fname = f"{name}_{cat}.png"
                     save_label_png(images / fname, m)
                     row[cat] = fname
-                    counts = np.bincount(m.ravel(), minlength=num_max + 1)[: num_max + 1]
-                    counts[0] = 0
-                    freq += counts > 0
-                    cover += counts / m.size
+                    tally_label_map(m, freq, cover)
                 rows.append(row)
     latents.flush()
     del latents

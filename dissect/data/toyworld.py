@@ -64,7 +64,7 @@ from typing import Iterable
 
 import numpy as np
 
-from dissect.data.broden import write_broden_tables, write_dir_atomically
+from dissect.data.broden import tally_label_map, write_broden_tables, write_dir_atomically
 from dissect.data.colors import COLOR_NAMES, name_colors
 from dissect.errors import DissectError
 
@@ -791,7 +791,6 @@ def _write_into(root: Path, n: int, seed: int, size: int, val_fraction: float,
     max_num = max(num for num, _, _ in LABELS)
     freq = np.zeros(max_num + 1, np.int64)
     cover = np.zeros(max_num + 1, np.float64)
-    npx = float(label_size * label_size)
     rows = []
     it: Iterable[int] = range(n)
     if progress:
@@ -815,10 +814,7 @@ def _write_into(root: Path, n: int, seed: int, size: int, val_fraction: float,
             fname = f"{name}_{cat}.png"
             _save_label_png(images / fname, lab)
             row[cat] = fname
-            counts = np.bincount(lab.ravel(), minlength=max_num + 1)[: max_num + 1]
-            counts[0] = 0
-            freq += counts > 0
-            cover += counts / npx
+            tally_label_map(lab, freq, cover)
         rows.append(row)
     cover /= n
 

@@ -183,7 +183,6 @@ def ablation_experiment(runner: GeneratorRunner, seg: Segmenter, concept: str, i
     top_frac = {n: torch.zeros(total) for n in sizes}
     rnd_frac = {n: torch.zeros(cfg.random_draws, total) for n in sizes}
     became = None
-    fin_names = None
     strip_before, strip_after = [], []
     start = 0
     for a in tqdm(acts_batches, desc=f"ablate {concept}", disable=not progress, leave=False):
@@ -225,8 +224,7 @@ def ablation_experiment(runner: GeneratorRunner, seg: Segmenter, concept: str, i
                       "random_drop": drop(float(rf.mean())),
                       "random_drop_min": drop(float(rf.max())), "random_drop_max": drop(float(rf.min())),
                       "random_units": random_sets[n]})
-    if fin_names is None:
-        fin_names = ["-"] + [name for name, _ in seg.concepts]
+    fin_names = ["-"] + [name for name, _ in seg.concepts]
     became_list = []
     if became is not None and became.sum() > 0:
         tot = float(became.sum())
@@ -284,7 +282,8 @@ def insertion_experiment(runner: GeneratorRunner, seg: Segmenter, concept: str, 
     contexts: list[int] = []
     heat = np.zeros((len(pos),))
     heat_n = np.zeros((len(pos),))
-    best = {"before": [], "after": [], "region": [], "context": [], "added": []}
+    row_sample: list[int] = []    # per insertion at n_main (same order as contexts): sample, position
+    row_pos: list[int] = []
     start = 0
     img_h = img_w = None
     for a in tqdm(acts_batches, desc=f"insert {concept}", disable=not progress, leave=False):
@@ -301,6 +300,8 @@ def insertion_experiment(runner: GeneratorRunner, seg: Segmenter, concept: str, 
             region = fin0[:, y0:y1, x0:x1].flatten(1)
             ctx = torch.mode(region, dim=1).values.cpu().tolist()
             contexts += ctx
+            row_sample += range(start, start + len(a))
+            row_pos += [p] * len(a)
             for n in sizes + ["random"]:
                 # the curve over N uses the first curve_samples latents; N = n_main uses all
                 k = len(a) if n in (n_main, "random") else max(0, min(len(a), cfg.curve_samples - start))
@@ -320,11 +321,6 @@ def insertion_experiment(runner: GeneratorRunner, seg: Segmenter, concept: str, 
                 if n == n_main:
                     heat[p] += float(gained.sum())
                     heat_n[p] += len(gained)
-                    best["before"].append(before.cpu())
-                    best["after"].append(imgs.cpu())
-                    best["region"] += [(y0, y1, x0, x1)] * len(a)
-                    best["context"] += ctx
-                    best["added"].append(gained)
         start += len(a)
     main = torch.cat(added[n_main])
     ctx_arr = np.array(contexts)
@@ -351,31 +347,33 @@ def insertion_experiment(runner: GeneratorRunner, seg: Segmenter, concept: str, 
     # strip: the insertions whose region held the context where insertion works best
     ranked_ctx = [t["context"] for t in table if t["count"] >= 5] or [t["context"] for t in table]
     target = names.index(ranked_ctx[0]) if ranked_ctx else None
-    before_all, after_all = torch.cat(best["before"]), torch.cat(best["after"])
-    ctxs = np.array(best["context"])
-    pick, seen_img = [], set()
-    order = np.arange(len(ctxs))
-    # rows of best[*] come batch by batch, position by position: the sample of each row
-    ids = []
-    s = 0
-    for a in acts_batches:
-        for _ in pos:
-            ids += list(range(s, s + len(a)))
-        s += len(a)
-    ids = np.array(ids)
-    for k in order:
-        if target is not None and ctxs[k] != target:
+    pick: list[int] = []          # insertion rows: the first of each sample in the target context
+    seen_img: set[int] = set()
+    for k, (c, i) in enumerate(zip(contexts, row_sample)):
+        if (target is not None and c != target) or i in seen_img:
             continue
-        if ids[k] in seen_img:
-            continue
-        seen_img.add(int(ids[k]))
-        pick.append(int(k))
+        seen_img.add(i)
+        pick.append(k)
         if len(pick) >= cfg.strip_samples:
             break
-    pick_t = torch.as_tensor(pick, dtype=torch.long)
     result["strip_context"] = names[target] if target is not None else None
-    return result, {"before": before_all[pick_t], "after": after_all[pick_t],
-                    "regions": [best["region"][k] for k in pick]}
+    # re-draw only the strip's insertions (keeping every image of the sweep would cost memory)
+    ids = torch.as_tensor([row_sample[k] for k in pick], dtype=torch.long)
+    all_acts = torch.cat(acts_batches)
+    a, zs = all_acts[ids], z[ids]
+    edited = a.clone()
+    regions = []
+    idx = torch.as_tensor(ranked[:n_main])
+    for j, k in enumerate(pick):
+        y, x = pos[row_pos[k]]
+        edited[j, idx, y:y + r, x:x + r] = values[idx].view(-1, 1, 1).to(edited)
+        regions.append((int(round(y * img_h / h)), int(round((y + r) * img_h / h)),
+                        int(round(x * img_w / w)), int(round((x + r) * img_w / w))))
+    if not pick:
+        empty = torch.zeros(0, 3, img_h, img_w)
+        return result, {"before": empty, "after": empty, "regions": []}
+    return result, {"before": runner.images(a, zs).cpu(), "after": runner.images(edited, zs).cpu(),
+                    "regions": regions}
 
 
 # ============================================================================ strips

@@ -57,6 +57,17 @@ def _units(ctx: ModelContext, info: dict[int, dict[str, Any]], units: list[int],
     return [{**_unit_cell(ctx, info, k), "iou": fmt_iou(iou)} for k, iou in list(zip(units, ious))[:limit]]
 
 
+def _n_layout(xtitle: str, ytitle: str, sizes: list[int], hline: float, dash: str, color: str) -> dict[str, Any]:
+    """A curve over N: log x axis ticked at the sizes, a horizontal reference line."""
+    return _layout(xtitle, ytitle,
+                   xaxis={"title": {"text": xtitle}, "type": "log", "tickvals": sizes,
+                          "ticktext": [str(n) for n in sizes]},
+                   yaxis={"title": {"text": ytitle}, "rangemode": "tozero"},
+                   shapes=[{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y",
+                            "y0": round(hline, 4), "y1": round(hline, 4),
+                            "line": {"color": color, "width": 1, "dash": dash}}])
+
+
 def _ablation_view(ctx, info, exp: dict[str, Any], i: int, units_total: int) -> dict[str, Any]:
     c = html.escape(exp["concept"])
     sizes = [p["n"] for p in exp["curve"]]
@@ -69,13 +80,8 @@ def _ablation_view(ctx, info, exp: dict[str, Any], i: int, units_total: int) -> 
          "y": [round(100 * p["random_fraction"], 4) for p in exp["curve"]],
          "line": {"color": _GREY, "dash": "dot"},
          "hovertemplate": "N=%{x}: %{y:.2f}%<extra>random</extra>"},
-    ], "layout": _layout(f"N units removed (of {units_total})", f"{c} pixels (%)",
-                         xaxis={"title": {"text": f"N units removed (of {units_total})"}, "type": "log",
-                                "tickvals": sizes, "ticktext": [str(n) for n in sizes]},
-                         yaxis={"title": {"text": f"{c} pixels (%)"}, "rangemode": "tozero"},
-                         shapes=[{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y",
-                                  "y0": round(100 * base, 4), "y1": round(100 * base, 4),
-                                  "line": {"color": "#6c6f7d", "width": 1, "dash": "dash"}}])}
+    ], "layout": _n_layout(f"N units removed (of {units_total})", f"{c} pixels (%)", sizes, 100 * base,
+                           "dash", "#6c6f7d")}
     rows = [{"n": p["n"], "fraction": _pct(p["fraction"], 2), "drop": _pct(p["drop"]),
              "random_fraction": _pct(p["random_fraction"], 2), "random_drop": _pct(p["random_drop"]),
              "random_range": f"{_pct(p.get('random_drop_min'))} to {_pct(p.get('random_drop_max'))}"}
@@ -91,7 +97,6 @@ def _ablation_view(ctx, info, exp: dict[str, Any], i: int, units_total: int) -> 
         "cls": ctx.cat_class(exp.get("category")),
         "effect_main": effect(main.get("drop")), "random_effect_main": effect(main.get("random_drop")),
         "baseline": _pct(base, 2), "samples": fmt_num(exp.get("samples")), "n_main": exp.get("n_main"),
-        "drop_main": _pct(main.get("drop")), "random_drop_main": _pct(main.get("random_drop")),
         "units": _units(ctx, info, exp["units"], exp.get("unit_ious") or [0.0] * len(exp["units"]),
                         exp.get("n_main") or 10),
         "chart": chart, "chart_id": f"chart-ablate-{i}", "rows": rows,
@@ -108,14 +113,8 @@ def _insertion_view(ctx, info, exp: dict[str, Any], i: int, units_total: int) ->
         {"type": "scatter", "mode": "lines+markers", "name": f"top-N {c} units switched on", "x": sizes,
          "y": [round(p["added_pixels"], 4) for p in exp["curve"]], "line": {"color": _BLUE},
          "hovertemplate": "N=%{x}: %{y:.2f} px<extra></extra>"},
-    ], "layout": _layout(f"N units (of {units_total})", f"{c} pixels added per insertion",
-                         xaxis={"title": {"text": f"N units (of {units_total})"}, "type": "log",
-                                "tickvals": sizes, "ticktext": [str(n) for n in sizes]},
-                         yaxis={"title": {"text": f"{c} pixels added per insertion"}, "rangemode": "tozero"},
-                         shapes=[{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y",
-                                  "y0": round(exp.get("random_added_pixels") or 0.0, 4),
-                                  "y1": round(exp.get("random_added_pixels") or 0.0, 4),
-                                  "line": {"color": _GREY, "width": 1, "dash": "dot"}}])}
+    ], "layout": _n_layout(f"N units (of {units_total})", f"{c} pixels added per insertion", sizes,
+                           exp.get("random_added_pixels") or 0.0, "dot", _GREY)}
     heat = exp.get("heatmap") or []
     heat_chart = {"data": [{"type": "heatmap", "z": [[round(v, 3) for v in row] for row in heat],
                             "colorscale": "Viridis", "hovertemplate": "row %{y}, column %{x}: %{z:.2f} px<extra></extra>",
