@@ -166,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--variant", choices=["dcgan", "sngan"], default="sngan",
                     help="sngan (spectral-norm discriminator, hinge loss: the shipped weights) or "
                     "dcgan (BatchNorm discriminator, non-saturating loss)")
+    tg.add_argument("--width", type=_positive_int, default=None,
+                    help="generator base width: layer4 has this many units, layer3 2x, layer2 4x, "
+                    "layer1 8x (default: the shipped generator's)")
+    tg.add_argument("--disc-width", type=_positive_int, default=None,
+                    help="discriminator base width (default: the shipped generator's)")
     return p
 
 
@@ -255,9 +260,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"dissect: toy segmenter: held-out pixel accuracy {rec['heldout']['object_pixel_accuracy']:.4f} "
               f"(objects), {rec['heldout']['part_pixel_accuracy']:.4f} (parts)")
     elif args.command == "train" and args.what == "toy-generator":
+        from .models.toygan import TOYGAN_DISC_WIDTH, TOYGAN_WIDTH
         from .models.train_gan import train_generator
         rec = train_generator(args.out, seed=args.seed, train_size=args.train_size, steps=args.steps,
-                              batch_size=args.batch_size, resume=args.resume, variant=args.variant)
+                              batch_size=args.batch_size, resume=args.resume, variant=args.variant,
+                              width=args.width or TOYGAN_WIDTH, disc_width=args.disc_width or TOYGAN_DISC_WIDTH)
         print(f"dissect: toy generator trained, {rec['steps']} steps in {rec['train_seconds']} s")
     elif args.command == "train" and args.what == "toy-classifier":
         from .models.train_toy import train_classifier

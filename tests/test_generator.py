@@ -132,6 +132,29 @@ def test_latents_are_reproducible_slices():
     assert not torch.equal(sample_z(10, seed=4), a)
 
 
+def test_toygan_weights_of_another_width_load(tmp_path):
+    """`--weights FILE` of a toy generator trained at another --width builds that width."""
+    from safetensors.torch import save_file
+
+    from dissect.models.registry import load_model
+    torch.manual_seed(0)
+    narrow = ToyGenerator(width=8).eval()
+    path = tmp_path / "narrow.safetensors"
+    save_file(narrow.state_dict(), str(path))
+    loaded = load_model("toygan", weights=str(path), progress=False)
+    assert loaded.module.layer4[0].out_channels == 8 and loaded.module.layer1[0].out_channels == 64
+    z = sample_z(3, seed=1)
+    with torch.no_grad():
+        assert torch.equal(loaded.module(z), narrow(z))
+    # half-precision files load into the float32 model
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in narrow.state_dict().items()},
+              str(path))
+    half = load_model("toygan", weights=str(path), progress=False).module
+    assert half.layer4[0].weight.dtype == torch.float32
+    with torch.no_grad():
+        assert (half(z) - narrow(z)).abs().max() < 0.05
+
+
 def test_split_tail_equals_intervention_in_full_forward():
     torch.manual_seed(0)
     gen = ToyGenerator().eval()

@@ -77,6 +77,9 @@ class ModelSpec:
     z_dim: int | None = None  # generators: size of the latent vector
     segmenter: str | None = None  # generators: the segmenter that labels their outputs
     experiments: Mapping[str, Any] = field(default_factory=dict)  # generators: default concepts
+    # builds the module that fits a given state dict (e.g. a generator's width read from its
+    # weights); used instead of ``builder`` whenever there are weights to load
+    builder_for_state: Callable[[Mapping[str, Tensor]], nn.Module] | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -413,7 +416,10 @@ def load_model(
     else:
         state = None
     n = num_classes if num_classes is not None else spec.num_classes
-    module = _seeded(lambda: spec.builder(n))
+    if state is not None and spec.builder_for_state is not None:
+        module = _seeded(lambda: spec.builder_for_state(state))
+    else:
+        module = _seeded(lambda: spec.builder(n))
     if state is not None:
         apply_state_dict(module, state, src.label, spec.name)
     _no_inplace(module)
@@ -440,7 +446,7 @@ def load_model(
         weights_file_sha256=src.file_sha256,
         default_layers=[aliases.get(d, d) for d in ((default,) if isinstance(default, str) else (default or ()))],
         aliases=aliases,
-        z_dim=spec.z_dim,
+        z_dim=int(getattr(module, "z_dim", None) or spec.z_dim) if spec.z_dim else None,
     )
 
 
@@ -682,6 +688,7 @@ register_model(
     z_dim=TOYGAN_Z_DIM,
     segmenter="toy",
     experiments={"ablate": ("tree",), "insert": ("door",), "layers": ("layer2",)},
+    builder_for_state=ToyGenerator.for_state_dict,
     missing_weights_hint="run `dissect train toy-generator` to create them",
     description="DCGAN-style generator of 64x64 toy-world scenes (weights ship with dissect)",
 )(lambda n: ToyGenerator())

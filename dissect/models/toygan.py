@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 TOYGAN_Z_DIM = 128
 TOYGAN_WIDTH = 32
+TOYGAN_DISC_WIDTH = 32
 TOYGAN_DEFAULT_LAYER = ("layer2", "layer3")
 
 
@@ -42,6 +43,15 @@ class ToyGenerator(nn.Module):
         self.layer4 = _up(2 * w, w)
         self.output = nn.Sequential(nn.ConvTranspose2d(w, 3, 4, 2, 1, bias=False), nn.Tanh())
 
+    @classmethod
+    def for_state_dict(cls, state) -> "ToyGenerator":
+        """A generator shaped like ``state`` (its z size and base width read from the first
+        layer's weights, ``[z_dim, 8 * width, 4, 4]``), so weights of any width load."""
+        w = state.get("layer1.0.weight")
+        if w is None or w.dim() != 4 or w.shape[1] % 8:
+            return cls()  # let the strict loader name what does not fit
+        return cls(z_dim=int(w.shape[0]), width=int(w.shape[1]) // 8)
+
     def forward(self, z: Tensor) -> Tensor:
         x = self.layer1(z.flatten(1)[:, :, None, None])  # [N, z] or [N, z, 1, 1]
         x = self.layer2(x)
@@ -56,7 +66,7 @@ class ToyDiscriminator(nn.Module):
     ``spectral=True``: spectral normalization on every conv instead of BatchNorm (SN-GAN).
     """
 
-    def __init__(self, width: int = TOYGAN_WIDTH, spectral: bool = False):
+    def __init__(self, width: int = TOYGAN_DISC_WIDTH, spectral: bool = False):
         super().__init__()
         w = width
         sn = nn.utils.parametrizations.spectral_norm if spectral else (lambda m: m)

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from .registry import WEIGHTS_DIR
-from .toygan import TOYGAN_WIDTH, TOYGAN_Z_DIM, ToyDiscriminator, ToyGenerator, dcgan_init
+from .toygan import TOYGAN_DISC_WIDTH, TOYGAN_WIDTH, TOYGAN_Z_DIM, ToyDiscriminator, ToyGenerator, dcgan_init
 
 GAN_TRAIN_SEED_BASE = 30_000_000
 
@@ -82,7 +82,7 @@ def export_checkpoint(ckpt_path: str | Path, out_path: str | Path) -> ToyGenerat
     """The EMA generator of a training checkpoint, BatchNorm re-estimated, saved as safetensors."""
     from safetensors.torch import save_file
     ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    gen = ToyGenerator()
+    gen = ToyGenerator(width=int(ck.get("width", TOYGAN_WIDTH)))
     gen.load_state_dict(ck["ema"])
     recalibrate_batchnorm(gen)
     save_file({k: v.contiguous() for k, v in gen.state_dict().items()}, str(out_path))
@@ -134,7 +134,8 @@ def evaluate_generator(gen: torch.nn.Module, n: int = 1000, seed: int = 99,
 def train_generator(out_dir: str | Path | None = None, seed: int = 0, train_size: int = 24000,
                     steps: int = 9000, batch_size: int = 32, lr: float = 2e-4,
                     ema_decay: float = 0.999, checkpoint_every: int = 250, resume: bool = False,
-                    progress: bool = True, variant: str = "sngan") -> dict:
+                    progress: bool = True, variant: str = "sngan", width: int = TOYGAN_WIDTH,
+                    disc_width: int = TOYGAN_DISC_WIDTH) -> dict:
     """``variant``: ``"sngan"`` (spectrally normalized discriminator, hinge loss, Adam betas
     (0.0, 0.9); the shipped weights) or ``"dcgan"`` (BatchNorm discriminator, non-saturating
     loss, Adam betas (0.5, 0.999): draws fewer, blurrier trees on the toy world)."""
@@ -148,7 +149,8 @@ def train_generator(out_dir: str | Path | None = None, seed: int = 0, train_size
     t0 = time.time()
     data = _render_scenes(train_size, progress)
     torch.manual_seed(seed)
-    gen, disc = ToyGenerator(), ToyDiscriminator(spectral=variant == "sngan")
+    gen = ToyGenerator(width=width)
+    disc = ToyDiscriminator(width=disc_width, spectral=variant == "sngan")
     dcgan_init(gen)
     if variant == "dcgan":
         dcgan_init(disc)
@@ -161,6 +163,10 @@ def train_generator(out_dir: str | Path | None = None, seed: int = 0, train_size
     train_threads = torch.get_num_threads()
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        ck_widths = (int(ck.get("width", TOYGAN_WIDTH)), int(ck.get("disc_width", TOYGAN_DISC_WIDTH)))
+        if ck_widths != (width, disc_width):
+            raise ValueError(f"the checkpoint {ckpt_path} was trained with --width {ck_widths[0]} "
+                             f"--disc-width {ck_widths[1]}; resume with those")
         gen.load_state_dict(ck["gen"])
         disc.load_state_dict(ck["disc"])
         ema.load_state_dict(ck["ema"])
@@ -210,7 +216,8 @@ def train_generator(out_dir: str | Path | None = None, seed: int = 0, train_size
             torch.save({"gen": gen.state_dict(), "disc": disc.state_dict(), "ema": ema.state_dict(),
                         "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
                         "rng": rng.get_state(), "step": step, "history": history,
-                        "elapsed": elapsed, "threads": torch.get_num_threads()}, str(ckpt_path) + ".tmp")
+                        "elapsed": elapsed, "threads": torch.get_num_threads(),
+                        "width": width, "disc_width": disc_width}, str(ckpt_path) + ".tmp")
             Path(str(ckpt_path) + ".tmp").replace(ckpt_path)
             if progress:
                 tqdm.write(f"step {step}: d {history[-1]['d_loss']}, g {history[-1]['g_loss']}, "
@@ -227,9 +234,9 @@ def train_generator(out_dir: str | Path | None = None, seed: int = 0, train_size
     with torch.no_grad():
         save_grid(final(fixed_z), out / "toy_generator_samples.png")
     record = {
-        "model": "ToyGenerator", "z_dim": TOYGAN_Z_DIM, "width": TOYGAN_WIDTH,
+        "model": "ToyGenerator", "z_dim": TOYGAN_Z_DIM, "width": width, "disc_width": disc_width,
         "command": f"dissect train toy-generator --seed {seed} --train-size {train_size} --steps {steps} "
-                   f"--batch-size {batch_size} --variant {variant}",
+                   f"--batch-size {batch_size} --variant {variant} --width {width} --disc-width {disc_width}",
         "seed": seed, "train_size": train_size,
         "train_scene_seeds": f"{GAN_TRAIN_SEED_BASE}..{GAN_TRAIN_SEED_BASE + train_size - 1}",
         "steps": steps, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
