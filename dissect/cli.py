@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "layer1 8x (default: the shipped generator's)")
     tg.add_argument("--disc-width", type=_positive_int, default=None,
                     help="discriminator base width (default: the shipped generator's)")
+    tg.add_argument("--evaluate-only", action="store_true",
+                    help="do not train: measure again how often the toy segmenter finds the "
+                    "objects of the generator in --out, and update its record")
     return p
 
 
@@ -261,7 +264,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
               f"(objects), {rec['heldout']['part_pixel_accuracy']:.4f} (parts)")
     elif args.command == "train" and args.what == "toy-generator":
         from .models.toygan import TOYGAN_DISC_WIDTH, TOYGAN_WIDTH
-        from .models.train_gan import train_generator
+        from .models.train_gan import reevaluate_record, train_generator
+        if args.evaluate_only:
+            rec = reevaluate_record(args.out)
+            print(f"dissect: toy generator record updated: {rec['segmenter_finds']['objects']['tree']}")
+            return 0
         rec = train_generator(args.out, seed=args.seed, train_size=args.train_size, steps=args.steps,
                               batch_size=args.batch_size, resume=args.resume, variant=args.variant,
                               width=args.width or TOYGAN_WIDTH, disc_width=args.disc_width or TOYGAN_DISC_WIDTH)

@@ -348,7 +348,7 @@ def test_ablation_and_insertion_numbers_match_brute_force():
     """The experiment's curves equal full forward passes with a hook, image by image."""
     from dissect.experiments.generator import ablation_experiment, insertion_experiment
     torch.manual_seed(1)
-    gen = ToyGenerator().eval()
+    gen = ToyGenerator(width=16).eval()  # the arithmetic does not depend on the width
     seg = ColorNamer()
     layer = "layer3"
     runner = GeneratorRunner(gen, layer, torch.device("cpu"))
@@ -358,7 +358,7 @@ def test_ablation_and_insertion_numbers_match_brute_force():
     acts = [runner.acts(z[:4]), runner.acts(z[4:])]
     rng = np.random.default_rng(0)
     concept = "green-c"
-    iou_row = rng.random(64)
+    iou_row = rng.random(gen.layer3[0].out_channels)
     res, _ = ablation_experiment(runner, seg, concept, iou_row, cfg, z, acts)
     top = list(np.argsort(-iou_row, kind="stable")[:3])
     assert res["units"][:3] == [int(u) for u in top]

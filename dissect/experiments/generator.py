@@ -61,7 +61,7 @@ class GeneratorExperimentConfig:
     layers: tuple[str, ...] = ()             # layers to intervene on (default: the model's, else the first)
     region: int = 0                          # insertion square, in layer cells (0: an eighth of the side)
     insert_quantile: float = 0.005           # insertion value: the unit's (1 - q) quantile (99.5th pct)
-    random_draws: int = 3
+    random_draws: int = 10                   # random unit sets per N (the baseline: their mean)
     seed: int = 2                            # seed of the intervention latents
     strip_samples: int = 6
     batch_size: int = 64

@@ -1,11 +1,11 @@
 """The toy-world generator: a DCGAN-style generator of 64x64 scenes from z ~ N(0, I).
 
-Layout (``z_dim`` 128, base width 32)::
+Layout (``z_dim`` 128, base width 64; 3.8M parameters, stored as float16)::
 
-    layer1 ( 4x4,  256 units): ConvTranspose 4x4 from z, BatchNorm, ReLU
-    layer2 ( 8x8,  128 units): ConvTranspose 4x4 stride 2, BatchNorm, ReLU
-    layer3 (16x16,  64 units): same
-    layer4 (32x32,  32 units): same
+    layer1 ( 4x4,  512 units): ConvTranspose 4x4 from z, BatchNorm, ReLU
+    layer2 ( 8x8,  256 units): ConvTranspose 4x4 stride 2, BatchNorm, ReLU
+    layer3 (16x16, 128 units): same
+    layer4 (32x32,  64 units): same
     output (64x64, 3 channels): ConvTranspose 4x4 stride 2, tanh -> images in [-1, 1]
 
 Units are dissected after each ReLU (the output of ``layerN``), as in GAN dissection where
@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 TOYGAN_Z_DIM = 128
-TOYGAN_WIDTH = 32
+TOYGAN_WIDTH = 64
 TOYGAN_DISC_WIDTH = 32
 TOYGAN_DEFAULT_LAYER = ("layer2", "layer3")
 

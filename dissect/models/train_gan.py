@@ -78,14 +78,28 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
     Image.fromarray(grid).save(path)
 
 
-def export_checkpoint(ckpt_path: str | Path, out_path: str | Path) -> ToyGenerator:
-    """The EMA generator of a training checkpoint, BatchNorm re-estimated, saved as safetensors."""
+WEIGHTS_DTYPE = torch.float16  # the shipped generator's storage: half the file, the same samples
+
+
+def save_generator(gen: torch.nn.Module, path: str | Path, dtype: torch.dtype = WEIGHTS_DTYPE) -> None:
+    """Save ``gen``'s state as safetensors with its floating tensors stored as ``dtype``, and
+    load those rounded values back into ``gen`` (kept float32), so that whatever is measured
+    on ``gen`` afterwards is measured on exactly the weights that were written."""
     from safetensors.torch import save_file
+    state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous()
+             for k, v in gen.state_dict().items()}
+    save_file(state, str(path))
+    gen.load_state_dict(state)  # copy_ casts back to the module's float32
+
+
+def export_checkpoint(ckpt_path: str | Path, out_path: str | Path,
+                      dtype: torch.dtype = WEIGHTS_DTYPE) -> ToyGenerator:
+    """The EMA generator of a training checkpoint, BatchNorm re-estimated, saved as safetensors."""
     ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     gen = ToyGenerator(width=int(ck.get("width", TOYGAN_WIDTH)))
     gen.load_state_dict(ck["ema"])
     recalibrate_batchnorm(gen)
-    save_file({k: v.contiguous() for k, v in gen.state_dict().items()}, str(out_path))
+    save_generator(gen, out_path, dtype)
     return gen
 
 
@@ -126,9 +140,28 @@ def evaluate_generator(gen: torch.nn.Module, n: int = 1000, seed: int = 99,
                 lut[LABEL_NUMBER[o]] = seg.number(o)
         counts["real_truth"] += found(lut[truth]).sum(0)
     return {"images": n, "latent_seed": seed, "real_scene_seeds": f"60000000..{60_000_000 + n - 1}",
+            "segmenter_sha256": seg.weights_sha256,
             "rule": f"an object is found when it covers >= {100 * OBJECT_MIN_FRACTION:g}% of the image",
             "objects": {o: {k: round(float(v[j]) / n, 4) for k, v in counts.items()}
                         for j, o in enumerate(objects)}}
+
+
+def reevaluate_record(out_dir: str | Path | None = None) -> dict:
+    """Measure again how often the (current) toy segmenter finds the objects of the generator
+    in ``out_dir`` (default: the shipped one), and update ``segmenter_finds`` in its record:
+    ``dissect train toy-generator --evaluate-only`` after the segmenter is retrained."""
+    from safetensors.torch import load_file
+    out = Path(out_dir) if out_dir else WEIGHTS_DIR
+    state = load_file(str(out / "toy_generator.safetensors"))
+    gen = ToyGenerator.for_state_dict(state)
+    gen.load_state_dict(state)
+    record_path = out / "toy_generator.json"
+    record = json.loads(record_path.read_text())
+    record["segmenter_finds"] = evaluate_generator(gen)
+    tmp = record_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(record_path)
+    return record
 
 
 def train_generator(out_dir: str | Path | None = None, seed: int = 0, train_size: int = 24000,
@@ -141,7 +174,6 @@ def train_generator(out_dir: str | Path | None = None, seed: int = 0, train_size
     loss, Adam betas (0.5, 0.999): draws fewer, blurrier trees on the toy world)."""
     if variant not in ("dcgan", "sngan"):
         raise ValueError(f"variant must be dcgan or sngan, not {variant!r}")
-    from safetensors.torch import save_file
 
     out = Path(out_dir) if out_dir else WEIGHTS_DIR
     out.mkdir(parents=True, exist_ok=True)
@@ -229,12 +261,12 @@ def train_generator(out_dir: str | Path | None = None, seed: int = 0, train_size
     bar.close()
     final = copy.deepcopy(ema)
     recalibrate_batchnorm(final)
-    save_file({k: v.contiguous() for k, v in final.state_dict().items()},
-              str(out / "toy_generator.safetensors"))
+    save_generator(final, out / "toy_generator.safetensors")
     with torch.no_grad():
         save_grid(final(fixed_z), out / "toy_generator_samples.png")
     record = {
         "model": "ToyGenerator", "z_dim": TOYGAN_Z_DIM, "width": width, "disc_width": disc_width,
+        "weights_dtype": str(WEIGHTS_DTYPE).replace("torch.", ""),
         "command": f"dissect train toy-generator --seed {seed} --train-size {train_size} --steps {steps} "
                    f"--batch-size {batch_size} --variant {variant} --width {width} --disc-width {disc_width}",
         "seed": seed, "train_size": train_size,

@@ -1,9 +1,11 @@
 """Train the shipped toy segmenter from scratch: ``dissect train toy-segmenter``.
 
 Scenes: seeds ``40_000_000 + i`` for training, ``50_000_000 + i`` held out (disjoint from
-every probe, classifier and generator seed). Augmentation: left-right flips, and on a third
-of the images a light blur and pixel noise, so the segmenter also reads the softer images a
-small GAN draws. Loss: cross-entropy on objects plus cross-entropy on parts. The record
+every probe, classifier and generator seed). Augmentation: left-right flips, faint "ghost"
+objects blended in from another scene (labels unchanged), and on two thirds of the images slow smooth drifts of brightness and tint, a per-image color gain, a
+light blur (half of those) and colored pixel noise, so the segmenter reads the images a small
+GAN draws as a real segmenter reads a GAN's: a darker patch of grass stays grass instead of
+becoming a tree. Loss: cross-entropy on objects plus cross-entropy on parts. The record
 holds the held-out pixel accuracy of objects, of parts, and per class.
 """
 
@@ -81,15 +83,57 @@ def pixel_accuracy(model: torch.nn.Module, x: torch.Tensor, obj: torch.Tensor, p
             "part_recall": {n: round(r, 4) for n, r in zip(SEG_PARTS[1:], recall_p[1:])}}
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """uint8 batch -> float [0, 1]; a third get a light blur and pixel noise."""
+def _smooth_field(n: int, cells: int, gen: torch.Generator, channels: int = 3) -> torch.Tensor:
+    """``[n, channels, 64, 64]`` smooth random field: ``cells`` x ``cells`` N(0, 1) noise,
+    upsampled bilinearly (the slow shading and tint drifts of a small GAN's images)."""
+    noise = torch.randn(n, channels, cells, cells, generator=gen)
+    return F.interpolate(noise, size=(64, 64), mode="bilinear", align_corners=False)
+
+
+GHOST_OBJECTS = ("tree", "house", "car", "fence")
+
+
+def _blur(x: torch.Tensor) -> torch.Tensor:
+    """3x3 binomial blur of a ``[N, C, H, W]`` float batch (edges replicated)."""
+    k = torch.tensor([0.25, 0.5, 0.25])
+    k2 = (k[:, None] * k[None, :]).expand(x.shape[1], 1, 3, 3).contiguous()
+    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k2, groups=x.shape[1])
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator, obj: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 batch -> float [0, 1]. What a small GAN does to a scene, with the labels kept:
+    on half of the images, faint "ghost" objects (the trees, houses, cars and fences of
+    another image of the batch, blended in at 10-50% opacity, half of them blurred: too faint
+    to be an object, so labeled as what is behind them); on two thirds, slow smooth drifts of brightness and tint
+    (so that a darker or bluer patch of grass is still grass, not a tree or water), a
+    per-image color gain, then (half of those) a light blur, and colored pixel noise."""
     x = x.float() / 255.0
-    soft = torch.rand(len(x), generator=gen) < 1 / 3
+    n = len(x)
+    if obj is not None and n > 1:
+        ghost = torch.rand(n, generator=gen) < 1 / 2
+        things = torch.zeros(len(SEG_OBJECTS), dtype=torch.bool)
+        things[[SEG_OBJECTS.index(o) for o in GHOST_OBJECTS]] = True
+        other = torch.roll(torch.arange(n), 1)
+        alpha = 0.1 + 0.4 * torch.rand(n, 1, 1, 1, generator=gen)
+        mask = (things[obj[other]][:, None] & ghost.view(-1, 1, 1, 1)).float()
+        soft_ghost = torch.rand(n, 1, 1, 1, generator=gen) < 0.5  # half of them blurred
+        mask = torch.where(soft_ghost, _blur(_blur(mask)), mask) * alpha
+        src = torch.where(soft_ghost, _blur(_blur(x[other])), x[other])
+        x = x * (1 - mask) + src * mask
+    soft = torch.rand(n, generator=gen) < 2 / 3
     if soft.any():
-        k = torch.tensor([0.25, 0.5, 0.25])
-        k2 = (k[:, None] * k[None, :]).expand(3, 1, 3, 3)
-        y = F.conv2d(F.pad(x[soft], (1, 1, 1, 1), mode="replicate"), k2, groups=3)
-        y = y + torch.randn(y.shape, generator=gen) * 0.02
+        y = x[soft]
+        m = len(y)
+        amp = torch.rand(m, 1, 1, 1, generator=gen)
+        shade = 1 + 0.12 * amp * _smooth_field(m, 5, gen, 1).clamp(-2.5, 2.5)
+        tint = 0.04 * amp * _smooth_field(m, 4, gen, 3).clamp(-2.5, 2.5)
+        gain = 1 + 0.08 * torch.randn(m, 3, 1, 1, generator=gen).clamp(-2.5, 2.5)
+        y = y * shade * gain + tint
+        blur = torch.rand(m, generator=gen) < 0.5
+        if blur.any():
+            y[blur] = _blur(y[blur])
+        sigma = 0.05 * torch.rand(m, 1, 1, 1, generator=gen)
+        y = y + torch.randn(y.shape, generator=gen) * sigma
         x[soft] = y.clamp(0, 1)
     return x
 
@@ -120,7 +164,7 @@ def train_segmenter(out_dir: str | Path | None = None, seed: int = 0, train_size
         flip = (torch.rand(batch_size, generator=gen) < 0.5).view(-1, 1, 1)
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
         o, p = torch.where(flip, o.flip(2), o), torch.where(flip, p.flip(2), p)
-        lo, lp = model(_augment(x, gen))
+        lo, lp = model(_augment(x, gen, o))
         loss = F.cross_entropy(lo, o) + F.cross_entropy(lp, p)
         opt.zero_grad(set_to_none=True)
         loss.backward()
