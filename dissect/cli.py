@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--seed", type=int, default=0)
     ts.add_argument("--train-size", type=_positive_int, default=8000)
     ts.add_argument("--steps", type=_positive_int, default=1500)
-    tg = tsub.add_parser("toy-generator", help="train the toy generator (a DCGAN; about an hour "
+    tg = tsub.add_parser("toy-generator", help="train the toy generator (a DCGAN; about 50 min "
                          "on 2 CPU cores, checkpointed: rerun with --resume after a stop)")
     tg.add_argument("--out", default=None, help="folder for the weights (default: inside the package)")
     tg.add_argument("--seed", type=int, default=0)
