@@ -33,6 +33,7 @@ from dissect.models import (
 )
 from dissect.models.registry import WEIGHTS_DIR
 from dissect.models.toy import DEFAULT_WIDTHS
+from dissect.models.toygan import TOYGAN_WIDTH
 
 TOY_WEIGHTS = WEIGHTS_DIR / "toy_classifier.safetensors"
 
@@ -88,7 +89,7 @@ def test_toygan_is_a_generator_with_spatial_default_layers() -> None:
     assert m.kind == "generator" and m.z_dim == 128 and m.input_size == 64
     assert m.default_layers == ["layer2", "layer3"]
     out = _output_of(m, "layer3", torch.zeros(2, 128))
-    assert out.shape == (2, 64, 16, 16)
+    assert out.shape == (2, 2 * TOYGAN_WIDTH, 16, 16)  # layer3 has twice the base width
     assert m.provenance()["z_dim"] == 128
 
 
