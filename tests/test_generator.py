@@ -261,6 +261,13 @@ def test_generator_bad_input(gen_module, capsys, args, message):
     assert not (gen_module / "site").exists()
 
 
+def test_evaluate_only_without_a_trained_generator_is_one_line(tmp_path, capsys):
+    code = main(["train", "toy-generator", "--evaluate-only", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "has no toy_generator.safetensors" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
 # ------------------------------------------------------------------ the shipped toy generator
 @pytest.fixture(scope="module")
 def toygan_report(tmp_path_factory):

@@ -220,7 +220,7 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
                     labels = tally.prepare(batch["pixel_labels"].long(), batch["image_labels"])
                 img, unit, masks = active_masks(a.to(device), thresholds[layer], (sh, sw))
                 tally.add_sparse(img, unit, masks, labels)
-    del cached
+    cached.clear()  # (already empty: each batch was popped once tallied)
 
     for layer in todo:
         tk = topk[layer]

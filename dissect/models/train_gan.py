@@ -151,7 +151,12 @@ def reevaluate_record(out_dir: str | Path | None = None) -> dict:
     in ``out_dir`` (default: the shipped one), and update ``segmenter_finds`` in its record:
     ``dissect train toy-generator --evaluate-only`` after the segmenter is retrained."""
     from safetensors.torch import load_file
+    from ..errors import DissectError
     out = Path(out_dir) if out_dir else WEIGHTS_DIR
+    missing = [n for n in ("toy_generator.safetensors", "toy_generator.json") if not (out / n).is_file()]
+    if missing:
+        raise DissectError(f"{out} has no {' or '.join(missing)}; pass the --out of a finished "
+                           "`dissect train toy-generator` run")
     state = load_file(str(out / "toy_generator.safetensors"))
     gen = ToyGenerator.for_state_dict(state)
     gen.load_state_dict(state)
