@@ -2,11 +2,12 @@
 
 Scenes: seeds ``40_000_000 + i`` for training, ``50_000_000 + i`` held out (disjoint from
 every probe, classifier and generator seed). Augmentation: left-right flips, faint "ghost"
-objects blended in from another scene (labels unchanged), and on two thirds of the images slow smooth drifts of brightness and tint, a per-image color gain, a
-light blur (half of those) and colored pixel noise, so the segmenter reads the images a small
-GAN draws as a real segmenter reads a GAN's: a darker patch of grass stays grass instead of
-becoming a tree. Loss: cross-entropy on objects plus cross-entropy on parts. The record
-holds the held-out pixel accuracy of objects, of parts, and per class.
+objects blended in from another scene (labels unchanged), and on two thirds of the images
+slow smooth drifts of brightness and tint, a per-image color gain, a light blur (half of
+those) and colored pixel noise, so the segmenter reads the images a small GAN draws as a real
+segmenter reads a GAN's: a faint tree shape or a darker patch of grass stays grass. Loss:
+cross-entropy on objects plus cross-entropy on parts. The record holds the held-out pixel
+accuracy of objects, of parts, and per class.
 """
 
 from __future__ import annotations
@@ -83,11 +84,12 @@ def pixel_accuracy(model: torch.nn.Module, x: torch.Tensor, obj: torch.Tensor, p
             "part_recall": {n: round(r, 4) for n, r in zip(SEG_PARTS[1:], recall_p[1:])}}
 
 
-def _smooth_field(n: int, cells: int, gen: torch.Generator, channels: int = 3) -> torch.Tensor:
-    """``[n, channels, 64, 64]`` smooth random field: ``cells`` x ``cells`` N(0, 1) noise,
+def _smooth_field(n: int, cells: int, size: tuple[int, int], gen: torch.Generator,
+                  channels: int = 3) -> torch.Tensor:
+    """``[n, channels, *size]`` smooth random field: ``cells`` x ``cells`` N(0, 1) noise,
     upsampled bilinearly (the slow shading and tint drifts of a small GAN's images)."""
     noise = torch.randn(n, channels, cells, cells, generator=gen)
-    return F.interpolate(noise, size=(64, 64), mode="bilinear", align_corners=False)
+    return F.interpolate(noise, size=size, mode="bilinear", align_corners=False)
 
 
 GHOST_OBJECTS = ("tree", "house", "car", "fence")
@@ -104,9 +106,10 @@ def _augment(x: torch.Tensor, gen: torch.Generator, obj: torch.Tensor | None = N
     """uint8 batch -> float [0, 1]. What a small GAN does to a scene, with the labels kept:
     on half of the images, faint "ghost" objects (the trees, houses, cars and fences of
     another image of the batch, blended in at 10-50% opacity, half of them blurred: too faint
-    to be an object, so labeled as what is behind them); on two thirds, slow smooth drifts of brightness and tint
-    (so that a darker or bluer patch of grass is still grass, not a tree or water), a
-    per-image color gain, then (half of those) a light blur, and colored pixel noise."""
+    to be an object, so labeled as what is behind them); on two thirds, slow smooth drifts of
+    brightness and tint (so that a darker or bluer patch of grass is still grass, not a tree
+    or water), a per-image color gain, then (half of those) a light blur, and colored pixel
+    noise."""
     x = x.float() / 255.0
     n = len(x)
     if obj is not None and n > 1:
@@ -125,8 +128,8 @@ def _augment(x: torch.Tensor, gen: torch.Generator, obj: torch.Tensor | None = N
         y = x[soft]
         m = len(y)
         amp = torch.rand(m, 1, 1, 1, generator=gen)
-        shade = 1 + 0.12 * amp * _smooth_field(m, 5, gen, 1).clamp(-2.5, 2.5)
-        tint = 0.04 * amp * _smooth_field(m, 4, gen, 3).clamp(-2.5, 2.5)
+        shade = 1 + 0.12 * amp * _smooth_field(m, 5, y.shape[-2:], gen, 1).clamp(-2.5, 2.5)
+        tint = 0.04 * amp * _smooth_field(m, 4, y.shape[-2:], gen, 3).clamp(-2.5, 2.5)
         gain = 1 + 0.08 * torch.randn(m, 3, 1, 1, generator=gen).clamp(-2.5, 2.5)
         y = y * shade * gain + tint
         blur = torch.rand(m, generator=gen) < 0.5
