@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 from html.parser import HTMLParser
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 from dissect.errors import DissectError
-from dissect.experiments.ablation import (AblationConfig, AblationRunner, LabeledData, LabeledSplit,
+from dissect.experiments.ablation import (AblationConfig, AblationRunner, LabeledSplit,
                                           TensorImages, ablate_layer, balanced_accuracy,
                                           labeled_from_broden, labeled_from_folder, labeled_from_tensors,
                                           parse_epsilon, parse_top_n, select_layers, split_tail)

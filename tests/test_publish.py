@@ -4,6 +4,7 @@ options, and the user guide (``mkdocs build --strict``)."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -135,9 +136,7 @@ def test_cli_rejects_bad_publish_options(tmp_path, capsys):
 
 
 def _need_mkdocs() -> None:
-    try:
-        import mkdocs  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("mkdocs") is None:
         msg = "the user guide build needs mkdocs (pip install mkdocs)"
         if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
             pytest.fail(msg, pytrace=False)

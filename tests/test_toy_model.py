@@ -3,7 +3,6 @@ network has many more object/part detectors than the same architecture with rand
 
 import json
 
-import pytest
 import torch
 
 from dissect.data.broden import BrodenDataset, collate

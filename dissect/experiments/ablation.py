@@ -37,7 +37,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -521,7 +521,7 @@ class AblationRunner:
                     continue
                 x = batch["image"].to(self.device)
                 with Trace(model, [layer], stop=self.tail is not None) as tr:
-                    out = model(x)
+                    model(x)
                 if layer not in tr.outputs:
                     raise DissectError(f"layer {layer!r} did not run in the model's forward pass")
                 acts.append(tr[layer].float())

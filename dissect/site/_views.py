@@ -256,7 +256,6 @@ def model_page(ctx: ModelContext, layer_slugs: list[str], notes: Markup | None) 
     all_concepts: set[str] = set()
     total_units = total_det = 0
     for i, (layer, slug) in enumerate(zip(r["layers"], layer_slugs)):
-        s = layer.get("summary", {})
         units = layer["units"]
         det = sum(1 for u in units if u.get("detector"))
         concepts = _concept_counts(ctx, layer)

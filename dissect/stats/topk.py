@@ -25,7 +25,6 @@ class TopK:
     def add(self, acts: torch.Tensor, indices: torch.Tensor) -> None:
         """``acts``: ``[B, units, h, w]``; ``indices``: ``[B]`` global image indices (increasing)."""
         acts = acts.detach().to(self.device, torch.float32)
-        b = acts.shape[0]
         score = acts.flatten(2).max(dim=2).values.t()                   # [units, B]
         if self.values.shape[1] == self.k and not (score > self.values[:, -1:]).any():
             return  # nothing beats any unit's current k-th image (ties go to lower indices)
