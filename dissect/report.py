@@ -266,7 +266,7 @@ def _base_results(loaded, layer_results, probe: dict, config, dataset, device, c
             "top_concepts": config.top_concepts, "upsample": "bilinear",
             "upsample_size": list(dataset.label_size),
             "binarize": "S_k > T_k (strict)",
-            "union": "category-restricted (NetDissect: images holding any concept of the category)",
+            "union": dataset.index.annotation_rule,
             "batch_size": config.batch_size, "image_size": loaded.input_size,
         },
         "provenance": {

@@ -110,6 +110,7 @@ def test_iou_on_fixture_by_hand(broden):
     ds = BrodenDataset(broden, input_size=4)
     batch = collate([ds[0], ds[1]])
     idx = ds.index
+    assert not idx.segmenter_labeled   # human-annotated Broden: NetDissect's category rule
     masks = torch.zeros(2, 1, 2, 2, dtype=torch.bool)
     masks[:, 0, 0, 0] = True
     t = IoUTally(1, idx.num_labels, idx.primary_category_tensor(), len(idx.categories))

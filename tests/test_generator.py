@@ -181,6 +181,7 @@ def test_generated_probe_is_a_broden_set_labeled_by_the_segmenter(tmp_path):
     root = write_generated_probe(loaded, seg, tmp_path / "probe", n=10, seed=5, batch_size=4, progress=False)
     index = BrodenIndex(root)
     assert len(index.records) == 10 and index.categories == ["color"]
+    assert index.segmenter_labeled   # every image annotated in every category: plain IoU
     lat = np.load(root / "latents.npy")
     assert np.array_equal(lat, sample_z(10, 5).numpy())
     ds = BrodenDataset(index, input_size=64, model_input="latent")
@@ -238,6 +239,7 @@ def test_custom_generator_end_to_end(gen_module, capsys):
     r = json.loads((gen_module / "site" / "tinygen-good" / "results.json").read_text())
     assert r["model"]["kind"] == "generator" and r["layers"][0]["name"] == "up.1"
     assert r["params"]["quantile"] == 0.01 and r["params"]["quantile_space"] == "upsampled"
+    assert r["params"]["union"].startswith("every image, every category"), r["params"]["union"]
     g = r["generator"]["layers"][0]
     assert g["ablation"][0]["concept"] == "blue-c" and g["insertion"][0]["concept"] == "red-c"
     assert (gen_module / "site" / "tinygen-good" / "up.1" / "interventions.html").is_file()

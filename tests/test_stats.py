@@ -90,6 +90,36 @@ def test_iou_matches_brute_force():
     np.testing.assert_allclose(tally.iou().numpy(), ref, rtol=1e-12, atol=1e-12)
 
 
+
+def test_iou_segmenter_labeled_is_plain_iou():
+    """A probe set labeled by a segmenter is annotated in every category on every image: the
+    union counts every image, so the IoU is the plain IoU over all images (2020). An image
+    with no part pixels must lower a part's IoU for a unit that is on there."""
+    rng = np.random.default_rng(3)
+    b, units, h, w, nl, cats = 6, 4, 8, 8, 5, 2
+    primary = [0, 0, 0, 1, 1]                # labels 1, 2: objects; 3, 4: parts
+    masks = torch.from_numpy(rng.random((b, units, h, w)) > 0.6)
+    pixel_labels = torch.from_numpy(np.stack([rng.integers(1, 3, (b, h, w)),
+                                              rng.integers(0, 5, (b, h, w))], axis=1))
+    pixel_labels[:, 1][pixel_labels[:, 1] < 3] = 0
+    pixel_labels[1, 1] = 0                   # images 1 and 4 hold no part pixel
+    pixel_labels[4, 1] = 0
+    plain = np.zeros((units, nl))
+    for k in range(units):
+        m = masks[:, k].numpy()
+        for c in range(1, nl):
+            lc = (pixel_labels.numpy() == c).any(axis=1)
+            plain[k, c] = (m & lc).sum() / (m | lc).sum()
+    tally = IoUTally(units, nl, torch.tensor(primary), cats, all_annotated=True)
+    tally.add(masks, pixel_labels, torch.zeros(b, 0, dtype=torch.long))
+    np.testing.assert_allclose(tally.iou().numpy()[:, 1:], plain[:, 1:], rtol=1e-12)
+    netdissect = IoUTally(units, nl, torch.tensor(primary), cats)
+    netdissect.add(masks, pixel_labels, torch.zeros(b, 0, dtype=torch.long))
+    nd = netdissect.iou().numpy()
+    np.testing.assert_allclose(nd[:, 1:3], plain[:, 1:3], rtol=1e-12)   # objects: every image
+    assert (nd[:, 3:] > plain[:, 3:]).all()   # parts: the part-less images left out of the union
+
+
 def test_topk_ties_and_batching():
     acts = torch.zeros(10, 2, 3, 3)
     acts[:, 0, 1, 1] = torch.tensor([1, 5, 5, 2, 9, 5, 0, 0, 0, 7], dtype=torch.float32)

@@ -118,6 +118,15 @@ class BrodenIndex:
                                 float(r.get("coverage") or 0))
         self.labels: dict[int, Label] = labels
         self.num_labels = max(labels, default=0) + 1  # label numbers 0..max
+        # A probe set labeled by a segmenter (``generated.json``, written by
+        # dissect.data.generated) is annotated in every category on every image: an image
+        # with no part pixel says "no part here". IoU is then the plain IoU over all images,
+        # as in the 2020 paper. Human-annotated Broden keeps NetDissect's rule (an image is
+        # annotated in a category when it holds some concept of it).
+        self.segmenter_labeled = (self.root / "generated.json").is_file()
+        self.annotation_rule = "every image, every category (segmenter-labeled: plain IoU, as in 2020)" \
+            if self.segmenter_labeled else \
+            "category-restricted (NetDissect: images holding any concept of the category)"
 
         self.records: list[ImageRecord] = []
         for r in rows:

@@ -138,7 +138,8 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
     results: dict[str, LayerStats] = {}
     if cache_dir is not None and cache_parts is not None:
         for layer in layers:
-            key = cache_key(cache_parts, layer, config.stats_key(), n, __version__)
+            key = cache_key(cache_parts, layer, config.stats_key(), n, __version__,
+                            index.annotation_rule)
             paths[layer] = Path(cache_dir) / f"stats-{key}.pt"
             if paths[layer].is_file() and not force:
                 try:
@@ -198,7 +199,8 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
     # ----------------------------------------------------------------- pass 2
     prim = index.primary_category_tensor()
     tallies = {layer: IoUTally(shapes[layer][0], index.num_labels, prim, len(index.categories),
-                               device=device) for layer in todo}
+                               device=device, all_annotated=index.segmenter_labeled)
+               for layer in todo}
 
     def batches():
         if keep:

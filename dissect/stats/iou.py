@@ -5,7 +5,9 @@ Counts, tallied over the probe set (all mergeable sums):
 * ``inter[k, c]``  pixels where unit k is on and concept c is present;
 * ``unit_cat[k, g]`` unit-on pixels in images annotated in category g, where (as the
   original NetDissect code counts it) an image is annotated in g when it holds at least one
-  pixel, or a whole-image label, of some concept whose *primary* category is g;
+  pixel, or a whole-image label, of some concept whose *primary* category is g (for a
+  probe set labeled by a segmenter, ``all_annotated``: every image, so the IoU is the plain
+  IoU over all images, as in the 2020 paper);
 * ``label_pixels[c]`` pixels of concept c (a whole-image label covers every pixel);
 * ``active[k]`` unit-on pixels over all images, and ``pixels`` the pixel total.
 
@@ -36,10 +38,14 @@ class LabelBatch:
 
 class IoUTally:
     def __init__(self, num_units: int, num_labels: int, primary_category: torch.Tensor,
-                 num_categories: int, device: torch.device | str = "cpu"):
+                 num_categories: int, device: torch.device | str = "cpu",
+                 all_annotated: bool = False):
         """``num_labels`` counts label numbers including 0 (none); ``primary_category[c]``
-        is the category index of label c (entry 0 ignored)."""
+        is the category index of label c (entry 0 ignored). ``all_annotated``: every image is
+        annotated in every category (a segmenter labeled them), so ``unit_cat`` counts every
+        image and the IoU is the plain IoU over all images."""
         self.device = torch.device(device)
+        self.all_annotated = all_annotated
         self.num_units = num_units
         self.num_labels = num_labels
         self.num_categories = num_categories
@@ -56,7 +62,8 @@ class IoUTally:
     def prepare(self, pixel_labels: torch.Tensor, image_labels: torch.Tensor) -> LabelBatch:
         """pixel_labels: long ``[B, layers, H, W]`` (0 none); image_labels: long ``[B, J]``."""
         return prepare_labels(pixel_labels.to(self.device), image_labels.to(self.device),
-                              self.num_labels, self.primary_category, self.num_categories)
+                              self.num_labels, self.primary_category, self.num_categories,
+                              self.all_annotated)
 
     # ------------------------------------------------------------------ tallying
     def add(self, masks: torch.Tensor, pixel_labels: torch.Tensor,
@@ -131,7 +138,8 @@ class IoUTally:
 
 
 def prepare_labels(pixel_labels: torch.Tensor, image_labels: torch.Tensor, num_labels: int,
-                   primary_category: torch.Tensor, num_categories: int) -> LabelBatch:
+                   primary_category: torch.Tensor, num_categories: int,
+                   all_annotated: bool = False) -> LabelBatch:
     dev = pixel_labels.device
     pixel_labels = _dedupe(pixel_labels.long().flatten(2)).contiguous()    # [B, layers, HW]
     image_labels = _dedupe(image_labels.long().unsqueeze(2)).squeeze(2)    # [B, J]
@@ -147,6 +155,8 @@ def prepare_labels(pixel_labels: torch.Tensor, image_labels: torch.Tensor, num_l
     cat_onehot = torch.zeros((nl, num_categories), dtype=torch.float64, device=dev)
     cat_onehot[torch.arange(1, nl, device=dev), primary_category[1:]] = 1.0
     has_cat = ((present.to(torch.float64) @ cat_onehot) > 0).to(torch.float64)
+    if all_annotated:
+        has_cat.fill_(1.0)
     label_pixels = torch.zeros(nl, dtype=torch.float64, device=dev)
     if pixel_labels.numel():
         label_pixels += torch.bincount(pixel_labels.flatten(), minlength=nl)[:nl].to(torch.float64)
