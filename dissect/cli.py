@@ -155,14 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--seed", type=int, default=0)
     ts.add_argument("--train-size", type=_positive_int, default=8000)
     ts.add_argument("--steps", type=_positive_int, default=1500)
-    tg = tsub.add_parser("toy-generator", help="train the toy generator (a DCGAN; about 50 min "
+    tg = tsub.add_parser("toy-generator", help="train the toy generator (a DCGAN; about 2 h "
                          "on 2 CPU cores, checkpointed: rerun with --resume after a stop)")
     tg.add_argument("--out", default=None, help="folder for the weights (default: inside the package)")
     tg.add_argument("--seed", type=int, default=0)
     tg.add_argument("--train-size", type=_positive_int, default=24000)
-    tg.add_argument("--steps", type=_positive_int, default=9000)
+    tg.add_argument("--steps", type=_positive_int, default=22500)
     tg.add_argument("--batch-size", type=_positive_int, default=32)
-    tg.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    tg.add_argument("--resume", action="store_true",
+                    help="continue from the checkpoint in --out (after a stop, or a finished run on to a larger --steps)")
     tg.add_argument("--variant", choices=["dcgan", "sngan"], default="sngan",
                     help="sngan (spectral-norm discriminator, hinge loss: the shipped weights) or "
                     "dcgan (BatchNorm discriminator, non-saturating loss)")

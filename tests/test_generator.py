@@ -281,14 +281,7 @@ def toygan_report(tmp_path_factory):
     return out / "site", json.loads((out / "site" / "toygan" / "results.json").read_text())
 
 
-TREE_XFAIL = pytest.mark.xfail(
-    reason="the shipped toy GAN's best tree unit (layer3 unit 86) has tree IoU 0.088 at q = 0.01, "
-           "and is labeled crown (IoU 0.097): its top 1% covers trees 45%, houses 24%, sky 20% "
-           "(issue 4 stays open)", strict=False)
-
-
 @pytest.mark.slow
-@TREE_XFAIL
 def test_toygan_has_tree_units(toygan_report):
     _, r = toygan_report
     best = max((t["iou"] for layer in r["layers"] for u in layer["units"]

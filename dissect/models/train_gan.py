@@ -170,7 +170,7 @@ def reevaluate_record(out_dir: str | Path | None = None) -> dict:
 
 
 def train_generator(out_dir: str | Path | None = None, seed: int = 0, train_size: int = 24000,
-                    steps: int = 9000, batch_size: int = 32, lr: float = 2e-4,
+                    steps: int = 22500, batch_size: int = 32, lr: float = 2e-4,
                     ema_decay: float = 0.999, checkpoint_every: int = 250, resume: bool = False,
                     progress: bool = True, variant: str = "sngan", width: int = TOYGAN_WIDTH,
                     disc_width: int = TOYGAN_DISC_WIDTH) -> dict:
