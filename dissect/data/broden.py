@@ -24,6 +24,9 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import DissectError
 
+# written into a probe set generated and labeled by a segmenter (dissect.data.generated)
+GENERATED_MANIFEST = "generated.json"
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 STANDARD_CATEGORIES = ("color", "object", "part", "material", "scene", "texture")
@@ -118,12 +121,11 @@ class BrodenIndex:
                                 float(r.get("coverage") or 0))
         self.labels: dict[int, Label] = labels
         self.num_labels = max(labels, default=0) + 1  # label numbers 0..max
-        # A probe set labeled by a segmenter (``generated.json``, written by
-        # dissect.data.generated) is annotated in every category on every image: an image
+        # A probe set labeled by a segmenter (with a GENERATED_MANIFEST) is annotated in every category on every image: an image
         # with no part pixel says "no part here". IoU is then the plain IoU over all images,
         # as in the 2020 paper. Human-annotated Broden keeps NetDissect's rule (an image is
         # annotated in a category when it holds some concept of it).
-        self.segmenter_labeled = (self.root / "generated.json").is_file()
+        self.segmenter_labeled = (self.root / GENERATED_MANIFEST).is_file()
         self.annotation_rule = "every image, every category (segmenter-labeled: plain IoU, as in 2020)" \
             if self.segmenter_labeled else \
             "category-restricted (NetDissect: images holding any concept of the category)"

@@ -26,9 +26,9 @@ import torch
 from torch import Tensor
 
 from ..errors import DissectError
-from .broden import tally_label_map, write_broden_tables, write_dir_atomically
+from .broden import GENERATED_MANIFEST, tally_label_map, write_broden_tables, write_dir_atomically
 
-MANIFEST = "generated.json"
+MANIFEST = GENERATED_MANIFEST
 VERSION = 1
 
 
