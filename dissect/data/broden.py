@@ -126,9 +126,6 @@ class BrodenIndex:
         # as in the 2020 paper. Human-annotated Broden keeps NetDissect's rule (an image is
         # annotated in a category when it holds some concept of it).
         self.segmenter_labeled = (self.root / GENERATED_MANIFEST).is_file()
-        self.annotation_rule = "every image, every category (segmenter-labeled: plain IoU, as in 2020)" \
-            if self.segmenter_labeled else \
-            "category-restricted (NetDissect: images holding any concept of the category)"
 
         self.records: list[ImageRecord] = []
         for r in rows:
@@ -149,6 +146,13 @@ class BrodenIndex:
             self.records.append(rec)
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def annotation_rule(self) -> str:
+        """Which images count toward a unit's union for a category (``params.union``)."""
+        if self.segmenter_labeled:
+            return "every image, every category (segmenter-labeled: plain IoU, as in 2020)"
+        return "category-restricted (NetDissect: images holding any concept of the category)"
+
     def primary_category_tensor(self) -> torch.Tensor:
         """``[num_labels]`` primary category index per label number (0 for none)."""
         idx = {c: i for i, c in enumerate(self.categories)}
