@@ -4,4 +4,6 @@ Find which human concept each unit of a layer detects (network dissection), meas
 units do, and write the findings as a self-contained static website.
 """
 
-__version__ = "0.1.0"
+from dissect.version import __version__
+
+__all__ = ["__version__"]
