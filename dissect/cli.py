@@ -18,7 +18,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from . import __version__
+from .version import __version__
 from .errors import DissectError
 
 
@@ -220,26 +220,26 @@ def _ablation_config(args: argparse.Namespace):
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "report":
         from .experiments.dissection import DissectConfig
-        from .report import report
-        config = DissectConfig(quantile=args.quantile or DissectConfig.quantile, quantile_space=args.quantile_space or DissectConfig.quantile_space,
+        from .pipeline import DEFAULT_MODELS, ReportOptions, run_report
+        config = DissectConfig(quantile=args.quantile or DissectConfig.quantile,
+                               quantile_space=args.quantile_space or DissectConfig.quantile_space,
                                iou_threshold=args.iou_threshold, top_k=args.top_k,
                                batch_size=args.batch_size, num_workers=args.workers,
                                device=args.device)
-        from .report import DEFAULT_MODELS
-        report(model=args.model or list(DEFAULT_MODELS), weights=args.weights, layers=args.layer, data=args.data,
-               data_size=args.data_size, data_seed=args.data_seed, split=args.split,
-               out=args.out, config=config, input_size=args.input_size,
-               cache_dir=args.cache_dir, force=args.force, reproducible=args.reproducible,
-               notes=args.notes, command=" ".join(["dissect"] + [shlex.quote(a) for a in argv]),
-               progress=not args.quiet, zip_path=args.zip, thumb_height=args.thumb_height,
-               jpeg_quality=args.jpeg_quality, ablation=_ablation_config(args),
-               ablation_data=args.ablation_data, kind=args.kind, z_dim=args.z_dim,
-               segmenter=args.segmenter, generator_quantile=args.quantile,
-               generator_quantile_space=args.quantile_space,
-               interventions=_generator_config(args))
+        run_report(ReportOptions(
+            model=args.model or list(DEFAULT_MODELS), weights=args.weights, layers=args.layer,
+            input_size=args.input_size, kind=args.kind, z_dim=args.z_dim,
+            data=args.data, data_size=args.data_size, data_seed=args.data_seed, split=args.split,
+            config=config, ablation=_ablation_config(args), ablation_data=args.ablation_data,
+            segmenter=args.segmenter, generator_quantile=args.quantile,
+            generator_quantile_space=args.quantile_space, interventions=_generator_config(args),
+            out=args.out, reproducible=args.reproducible, notes=args.notes, zip_path=args.zip,
+            thumb_height=args.thumb_height, jpeg_quality=args.jpeg_quality,
+            cache_dir=args.cache_dir, force=args.force, progress=not args.quiet,
+            command=" ".join(["dissect"] + [shlex.quote(a) for a in argv])))
     elif args.command == "data" and args.dataset == "toyworld":
-        from .data.toyworld import write_broden
-        path = write_broden(Path(args.out), n=args.size, seed=args.seed, image_size=args.image_size)
+        from .data.toyworld_probe import write_toyworld
+        path = write_toyworld(Path(args.out), n=args.size, seed=args.seed, image_size=args.image_size)
         print(f"dissect: wrote {args.size} toy-world scenes to {path}")
     elif args.command == "data" and args.dataset == "broden":
         from .data.broden import fetch_broden

@@ -22,7 +22,8 @@ from dissect.data.broden import make_loader
 from dissect.experiments.dissection import (DissectConfig, dissect_layers, render_unit_strips,
                                             summarize_layer)
 from dissect.models import load_model, resolve_layer
-from dissect.report import default_cache_dir, open_probe_data
+from dissect.data.probe import open_probe_data
+from dissect.pipeline import default_cache_dir
 
 
 def main() -> None:
@@ -40,7 +41,8 @@ def main() -> None:
 
     loaded = load_model(args.model, weights=args.weights, progress=False)
     layers = [resolve_layer(loaded, n)[0] for n in (args.layer or loaded.default_layers)]
-    probe = open_probe_data(args.data, loaded, default_cache_dir(), args.data_size, progress=False)
+    probe = open_probe_data(args.data, loaded.input_size, loaded.mean, loaded.std, default_cache_dir(),
+                            args.data_size, progress=False)
     ds = probe.dataset
     model = loaded.module.eval()
     config = DissectConfig(batch_size=args.batch_size, num_workers=args.workers, device="cpu",

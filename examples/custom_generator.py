@@ -42,7 +42,7 @@ def make_segmenter() -> BrightDark:
 if __name__ == "__main__":
     from dissect.experiments.generator import GeneratorExperimentConfig
     from dissect.models import from_module
-    from dissect.report import report
+    from dissect import report
 
     loaded = from_module(make_generator(), name="my-gan", kind="generator", z_dim=128)
     report(model=loaded, segmenter="examples.custom_generator:make_segmenter", data_size=300,

@@ -18,6 +18,6 @@ def _isolated_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def toyworld_small(tmp_path_factory):
     """200 toy-world scenes at 64 px, in Broden format (shared by the tests)."""
-    from dissect.data.toyworld import write_broden
-    return write_broden(tmp_path_factory.mktemp("tw") / "toyworld", n=200, seed=7,
+    from dissect.data.toyworld_probe import write_toyworld
+    return write_toyworld(tmp_path_factory.mktemp("tw") / "toyworld", n=200, seed=7,
                         image_size=64, progress=False)

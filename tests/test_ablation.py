@@ -302,7 +302,7 @@ class _Links(HTMLParser):
 
 
 def test_report_without_class_names_still_writes_the_site(tmp_path, toyworld_small):
-    from dissect.report import report
+    from dissect import report
     index = report(model="toy", weights="none", data=str(toyworld_small), out=tmp_path / "site",
                    layers=["conv4_2"], progress=False, reproducible=True)
     res = json.loads((tmp_path / "site" / "toy" / "results.json").read_text())
@@ -312,7 +312,7 @@ def test_report_without_class_names_still_writes_the_site(tmp_path, toyworld_sma
 
 @shipped
 def test_report_ablation_page(tmp_path, toyworld_small):
-    from dissect.report import report
+    from dissect import report
     cfg = AblationConfig(top_n=(1, 5, "all"), random_draws=2, attack_pairs=1, attack_images=4,
                          attack_steps=2, num_workers=0)
     report(model="toy", data=str(toyworld_small), out=tmp_path / "site", layers=["conv3_2", "conv4_2"],

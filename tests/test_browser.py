@@ -47,7 +47,7 @@ def site(tmp_path_factory, browser):
     """A site of several models: the toy classifier dissected for real (with its experiment
     pages), any toy generator, and a synthetic model with hostile strings."""
     from dissect.experiments.dissection import DissectConfig
-    from dissect.report import report
+    from dissect import report
     from dissect.site import write_site
     from test_site import make_run
 
@@ -85,7 +85,7 @@ def _quick_experiments() -> dict:
     import dataclasses
     import inspect
 
-    from dissect.report import report
+    from dissect import report
 
     if "ablation" not in inspect.signature(report).parameters:
         return {}

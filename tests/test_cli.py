@@ -8,7 +8,7 @@ import torch
 
 from dissect.cli import main
 from dissect.experiments.dissection import DissectConfig
-from dissect.report import report
+from dissect import report
 
 
 def run_cli(capsys, *args):

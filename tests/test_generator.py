@@ -275,7 +275,7 @@ def test_evaluate_only_without_a_trained_generator_is_one_line(tmp_path, capsys)
 def toygan_report(tmp_path_factory):
     if not (HAVE_GAN and HAVE_SEG):
         pytest.fail("the toy generator or segmenter weights are missing from the package")
-    from dissect.report import report
+    from dissect import report
     out = tmp_path_factory.mktemp("toygan")
     report(model="toygan", out=out / "site", progress=False, cache_dir=out / "cache")
     return out / "site", json.loads((out / "site" / "toygan" / "results.json").read_text())

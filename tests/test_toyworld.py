@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from dissect.data import toyworld as tw
+from dissect.data import toyworld_probe as twp
 from dissect.data.colors import name_colors
 from dissect.errors import DissectError
 
@@ -129,7 +130,7 @@ def _decode(path):
 def test_write_broden(tmp_path):
     out = tmp_path / "toy"
     n, seed = 12, 5
-    got = tw.write_broden(out, n=n, seed=seed, image_size=48, progress=False)
+    got = twp.write_toyworld(out, n=n, seed=seed, image_size=48, progress=False)
     assert got == out
     index = _read_csv(out / "index.csv")
     assert list(index[0].keys()) == ["image", "split", "ih", "iw", "sh", "sw", "color", "object",
@@ -181,8 +182,8 @@ def test_write_broden(tmp_path):
 
 
 def test_write_broden_is_byte_identical_and_cached(tmp_path, monkeypatch):
-    a = tw.write_broden(tmp_path / "a", n=4, seed=1, image_size=32, progress=False)
-    b = tw.write_broden(tmp_path / "b", n=4, seed=1, image_size=32, progress=False)
+    a = twp.write_toyworld(tmp_path / "a", n=4, seed=1, image_size=32, progress=False)
+    b = twp.write_toyworld(tmp_path / "b", n=4, seed=1, image_size=32, progress=False)
     for p in sorted(a.rglob("*")):
         if p.is_file():
             assert p.read_bytes() == (b / p.relative_to(a)).read_bytes(), p.name
@@ -192,11 +193,11 @@ def test_write_broden_is_byte_identical_and_cached(tmp_path, monkeypatch):
         raise AssertionError("cache hit must not render")
 
     monkeypatch.setattr(tw, "render_scene", boom)
-    assert tw.write_broden(a, n=4, seed=1, image_size=32, progress=False) == a
+    assert twp.write_toyworld(a, n=4, seed=1, image_size=32, progress=False) == a
     assert (a / "index.csv").stat().st_mtime_ns == stamp
     monkeypatch.undo()
     # different parameters: regenerated in place
-    tw.write_broden(a, n=3, seed=1, image_size=32, progress=False)
+    twp.write_toyworld(a, n=3, seed=1, image_size=32, progress=False)
     assert len(_read_csv(a / "index.csv")) == 3
     assert json.loads((a / "toyworld.json").read_text())["n"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
@@ -207,12 +208,12 @@ def test_write_broden_refuses_foreign_dir(tmp_path):
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("precious")
     with pytest.raises(DissectError) as e:
-        tw.write_broden(foreign, n=2, seed=0, image_size=32, progress=False)
+        twp.write_toyworld(foreign, n=2, seed=0, image_size=32, progress=False)
     assert "\n" not in str(e.value)
     assert (foreign / "thesis.tex").read_text() == "precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
     # an empty existing directory is fine
     empty = tmp_path / "empty"
     empty.mkdir()
-    tw.write_broden(empty, n=2, seed=0, image_size=32, progress=False)
+    twp.write_toyworld(empty, n=2, seed=0, image_size=32, progress=False)
     assert (empty / "index.csv").is_file()

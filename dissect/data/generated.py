@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +27,17 @@ import torch
 from torch import Tensor
 
 from ..errors import DissectError
-from .broden import GENERATED_MANIFEST, tally_label_map, write_broden_tables, write_dir_atomically
+from ..experiments.dissection import cache_key
+from ..segmenters import Segmenter, load_segmenter, segmenter_key
+from ..slugs import slugify
+from .broden import BrodenDataset, BrodenIndex
+from .broden import GENERATED_MANIFEST
+from .broden_writer import (default_label_size, png_bytes, save_label_png, tally_label_map,
+                            write_broden_tables, write_dir_atomically)
 
 MANIFEST = GENERATED_MANIFEST
 VERSION = 1
+DEFAULT_SIZE = 1000     # latents in a generator's default probe set
 
 
 def output_range(images: Tensor, what: str = "the generator") -> str:
@@ -62,11 +70,48 @@ def quantize(images01: Tensor) -> Tensor:
 
 
 def probe_manifest(loaded, segmenter, n: int, seed: int, z_dim: int) -> dict:
-    from ..segmenters import segmenter_key
+    """What identifies a generated probe set (``generated.json``): reused when all of it matches."""
     return {"generator": "dissect.data.generated", "version": VERSION,
             "model": loaded.name, "weights_sha256": loaded.weights_sha256,
             "segmenter": segmenter.name, "segmenter_key": segmenter_key(segmenter),
             "n": int(n), "seed": int(seed), "z_dim": int(z_dim)}
+
+
+def default_segmenter_name(loaded) -> str:
+    """The segmenter that labels a generator's outputs unless one is named: the model's own
+    (its spec's ``segmenter``), else the toy segmenter for 64 px outputs, else torchvision's
+    DeepLabV3."""
+    spec = loaded.spec
+    if spec is not None and spec.segmenter:
+        return spec.segmenter
+    return "toy" if loaded.input_size == 64 else "deeplabv3_resnet50"
+
+
+@dataclass
+class GeneratedProbe:
+    """A generator's opened probe set: its folder, the dataset (latents in, labels of the
+    images they make) and the segmenter that labeled it."""
+
+    path: Path
+    dataset: BrodenDataset
+    segmenter: Segmenter
+
+
+def open_generated_probe(loaded, cache_dir: Path, segmenter: str | None = None, n: int | None = None,
+                         seed: int = 1, batch_size: int = 64, device: torch.device | str = "cpu",
+                         progress: bool = True) -> GeneratedProbe:
+    """The probe set of generator ``loaded``: ``n`` samples (default :data:`DEFAULT_SIZE`) of
+    latents ``seed`` labeled by ``segmenter`` (default :func:`default_segmenter_name`),
+    written once under ``cache_dir/generated/`` (keyed by the weights, the segmenter, ``n``
+    and ``seed``) and reused after."""
+    seg = load_segmenter(segmenter or default_segmenter_name(loaded), progress=progress)
+    n = n or DEFAULT_SIZE
+    key = cache_key(loaded.weights_sha256, segmenter_key(seg), n, seed)
+    folder = cache_dir / "generated" / f"{slugify(loaded.name, 'model')}-{key}"
+    path = write_generated_probe(loaded, seg, folder, n, seed, batch_size=batch_size, device=device,
+                                 progress=progress)
+    dataset = BrodenDataset(BrodenIndex(path), input_size=loaded.input_size, model_input="latent")
+    return GeneratedProbe(path, dataset, seg)
 
 
 def write_generated_probe(loaded, segmenter, out_dir: str | os.PathLike, n: int, seed: int = 1,
@@ -96,9 +141,6 @@ def _write(root: Path, loaded, segmenter, n, seed, z_dim, batch_size, device, va
     from tqdm.auto import tqdm
 
     from ..models.toygan import sample_z
-    from .toyworld import _png_bytes as png_bytes
-    from .toyworld import _save_label_png as save_label_png
-    from .toyworld import default_label_size
 
     gen = loaded.module.to(device).eval()
     segmenter.to(device)

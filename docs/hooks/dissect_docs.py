@@ -92,7 +92,7 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
 
 def _build_example(dest: Path) -> Path:
     from dissect.errors import DissectError
-    from dissect.report import report
+    from dissect import report
 
     notes = dest.parent / "notes.md"
     try:

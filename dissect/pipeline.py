@@ -1,0 +1,393 @@
+"""One report: validate the options, load each model, dispatch by kind, write the site.
+
+``dissect report`` and :func:`dissect.report` both come here. Everything a report depends on
+travels in one typed object, :class:`ReportOptions`, built once from the command line or
+the keywords of :func:`report`. Per model:
+
+* a **classifier** is dissected on its probe set (:func:`dissect.data.probe.open_probe_data`),
+  then ablated class by class (:func:`dissect.experiments.ablation.ablation_for_report`);
+* a **generator** is dissected on its own samples labeled by a segmenter
+  (:func:`dissect.data.generated.open_generated_probe`), then intervened on
+  (:func:`dissect.experiments.generator.generator_for_report`).
+
+The results of every model go to :func:`dissect.site.write_site`, which builds the site in a
+temporary folder and swaps it in.
+
+    import dissect
+    dissect.report(model="toy", out="site")                            # by name
+    dissect.report(model=my_module, layers=["layer4"], data="path/to/broden",
+                   input_size=224, out="site")                         # a model you hold
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from dissect.data.generated import open_generated_probe
+from dissect.data.probe import open_probe_data
+from dissect.errors import DissectError
+from dissect.experiments.ablation import AblationConfig, ablation_for_report
+from dissect.experiments.dissection import (DissectConfig, cache_key, dissect_layers, render_unit_strips,
+                                            resolve_device, summarize_layer)
+from dissect.experiments.generator import GeneratorExperimentConfig, generator_experiments
+from dissect.models.registry import LoadedModel, from_module, load_model, resolve_layer
+from dissect.publish import format_size_report, site_size, zip_site
+from dissect.site import MARKER, write_site
+from dissect.slugs import slugify
+from dissect.version import __version__
+
+DEFAULT_MODELS = ("toy", "toygan")
+GENERATOR_QUANTILE = 0.01       # METHOD.md section 3: the 2020 default for generators
+GENERATOR_QUANTILE_SPACE = "upsampled"
+
+
+def default_cache_dir() -> Path:
+    """``$DISSECT_CACHE``, else ``$XDG_CACHE_HOME/dissect``, else ``~/.cache/dissect``."""
+    if os.environ.get("DISSECT_CACHE"):
+        return Path(os.environ["DISSECT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "dissect"
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse a non-empty ``--out`` that is not a dissect site, before any work is done."""
+    if out.exists() and not out.is_dir():
+        raise DissectError(f"--out {out} is a file; choose a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise DissectError(f"--out {out} is not empty and is not a dissect site; "
+                           "choose an empty or new folder")
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """Everything one report depends on; the keywords of :func:`report` are these fields.
+
+    Models: ``model`` is one model or a sequence of them, each a registered name,
+    ``package.module:callable``, an ``nn.Module`` or a :class:`LoadedModel`; ``weights``,
+    ``layers``, ``input_size``, ``kind`` and ``z_dim`` apply to a single model.
+
+    Probe set (classifiers): ``data`` (``toyworld``, ``broden``, a Broden folder),
+    ``data_size``, ``data_seed`` and ``split``. A generator's probe set is ``data_size``
+    latents (default 1000) of seed ``data_seed`` labeled by ``segmenter``.
+
+    Dissection: ``config`` (a :class:`DissectConfig`; without it, its defaults, and for
+    generators the 2020 paper's quantile 0.01 over upsampled maps unless
+    ``generator_quantile`` / ``generator_quantile_space`` say otherwise).
+
+    Experiments: ``ablation`` (True, False or an :class:`AblationConfig`) on
+    ``ablation_data`` (default: the probe set's scene labels) for classifiers;
+    ``interventions`` (True, False or a :class:`GeneratorExperimentConfig`) for generators.
+    Problems with a classifier's ablation data are reported on its page, never fatal.
+
+    Site: ``out``, ``reproducible`` (no run date: identical inputs give identical files),
+    ``notes`` (a Markdown file shown on the model pages), ``zip_path`` (also write the site
+    as one archive), ``thumb_height`` and ``jpeg_quality``.
+
+    Run: ``cache_dir`` (default :func:`default_cache_dir`), ``force`` (recompute),
+    ``progress`` (bars and the closing summary), ``command`` (recorded as provenance).
+    """
+
+    model: Any = DEFAULT_MODELS
+    weights: str | None = None
+    layers: Sequence[str] = ()
+    input_size: int | None = None
+    kind: str | None = None
+    z_dim: int | None = None
+    data: str = "toyworld"
+    data_size: int | None = None
+    data_seed: int = 1
+    split: str | None = None
+    config: DissectConfig | None = None
+    ablation: bool | AblationConfig = True
+    ablation_data: str | os.PathLike | None = None
+    segmenter: str | None = None
+    generator_quantile: float | None = None
+    generator_quantile_space: str | None = None
+    interventions: bool | GeneratorExperimentConfig = True
+    out: str | os.PathLike = "site"
+    reproducible: bool = False
+    notes: str | os.PathLike | None = None
+    zip_path: str | os.PathLike | None = None
+    thumb_height: int = 48
+    jpeg_quality: int = 85
+    cache_dir: str | os.PathLike | None = None
+    force: bool = False
+    progress: bool = True
+    command: str | None = None
+
+    @property
+    def models(self) -> list[Any]:
+        return list(self.model) if isinstance(self.model, (list, tuple)) else [self.model]
+
+    @property
+    def dissect_config(self) -> DissectConfig:
+        return self.config or DissectConfig()
+
+    @property
+    def cache(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else default_cache_dir()
+
+    def validate(self) -> None:
+        """Every check that can be made before any work: one-line :class:`DissectError`."""
+        self.dissect_config.validate()
+        if not (isinstance(self.thumb_height, int) and 8 <= self.thumb_height <= 1024):
+            raise DissectError(f"thumb_height must be an integer from 8 to 1024 px, got {self.thumb_height!r}")
+        if not (isinstance(self.jpeg_quality, int) and 1 <= self.jpeg_quality <= 95):
+            raise DissectError(f"jpeg_quality must be an integer from 1 to 95, got {self.jpeg_quality!r}")
+        if self.zip_path is not None and Path(self.zip_path).is_dir():
+            raise DissectError(f"--zip {self.zip_path} is a folder; give a file name such as site.zip")
+        check_out_dir(Path(self.out))
+        models = self.models
+        if not models:
+            raise DissectError("no model to report on; pass --model NAME")
+        if len(models) > 1 and (self.layers or self.weights is not None):
+            raise DissectError("--layer and --weights apply to one model: add --model NAME "
+                               f"(this run reports {len(models)} models: {', '.join(map(str, models))})")
+
+    def read_notes(self) -> str | None:
+        if self.notes is None:
+            return None
+        try:
+            return Path(self.notes).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise DissectError(f"cannot read --notes {self.notes}: {e.strerror or e}") from None
+
+    def config_for(self, kind: str) -> DissectConfig:
+        """The dissection parameters of a model of ``kind``: a generator takes the 2020
+        quantile and space unless the options set them (or a config changed them)."""
+        config = self.dissect_config
+        if kind != "generator":
+            return config
+        default, given = DissectConfig(), self.config is not None
+        quantile = self.generator_quantile if self.generator_quantile is not None else (
+            config.quantile if given and config.quantile != default.quantile else GENERATOR_QUANTILE)
+        space = self.generator_quantile_space or (
+            config.quantile_space if given and config.quantile_space != default.quantile_space
+            else GENERATOR_QUANTILE_SPACE)
+        return dataclasses.replace(config, quantile=quantile, quantile_space=space)
+
+    def load(self, model: Any) -> LoadedModel:
+        """``model`` as a :class:`LoadedModel` (loading it by name if needed)."""
+        if isinstance(model, LoadedModel):
+            return model
+        if isinstance(model, nn.Module):
+            return from_module(model, name=type(model).__name__, input_size=self.input_size or 224,
+                               kind=self.kind or "classifier", z_dim=self.z_dim)
+        return load_model(str(model), weights=self.weights, input_size=self.input_size,
+                          progress=self.progress, kind=self.kind, z_dim=self.z_dim)
+
+
+def report(model: Any = DEFAULT_MODELS, **options: Any) -> Path:
+    """Dissect ``model`` (one, or a list of models for one site) and write (or update) the
+    site at ``out``; returns the path of its ``index.html``. The keywords are the fields of
+    :class:`ReportOptions`. The default reports both toy models."""
+    return run_report(ReportOptions(model=model, **options))
+
+
+def run_report(opts: ReportOptions) -> Path:
+    """Run the report that ``opts`` describes (see :func:`report`)."""
+    t0 = time.time()
+    opts.validate()
+    notes_md = opts.read_notes()
+    loaded_all = [opts.load(m) for m in opts.models]
+    slugs = [slugify(m.name, "model") for m in loaded_all]
+    if len(set(slugs)) != len(slugs):
+        raise DissectError(f"two models share the name {slugs}; report them one at a time")
+    runs, summaries = [], []
+    for loaded in loaded_all:
+        t_model = time.time()
+        run = _generator_run if loaded.kind == "generator" else _classifier_run
+        results, run_dir = run(loaded, opts)
+        runs.append((results, run_dir))
+        summaries.append((loaded.name, results["layers"], time.time() - t_model))
+
+    out = Path(opts.out)
+    site_dir = write_site(out, runs, reproducible=opts.reproducible, notes_md=notes_md,
+                          thumb_height=opts.thumb_height, jpeg_quality=opts.jpeg_quality)
+    zip_bytes = zip_site(out, opts.zip_path).stat().st_size if opts.zip_path is not None else None
+    if opts.progress:
+        print(format_size_report(site_size(out), zip_bytes))
+        for name, layer_results, secs in summaries:
+            units = sum(layer["num_units"] for layer in layer_results)
+            dets = sum(layer["summary"]["detectors"] for layer in layer_results)
+            print(f"dissect: {name}: {len(layer_results)} layer(s), {units} units, "
+                  f"{dets} detectors in {secs:.0f}s")
+        print(f"dissect: done in {time.time() - t0:.0f}s; open {(Path(site_dir) / 'index.html').resolve()}")
+    return Path(site_dir) / "index.html"
+
+
+# ----------------------------------------------------------------------------- per model
+
+
+def layer_paths(loaded: LoadedModel, layers: Sequence[str]) -> list[tuple[str, str | None]]:
+    """``(dotted path, paper name or None)`` of each layer to dissect (default: the model's)."""
+    paths: list[tuple[str, str | None]] = []
+    by_path: dict[str, str] = {}
+    for alias, target in loaded.aliases.items():
+        by_path.setdefault(target, alias)   # the first (paper) name given for a module
+    for name in (layers or loaded.default_layers):
+        path, alias = resolve_layer(loaded, name)
+        paths.append((path, alias or by_path.get(path)))
+    if not paths:
+        raise DissectError(f"no layer to dissect in {loaded.name}: pass --layer NAME "
+                           f"(see `dissect layers {loaded.name}`)")
+    return list(dict.fromkeys(paths))
+
+
+@dataclass
+class Dissection:
+    """One model's dissected layers: the raw statistics, the summaries, the run folder."""
+
+    paths: list[tuple[str, str | None]]
+    stats: dict
+    layer_results: list[dict]
+    run_dir: Path
+
+
+def _dissect(loaded: LoadedModel, paths: list[tuple[str, str | None]], dataset, config: DissectConfig,
+             opts: ReportOptions, parts: dict) -> Dissection:
+    stats = dissect_layers(loaded.module, [p for p, _ in paths], dataset, config,
+                           cache_dir=opts.cache / "stats", cache_parts=parts, force=opts.force,
+                           progress=opts.progress)
+    run_dir = opts.cache / "runs" / cache_key(parts, [p for p, _ in paths], config.stats_key(),
+                                              config.tile_size, __version__)
+    layer_results = []
+    for path, alias in paths:
+        slug = slugify(alias or path, "model")
+        summary = summarize_layer(stats[path], dataset, config)
+        strips = render_unit_strips(stats[path], dataset, run_dir, slug,
+                                    tile_size=config.tile_size, progress=opts.progress)
+        for unit, strip in zip(summary["units"], strips):
+            unit["strip"] = strip
+        layer_results.append({"name": path, "alias": alias, "slug": slug, **summary})
+    return Dissection(paths, stats, layer_results, run_dir)
+
+
+def _results(loaded: LoadedModel, layer_results: list[dict], probe: dict, config: DissectConfig,
+             dataset, opts: ReportOptions) -> dict:
+    """The results dict (docs/results-schema.md) without the experiments' sections."""
+    return {
+        "schema": "dissect.results",
+        "schema_version": 1,
+        "model": {
+            "name": loaded.name, "slug": slugify(loaded.name, "model"), "kind": loaded.kind,
+            "weights": loaded.weights, "weights_sha256": loaded.weights_sha256,
+            "weights_file_sha256": loaded.weights_file_sha256,
+            "num_parameters": sum(p.numel() for p in loaded.module.parameters()),
+            "input_size": loaded.input_size, "class_names": loaded.class_names,
+            "z_dim": loaded.z_dim,
+        },
+        "probe": probe,
+        "params": {
+            "quantile": config.quantile, "quantile_space": config.quantile_space,
+            "iou_threshold": config.iou_threshold, "top_k": config.top_k,
+            "top_concepts": config.top_concepts, "upsample": "bilinear",
+            "upsample_size": list(dataset.label_size),
+            "binarize": "S_k > T_k (strict)",
+            "union": dataset.index.annotation_rule,
+            "batch_size": config.batch_size, "image_size": loaded.input_size,
+        },
+        "provenance": {
+            "tool": "dissect", "tool_version": __version__, "torch_version": torch.__version__,
+            "python": platform.python_version(), "device": str(resolve_device(config.device)),
+            "command": opts.command or "dissect.report() (Python API)",
+            "created": None if opts.reproducible else
+            datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        },
+        "layers": layer_results,
+    }
+
+
+def _classifier_run(loaded: LoadedModel, opts: ReportOptions) -> tuple[dict, Path]:
+    config = opts.config_for(loaded.kind)
+    paths = layer_paths(loaded, opts.layers)
+    probe = open_probe_data(opts.data, loaded.input_size, loaded.mean, loaded.std, opts.cache,
+                            opts.data_size, opts.data_seed, opts.split, opts.progress)
+    dataset = probe.dataset
+    data_sha = dataset.index.sha256()
+    parts = {"weights_sha256": loaded.weights_sha256, "model": loaded.name,
+             "data_sha256": data_sha, "indices": cache_key(dataset.indices),
+             "input_size": loaded.input_size}
+    run = _dissect(loaded, paths, dataset, config, opts, parts)
+    skipped = sorted({s for p, _ in run.paths for s in run.stats[p].skipped})
+    probe_info = {
+        "name": probe.name, "path": str(opts.data), "index_sha256": data_sha,
+        "num_images": len(dataset) - len(skipped), "num_skipped": len(skipped),
+        "skipped": skipped[:100], "label_size": list(dataset.label_size),
+        "categories": dataset.index.categories,
+        "num_concepts": len(dataset.index.labels), "split": opts.split,
+        "seed": opts.data_seed if opts.data == "toyworld" else None,
+    }
+    results = _results(loaded, run.layer_results, probe_info, config, dataset, opts)
+    if opts.ablation is not False:
+        acfg = opts.ablation if isinstance(opts.ablation, AblationConfig) else AblationConfig(
+            device=config.device, num_workers=config.num_workers)
+        results["ablation"] = ablation_for_report(
+            loaded, run.layer_results, probe.path,
+            None if opts.ablation_data is None else str(opts.ablation_data), acfg, progress=opts.progress)
+    return results, run.run_dir
+
+
+def _generator_run(loaded: LoadedModel, opts: ReportOptions) -> tuple[dict, Path]:
+    config = opts.config_for(loaded.kind)
+    paths = layer_paths(loaded, opts.layers)
+    probe = open_generated_probe(loaded, opts.cache, opts.segmenter, opts.data_size, opts.data_seed,
+                                 batch_size=config.batch_size, device=resolve_device(config.device),
+                                 progress=opts.progress)
+    dataset, seg = probe.dataset, probe.segmenter
+    data_sha = dataset.index.sha256()
+    parts = {"weights_sha256": loaded.weights_sha256, "model": loaded.name,
+             "data_sha256": data_sha, "indices": cache_key(dataset.indices), "kind": "generator"}
+    run = _dissect(loaded, paths, dataset, config, opts, parts)
+    probe_info = {
+        "name": "generated", "path": str(probe.path), "index_sha256": data_sha,
+        "num_images": len(dataset), "num_skipped": 0, "skipped": [],
+        "label_size": list(dataset.label_size), "categories": dataset.index.categories,
+        "num_concepts": len(dataset.index.labels), "split": None, "seed": opts.data_seed,
+        "latents": f"z ~ N(0, I), z_dim {loaded.z_dim}, latent i from numpy "
+                   f"default_rng([{opts.data_seed}, i])",
+        "segmenter": seg.provenance(),
+    }
+    results = _results(loaded, run.layer_results, probe_info, config, dataset, opts)
+    if opts.interventions is not False:
+        spec = loaded.spec
+        layer_results, stats = run.layer_results, run.stats
+        gcfg = opts.interventions if isinstance(opts.interventions, GeneratorExperimentConfig) else \
+            GeneratorExperimentConfig(device=config.device, batch_size=config.batch_size)
+        if gcfg.ablate is None and gcfg.insert is None and spec is not None and spec.experiments:
+            gcfg = dataclasses.replace(gcfg, ablate=tuple(spec.experiments.get("ablate", ())) or None,
+                                       insert=tuple(spec.experiments.get("insert", ())) or None)
+        prim = dataset.index.primary_category_tensor()
+        gen_layers = []
+        wanted = list(gcfg.layers) or list((spec.experiments.get("layers", ()) if spec is not None else ()))
+        if wanted == ["all"]:
+            chosen = list(zip(paths, layer_results))
+        elif wanted:
+            names = {n for pa in paths for n in pa if n}
+            for w in wanted:
+                if w not in names:
+                    raise DissectError(f"--intervene-layer {w!r} is not a dissected layer "
+                                       f"({', '.join(l['name'] for l in layer_results)})")
+            chosen = [(pa, lr) for pa, lr in zip(paths, layer_results) if pa[0] in wanted or pa[1] in wanted]
+        else:
+            chosen = list(zip(paths, layer_results))[:1]
+        for (p, _), layer in chosen:
+            iou = stats[p].iou(prim, len(dataset.index.categories)).numpy()
+            res = generator_experiments(loaded, p, iou, seg, dataset.latents, gcfg,
+                                        run.run_dir / "interventions" / layer["slug"],
+                                        f"interventions/{layer['slug']}", progress=opts.progress)
+            res["slug"] = layer["slug"]
+            gen_layers.append(res)
+        results["generator"] = {"params": gcfg.to_dict(), "segmenter": seg.provenance(),
+                                "layers": gen_layers}
+    return results, run.run_dir
