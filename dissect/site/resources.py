@@ -36,6 +36,7 @@ class _TraversableLoader(jinja2.BaseLoader):
         self.root = root
 
     def get_source(self, environment: jinja2.Environment, template: str):
+        """The text of ``template`` (a ``/``-separated path below the root; no ``..``)."""
         node = self.root
         for part in template.split("/"):
             if part in ("", ".", ".."):
