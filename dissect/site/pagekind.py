@@ -14,6 +14,7 @@ from typing import Any
 
 from dissect.site.context import ModelContext
 
+#: A record of the results (a JSON object).
 Record = dict[str, Any]
 
 
