@@ -1,7 +1,9 @@
-"""Gather the ablation page of a layer (``results["ablation"]``) into plain view dicts.
+"""The ablation page kind: a classifier layer's ``results["ablation"]`` as ``ablation.html``.
 
-Like :mod:`dissect.site._views`: every number is formatted here, templates only lay out.
-Plotly reads tags and entities in trace text, so names go into figures HTML-escaped.
+Which units each class depends on (curves of accuracy as top units are removed or kept),
+units many classes depend on, and the adversarial view; each unit page lists the classes
+that depend on it. Every number is formatted here, the templates only lay out; names go
+into plotly figures HTML-escaped.
 """
 
 from __future__ import annotations
@@ -9,12 +11,17 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from dissect.site._views import PALETTE, ModelContext, fmt_iou, fmt_num, layer_breadcrumbs, unit_file
+from dissect.site.cells import unit_cell, units_by_number
+from dissect.site.charts import PALETTE, curve_layout, layout
+from dissect.site.context import ModelContext
+from dissect.site.format import fmt_iou, fmt_num, pct, unit_label
+from dissect.site.pagekind import LayerPageKind
 
 #: Per-class sections shown on the page (the rest are in results.json).
 MAX_CLASSES_SHOWN = 40
 #: Top units listed per class on the page.
 UNITS_SHOWN = 10
+#: The page in the layer folder.
 PAGE = "ablation.html"
 
 _COLORS = {"remove": "#c0392b", "keep": "#2f6fbd", "random_remove": "#e6a39b", "random_keep": "#9fbbe0",
@@ -32,52 +39,9 @@ def layer_entry(results: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any
     return entry
 
 
-def layer_error(results: dict[str, Any], layer: dict[str, Any]) -> str | None:
-    """Why there is no ablation page for ``layer`` (None when there is one, or none was asked)."""
-    abl = results.get("ablation")
-    if not isinstance(abl, dict):
-        return None
-    if abl.get("error"):
-        return str(abl["error"])
-    entry = (abl.get("layers") or {}).get(layer.get("name"))
-    if isinstance(entry, dict) and entry.get("error"):
-        return str(entry["error"])
-    return None
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f}"
-
-
 def _pts(x: float | None) -> str:
     """An accuracy difference in percentage points, signed (never "-0.0")."""
     return "–" if x is None else f"{round(100 * x, 1) + 0.0:+.1f}"
-
-
-def _unit_info(layer: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    return {u["unit"]: u for u in layer.get("units", [])}
-
-
-def _unit_cell(ctx: ModelContext, info: dict[int, dict[str, Any]], k: int) -> dict[str, Any]:
-    u = info.get(k, {})
-    label = "none" if u.get("dead") or not u.get("label") else u["label"]
-    cat = None if u.get("dead") else u.get("category")
-    return {"unit": k, "href": unit_file(k), "label": label, "category": cat, "cls": ctx.cat_class(cat),
-            "iou": fmt_iou(u.get("iou")) if u else "–", "detector": bool(u.get("detector"))}
-
-
-def _layout(xtitle: str, ytitle: str, **more: Any) -> dict[str, Any]:
-    lay = {
-        "height": 300,
-        "margin": {"l": 52, "r": 8, "t": 8, "b": 44},
-        "xaxis": {"title": {"text": xtitle}},
-        "yaxis": {"title": {"text": ytitle}},
-        "legend": {"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom"},
-        "paper_bgcolor": "rgba(0,0,0,0)",
-        "plot_bgcolor": "rgba(0,0,0,0)",
-    }
-    lay.update(more)
-    return lay
 
 
 def _curve_chart(sizes: list[int], series: dict[str, list[float | None]], baseline: float | None,
@@ -95,17 +59,10 @@ def _curve_chart(sizes: list[int], series: dict[str, list[float | None]], baseli
             "line": {"color": _COLORS[key], "dash": "dot" if key.startswith("random") else "solid"},
             "hovertemplate": "N=%{x}: %{y:.1f}%<extra>" + names[key] + "</extra>",
         })
-    shapes = []
-    if baseline is not None:
-        shapes.append({"type": "line", "xref": "paper", "yref": "y", "x0": 0, "x1": 1,
-                       "y0": round(100 * baseline, 3), "y1": round(100 * baseline, 3),
-                       "line": {"color": _COLORS["baseline"], "width": 1, "dash": "dash"}})
     return {"data": traces,
-            "layout": _layout(f"N units (of {num_units})", "balanced accuracy (%)",
-                              xaxis={"title": {"text": f"N units (of {num_units})"}, "type": "log",
-                                     "tickvals": sizes, "ticktext": [str(n) for n in sizes]},
-                              yaxis={"title": {"text": "balanced accuracy (%)"}, "range": [0, 102]},
-                              shapes=shapes)}
+            "layout": curve_layout(f"N units (of {num_units})", "balanced accuracy (%)", sizes, {"range": [0, 102]},
+                                   None if baseline is None else round(100 * baseline, 3), _COLORS["baseline"],
+                                   "dash")}
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -132,22 +89,19 @@ def _many_chart(ctx: ModelContext, rows: list[dict[str, Any]], important: int) -
             "hovertemplate": "%{text}<br>IoU %{x:.3f}, top-" + str(important) + " of %{y} classes<extra></extra>",
         })
     return {"data": traces,
-            "layout": _layout("best IoU (dissection)", f"classes with the unit in their top {important}",
-                              yaxis={"title": {"text": f"classes with the unit in their top {important}"},
-                                     "rangemode": "tozero", "dtick": 1})}
+            "layout": layout("best IoU (dissection)", f"classes with the unit in their top {important}",
+                             yaxis={"title": {"text": f"classes with the unit in their top {important}"},
+                                    "rangemode": "tozero", "dtick": 1})}
 
 
 def ablation_page(ctx: ModelContext, layer: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
     """The view of ``SITE/<model>/<layer>/ablation.html``."""
-    r = ctx.results
-    model = r["model"]
-    abl = r.get("ablation") or {}
+    abl = ctx.results.get("ablation") or {}
     params = abl.get("params") or {}
     data = abl.get("data") or {}
-    info = _unit_info(layer)
+    info = units_by_number(layer)
     sizes = list(entry.get("top_n") or [])
     C = entry.get("num_units") or len(info)
-    lname = layer["name"] + (f" ({layer['alias']})" if layer.get("alias") else "")
 
     classes = []
     for i, c in enumerate(entry.get("classes", [])[:MAX_CLASSES_SHOWN]):
@@ -159,11 +113,11 @@ def ablation_page(ctx: ModelContext, layer: dict[str, Any], entry: dict[str, Any
             def at(key: str) -> float | None:
                 v = series.get(key)
                 return v[j] if v is not None and j < len(v) else None
-            curve_rows.append({"n": n, "remove": _pct(at("remove")), "keep": _pct(at("keep")),
-                               "random_remove": _pct(at("random_remove")), "random_keep": _pct(at("random_keep"))})
+            curve_rows.append({"n": n, "remove": pct(at("remove")), "keep": pct(at("keep")),
+                               "random_remove": pct(at("random_remove")), "random_keep": pct(at("random_keep"))})
         top = []
         for t in (c.get("top_units") or [])[:UNITS_SHOWN]:
-            cell = _unit_cell(ctx, info, t["unit"])
+            cell = unit_cell(ctx, info, t["unit"])
             cell.update({"drop": _pts(t.get("drop")), "drop_rank": _pts(t.get("drop_rank")),
                          "expected": _pts(t.get("expected_drop_rank"))})
             top.append(cell)
@@ -173,7 +127,7 @@ def ablation_page(ctx: ModelContext, layer: dict[str, Any], entry: dict[str, Any
             "anchor": f"class-{i}",
             "images_rank": fmt_num(c.get("images_rank")),
             "images_eval": fmt_num(c.get("images_eval")),
-            "balanced_accuracy": _pct(base),
+            "balanced_accuracy": pct(base),
             "top_units": top,
             "chart": _curve_chart(sizes, series, base, C) if has_curves else None,
             "chart_id": f"chart-class-{i}",
@@ -190,7 +144,7 @@ def ablation_page(ctx: ModelContext, layer: dict[str, Any], entry: dict[str, Any
     mean_base = _mean([c["balanced_accuracy"] for c in shown_all])
     summary_rows = []
     for j, n in enumerate(sizes):
-        summary_rows.append({"n": n, **{k: _pct(v[j]) for k, v in mean_series.items()}})
+        summary_rows.append({"n": n, **{k: pct(v[j]) for k, v in mean_series.items()}})
 
     # many classes vs IoU
     many = entry.get("many_classes") or {}
@@ -201,7 +155,7 @@ def ablation_page(ctx: ModelContext, layer: dict[str, Any], entry: dict[str, Any
         cat = None if u.get("dead") else u.get("category")
         scatter_rows.append({"unit": row["unit"], "num_classes": row.get("num_classes", 0),
                              "iou_raw": round(float(u.get("iou") or 0.0), 6),
-                             "label": "none" if u.get("dead") or not u.get("label") else u["label"],
+                             "label": unit_label(u),
                              "category": cat})
     by_count: dict[int, list[dict[str, Any]]] = {}
     for s in scatter_rows:
@@ -214,7 +168,7 @@ def ablation_page(ctx: ModelContext, layer: dict[str, Any], entry: dict[str, Any
     for s in sorted(scatter_rows, key=lambda s: (-s["num_classes"], s["unit"])):
         if s["num_classes"] < 2 or len(many_units) >= 20:
             continue
-        cell = _unit_cell(ctx, info, s["unit"])
+        cell = unit_cell(ctx, info, s["unit"])
         row = next(x for x in entry["units"] if x["unit"] == s["unit"])
         cell.update({"num_classes": s["num_classes"], "classes": ", ".join(c["class"] for c in row.get("classes", []))})
         many_units.append(cell)
@@ -225,7 +179,7 @@ def ablation_page(ctx: ModelContext, layer: dict[str, Any], entry: dict[str, Any
         def units(key: str) -> list[dict[str, Any]]:
             out = []
             for t in (a.get(key) or [])[:5]:
-                cell = _unit_cell(ctx, info, t["unit"])
+                cell = unit_cell(ctx, info, t["unit"])
                 cell["change"] = f"{t['change']:+.2f}"
                 out.append(cell)
             return out
@@ -233,7 +187,7 @@ def ablation_page(ctx: ModelContext, layer: dict[str, Any], entry: dict[str, Any
         mc = a.get("mean_change") or {}
         attack_rows.append({
             "source": a["source"], "target": a["target"], "images": fmt_num(a.get("images")),
-            "success": _pct(a.get("success_rate")),
+            "success": pct(a.get("success_rate")),
             "suppressed": units("suppressed"), "activated": units("activated"),
             "overlap_source": fmt_num(ov.get("suppressed_source")),
             "overlap_target": fmt_num(ov.get("activated_target")),
@@ -249,14 +203,14 @@ def ablation_page(ctx: ModelContext, layer: dict[str, Any], entry: dict[str, Any
     for row in attack_rows:
         p = pairs_info.get((row["source"], row["target"]), {})
         tp = p.get("target_probability") or {}
-        row["target_prob"] = f"{_pct(tp.get('clean'))} → {_pct(tp.get('attacked'))}" if tp else "–"
+        row["target_prob"] = f"{pct(tp.get('clean'))} → {pct(tp.get('attacked'))}" if tp else "–"
 
     acc = entry.get("accuracy") or {}
     setup = [
         {"key": "method", "value": entry.get("method", "–")},
         {"key": "labeled data", "value": f"{data.get('source', '–')}: {data.get('path', '–')}"},
-        {"key": "ranking split", "value": f"{data.get('rank_split', '–')} ({fmt_num(data.get('rank_images'))} images, accuracy {_pct(acc.get('rank'))}%)"},
-        {"key": "evaluation split", "value": f"{data.get('eval_split', '–')} ({fmt_num(data.get('eval_images'))} images, accuracy {_pct(acc.get('eval'))}%)"},
+        {"key": "ranking split", "value": f"{data.get('rank_split', '–')} ({fmt_num(data.get('rank_images'))} images, accuracy {pct(acc.get('rank'))}%)"},
+        {"key": "evaluation split", "value": f"{data.get('eval_split', '–')} ({fmt_num(data.get('eval_images'))} images, accuracy {pct(acc.get('eval'))}%)"},
         {"key": "N (top-N curves)", "value": ", ".join(str(n) for n in sizes) or "–"},
         {"key": "random draws per N", "value": fmt_num(params.get("random_draws"))},
         {"key": "seed", "value": fmt_num(params.get("seed"))},
@@ -264,11 +218,6 @@ def ablation_page(ctx: ModelContext, layer: dict[str, Any], entry: dict[str, Any
         {"key": "balanced accuracy", "value": params.get("balanced_accuracy", "–")},
     ]
     return {
-        "title": f"ablation · {lname} · {model['name']}",
-        "root": "../../",
-        "breadcrumbs": layer_breadcrumbs(model["name"], lname, "ablation"),
-        "plotly": True,
-        "footer": ctx.footer("../"),
         "layer": {"name": layer["name"], "alias": layer.get("alias"), "num_units": fmt_num(C)},
         "setup": setup,
         "messages": list(abl.get("messages") or []) + list(entry.get("messages") or []),
@@ -292,11 +241,9 @@ def ablation_page(ctx: ModelContext, layer: dict[str, Any], entry: dict[str, Any
     }
 
 
-def unit_dependents(ctx: ModelContext, layer: dict[str, Any], unit: dict[str, Any]) -> dict[str, Any] | None:
-    """For the unit page: the classes whose top units include this one (None: no ablation)."""
-    entry = layer_entry(ctx.results, layer)
-    if entry is None:
-        return None
+def unit_dependents(ctx: ModelContext, layer: dict[str, Any], entry: dict[str, Any],
+                    unit: dict[str, Any]) -> dict[str, Any]:
+    """The unit page's section: the classes whose top units include ``unit``."""
     row = next((x for x in entry.get("units", []) if x.get("unit") == unit["unit"]), None)
     anchors = {c["name"]: f"class-{i}" for i, c in enumerate(entry.get("classes", [])[:MAX_CLASSES_SHOWN])}
     rows = []
@@ -309,6 +256,7 @@ def unit_dependents(ctx: ModelContext, layer: dict[str, Any], unit: dict[str, An
     return {"href": PAGE, "classes": rows, "important": many.get("important", 5)}
 
 
-def layer_href(results: dict[str, Any], layer: dict[str, Any], slug: str) -> str | None:
-    """Link from the model overview to the layer's ablation page (None when there is none)."""
-    return f"{slug}/{PAGE}" if layer_entry(results, layer) is not None else None
+ABLATION = LayerPageKind(
+    file=PAGE, template="ablation.html", label="ablation", entry=layer_entry, view=ablation_page,
+    unit_template="_ablation_unit.html", unit_section=unit_dependents,
+)

@@ -1,7 +1,9 @@
-"""Gather a generator layer's intervention page (``results["generator"]``) into view dicts.
+"""The interventions page kind: a generator layer's ``results["generator"]`` as ``interventions.html``.
 
-Like :mod:`dissect.site._views`: numbers are formatted here, templates only lay out, names
-going into plotly figures are HTML-escaped.
+What removing a concept's units takes out of the generated images and what switching them
+on in a region puts in, with the strips and animations copied beside the page; each unit
+page lists the interventions it takes part in. Numbers are formatted here, templates only
+lay out, names going into plotly figures are HTML-escaped.
 """
 
 from __future__ import annotations
@@ -11,14 +13,19 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from dissect.site._ablation import _layout, _unit_cell
-from dissect.site._views import ModelContext, fmt_iou, fmt_num, layer_breadcrumbs
+from dissect.site.cells import unit_cell, units_by_number
+from dissect.site.charts import curve_layout, layout
+from dissect.site.context import ModelContext
+from dissect.site.format import fmt_iou, fmt_num, pct
+from dissect.site.pagekind import LayerPageKind
 
+#: The page in the layer folder.
 PAGE = "interventions.html"
 _RED, _GREY, _BLUE = "#c0392b", "#9a9ca8", "#2f6fbd"
 
 
 def layer_entry(results: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any] | None:
+    """The generator record of ``layer`` (None when none was run or it has no experiment)."""
     gen = results.get("generator")
     if not isinstance(gen, dict):
         return None
@@ -26,10 +33,6 @@ def layer_entry(results: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any
         if isinstance(entry, dict) and entry.get("layer") == layer.get("name"):
             return entry if (entry.get("ablation") or entry.get("insertion")) else None
     return None
-
-
-def layer_href(results: dict[str, Any], layer: dict[str, Any], slug: str) -> str | None:
-    return f"{slug}/{PAGE}" if layer_entry(results, layer) is not None else None
 
 
 def copy_media(entry: dict[str, Any], run_dir: Path, layer_dir: Path) -> None:
@@ -47,28 +50,16 @@ def copy_media(entry: dict[str, Any], run_dir: Path, layer_dir: Path) -> None:
                 exp[key] = f"interventions/{Path(rel).name}"
 
 
-def _pct(x: float | None, nd: int = 1) -> str:
-    return "–" if x is None else f"{100 * x:.{nd}f}"
+def _units(ctx: ModelContext, info: dict[int, dict[str, Any]], exp: dict[str, Any]) -> list[dict[str, Any]]:
+    """The top ``n_main`` units of an experiment as cells (own label and category, from the
+    dissection) with the IoU for *this* concept."""
+    ious = exp.get("unit_ious") or [0.0] * len(exp["units"])
+    return [{**unit_cell(ctx, info, k), "iou": fmt_iou(iou)}
+            for k, iou in list(zip(exp["units"], ious))[:exp.get("n_main") or 10]]
 
 
-def _units(ctx: ModelContext, info: dict[int, dict[str, Any]], units: list[int], ious: list[float],
-           limit: int) -> list[dict[str, Any]]:
-    """Unit cells (own label and category, from the dissection) with the IoU for *this* concept."""
-    return [{**_unit_cell(ctx, info, k), "iou": fmt_iou(iou)} for k, iou in list(zip(units, ious))[:limit]]
-
-
-def _n_layout(xtitle: str, ytitle: str, sizes: list[int], hline: float, dash: str, color: str) -> dict[str, Any]:
-    """A curve over N: log x axis ticked at the sizes, a horizontal reference line."""
-    return _layout(xtitle, ytitle,
-                   xaxis={"title": {"text": xtitle}, "type": "log", "tickvals": sizes,
-                          "ticktext": [str(n) for n in sizes]},
-                   yaxis={"title": {"text": ytitle}, "rangemode": "tozero"},
-                   shapes=[{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y",
-                            "y0": round(hline, 4), "y1": round(hline, 4),
-                            "line": {"color": color, "width": 1, "dash": dash}}])
-
-
-def _ablation_view(ctx, info, exp: dict[str, Any], i: int, units_total: int) -> dict[str, Any]:
+def _ablation_view(ctx: ModelContext, info: dict[int, dict[str, Any]], exp: dict[str, Any], i: int,
+                   units_total: int) -> dict[str, Any]:
     c = html.escape(exp["concept"])
     sizes = [p["n"] for p in exp["curve"]]
     base = exp.get("baseline_fraction") or 0.0
@@ -80,52 +71,52 @@ def _ablation_view(ctx, info, exp: dict[str, Any], i: int, units_total: int) -> 
          "y": [round(100 * p["random_fraction"], 4) for p in exp["curve"]],
          "line": {"color": _GREY, "dash": "dot"},
          "hovertemplate": "N=%{x}: %{y:.2f}%<extra>random</extra>"},
-    ], "layout": _n_layout(f"N units removed (of {units_total})", f"{c} pixels (%)", sizes, 100 * base,
-                           "dash", "#6c6f7d")}
-    rows = [{"n": p["n"], "fraction": _pct(p["fraction"], 2), "drop": _pct(p["drop"]),
-             "random_fraction": _pct(p["random_fraction"], 2), "random_drop": _pct(p["random_drop"]),
-             "random_range": f"{_pct(p.get('random_drop_min'))} to {_pct(p.get('random_drop_max'))}"}
+    ], "layout": curve_layout(f"N units removed (of {units_total})", f"{c} pixels (%)", sizes,
+                              {"rangemode": "tozero"}, round(100 * base, 4), "#6c6f7d", "dash")}
+    rows = [{"n": p["n"], "fraction": pct(p["fraction"], 2), "drop": pct(p["drop"]),
+             "random_fraction": pct(p["random_fraction"], 2), "random_drop": pct(p["random_drop"]),
+             "random_range": f"{pct(p.get('random_drop_min'))} to {pct(p.get('random_drop_max'))}"}
             for p in exp["curve"]]
     main = next((p for p in exp["curve"] if p["n"] == exp.get("n_main")), exp["curve"][-1])
 
     def effect(d: float | None) -> dict[str, str]:
         if d is None:
             return {"verb": "changes", "amount": "–"}
-        return {"verb": "lowers", "amount": f"{_pct(d)}%"} if d >= 0 else {"verb": "raises", "amount": f"{_pct(-d)}%"}
+        return {"verb": "lowers", "amount": f"{pct(d)}%"} if d >= 0 else {"verb": "raises", "amount": f"{pct(-d)}%"}
     return {
         "concept": exp["concept"], "category": exp.get("category"), "anchor": f"ablate-{i}",
         "cls": ctx.cat_class(exp.get("category")),
         "effect_main": effect(main.get("drop")), "random_effect_main": effect(main.get("random_drop")),
-        "baseline": _pct(base, 2), "samples": fmt_num(exp.get("samples")), "n_main": exp.get("n_main"),
-        "units": _units(ctx, info, exp["units"], exp.get("unit_ious") or [0.0] * len(exp["units"]),
-                        exp.get("n_main") or 10),
+        "baseline": pct(base, 2), "samples": fmt_num(exp.get("samples")), "n_main": exp.get("n_main"),
+        "units": _units(ctx, info, exp),
         "chart": chart, "chart_id": f"chart-ablate-{i}", "rows": rows,
-        "became": [{"label": b["label"], "fraction": _pct(b["fraction"])} for b in exp.get("became") or []],
+        "became": [{"label": b["label"], "fraction": pct(b["fraction"])} for b in exp.get("became") or []],
         "strip": exp.get("strip"), "animation": exp.get("animation"),
         "frames": ", ".join(exp.get("animation_frames") or []),
     }
 
 
-def _insertion_view(ctx, info, exp: dict[str, Any], i: int, units_total: int) -> dict[str, Any]:
+def _insertion_view(ctx: ModelContext, info: dict[int, dict[str, Any]], exp: dict[str, Any], i: int,
+                    units_total: int) -> dict[str, Any]:
     c = html.escape(exp["concept"])
     sizes = [p["n"] for p in exp["curve"]]
     chart = {"data": [
         {"type": "scatter", "mode": "lines+markers", "name": f"top-N {c} units switched on", "x": sizes,
          "y": [round(p["added_pixels"], 4) for p in exp["curve"]], "line": {"color": _BLUE},
          "hovertemplate": "N=%{x}: %{y:.2f} px<extra></extra>"},
-    ], "layout": _n_layout(f"N units (of {units_total})", f"{c} pixels added per insertion", sizes,
-                           exp.get("random_added_pixels") or 0.0, "dot", _GREY)}
+    ], "layout": curve_layout(f"N units (of {units_total})", f"{c} pixels added per insertion", sizes,
+                              {"rangemode": "tozero"}, round(exp.get("random_added_pixels") or 0.0, 4), _GREY, "dot")}
     heat = exp.get("heatmap") or []
     heat_chart = {"data": [{"type": "heatmap", "z": [[round(v, 3) for v in row] for row in heat],
                             "colorscale": "Viridis", "hovertemplate": "row %{y}, column %{x}: %{z:.2f} px<extra></extra>",
                             "colorbar": {"title": {"text": "px"}}}],
-                  "layout": _layout("region column", "region row", height=300,
+                  "layout": layout("region column", "region row", height=300,
                                     yaxis={"title": {"text": "region row"}, "autorange": "reversed",
                                            "scaleanchor": "x"},
                                     xaxis={"title": {"text": "region column"}})}
     total = sum(t["count"] for t in exp.get("contexts") or []) or 1
-    contexts = [{"context": t["context"], "count": fmt_num(t["count"]), "share": _pct(t["count"] / total),
-                 "added": f"{t['added_pixels']:.2f}", "success": _pct(t.get("success_rate"))}
+    contexts = [{"context": t["context"], "count": fmt_num(t["count"]), "share": pct(t["count"] / total),
+                 "added": f"{t['added_pixels']:.2f}", "success": pct(t.get("success_rate"))}
                 for t in exp.get("contexts") or []]
     return {
         "concept": exp["concept"], "category": exp.get("category"), "anchor": f"insert-{i}",
@@ -137,8 +128,7 @@ def _insertion_view(ctx, info, exp: dict[str, Any], i: int, units_total: int) ->
                   "of the image)",
         "value_rule": exp.get("value_rule", "–"),
         "random_added": f"{exp.get('random_added_pixels', 0.0):.2f}",
-        "units": _units(ctx, info, exp["units"], exp.get("unit_ious") or [0.0] * len(exp["units"]),
-                        exp.get("n_main") or 10),
+        "units": _units(ctx, info, exp),
         "chart": chart, "chart_id": f"chart-insert-{i}", "heat": heat_chart, "heat_id": f"chart-heat-{i}",
         "rows": [{"n": p["n"], "added": f"{p['added_pixels']:.2f}"} for p in exp["curve"]],
         "contexts": contexts, "strip": exp.get("strip"), "animation": exp.get("animation"),
@@ -147,14 +137,12 @@ def _insertion_view(ctx, info, exp: dict[str, Any], i: int, units_total: int) ->
 
 
 def interventions_page(ctx: ModelContext, layer: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
-    r = ctx.results
-    model = r["model"]
-    gen = r.get("generator") or {}
+    """The view of ``SITE/<model>/<layer>/interventions.html``."""
+    gen = ctx.results.get("generator") or {}
     params = gen.get("params") or {}
     seg = gen.get("segmenter") or {}
-    info = {u["unit"]: u for u in layer.get("units", [])}
+    info = units_by_number(layer)
     units_total = layer.get("num_units") or len(info)
-    lname = layer["name"] + (f" ({layer['alias']})" if layer.get("alias") else "")
     setup = [
         {"key": "method", "value": entry.get("how", "–")},
         {"key": "segmenter", "value": f"{seg.get('name', '–')} (layers: {', '.join(seg.get('layers') or [])})"},
@@ -166,11 +154,6 @@ def interventions_page(ctx: ModelContext, layer: dict[str, Any], entry: dict[str
         {"key": "time", "value": f"{entry.get('seconds', '–')} s"},
     ]
     return {
-        "title": f"interventions · {lname} · {model['name']}",
-        "root": "../../",
-        "breadcrumbs": layer_breadcrumbs(model["name"], lname, "interventions"),
-        "plotly": True,
-        "footer": ctx.footer("../"),
         "layer": {"name": layer["name"], "alias": layer.get("alias"), "num_units": fmt_num(units_total)},
         "setup": setup,
         "ablation": [_ablation_view(ctx, info, e, i, units_total) for i, e in enumerate(entry.get("ablation") or [])],
@@ -178,11 +161,9 @@ def interventions_page(ctx: ModelContext, layer: dict[str, Any], entry: dict[str
     }
 
 
-def unit_effects(ctx: ModelContext, layer: dict[str, Any], unit: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """For the unit page: the interventions that switch this unit off or on (None: none run)."""
-    entry = layer_entry(ctx.results, layer)
-    if entry is None:
-        return None
+def unit_effects(ctx: ModelContext, layer: dict[str, Any], entry: dict[str, Any],
+                 unit: dict[str, Any]) -> list[dict[str, Any]]:
+    """The unit page's section: the interventions that switch ``unit`` off or on."""
     rows = []
     for group, verb, prefix in (("ablation", "removed with", "ablate"), ("insertion", "switched on with", "insert")):
         for i, e in enumerate(entry.get(group) or []):
@@ -192,3 +173,9 @@ def unit_effects(ctx: ModelContext, layer: dict[str, Any], unit: dict[str, Any])
                 rows.append({"text": f"{verb} the top {n} {e['concept']} units (rank {rank})",
                              "href": f"{PAGE}#{prefix}-{i}"})
     return rows
+
+
+INTERVENTIONS = LayerPageKind(
+    file=PAGE, template="interventions.html", label="interventions", entry=layer_entry, view=interventions_page,
+    unit_template="_interventions_unit.html", unit_section=unit_effects, copy_media=copy_media,
+)

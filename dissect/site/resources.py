@@ -13,9 +13,8 @@ from pathlib import Path
 
 import jinja2
 
-import dissect
-
-_CHECKOUT = Path(dissect.__file__).resolve().parent.parent
+#: The repository root of a source checkout (this file is ``dissect/site/resources.py``).
+_CHECKOUT = Path(__file__).resolve().parent.parent.parent
 _FALLBACK = {"dissect._templates": "templates", "dissect._site_assets": "site_assets"}
 
 #: Files of ``site_assets/`` copied into every site's ``assets/`` folder.
@@ -37,6 +36,7 @@ class _TraversableLoader(jinja2.BaseLoader):
         self.root = root
 
     def get_source(self, environment: jinja2.Environment, template: str):
+        """The text of ``template`` (a ``/``-separated path below the root; no ``..``)."""
         node = self.root
         for part in template.split("/"):
             if part in ("", ".", ".."):

@@ -1,8 +1,9 @@
-"""Gather: turn a results dict into plain view dicts that the templates only lay out.
+"""The views of the core pages: site index, model overview, layer grid, unit page.
 
-Everything a page shows is computed and formatted here; templates loop and print.
-Strings from the results stay plain ``str`` (the templates escape them); the only markup
-that leaves this module is the sanitized notes HTML.
+A view turns results into the plain dict of one page's own data (the shared context of
+:mod:`dissect.site.context` is added by the build); everything a page shows is computed and
+formatted here, templates loop and print. Strings from the results stay plain ``str`` (the
+templates escape them); the only markup that leaves this module is the sanitized notes HTML.
 """
 
 from __future__ import annotations
@@ -16,45 +17,13 @@ import markdown
 import nh3
 from markupsafe import Markup
 
-#: Category colors: the CSS classes ``cat-0`` … ``cat-7`` and the chart colors agree.
-PALETTE = ("#2f6fbd", "#d9730d", "#2e8b57", "#8e44ad", "#c0392b", "#a67c00", "#138d90", "#6c6f7d")
-_KNOWN = ("object", "part", "scene", "material", "texture", "color")
+from dissect.site.charts import PALETTE, category_classes
+from dissect.site.context import ModelContext
+from dissect.site.format import fmt_iou, fmt_num, fmt_shape, unit_file, unit_label
+from dissect.site.pagekind import LayerPages
 
 #: Tags allowed in notes: nh3's safe set, minus anything that loads a resource.
 _NOTE_TAGS = set(nh3.ALLOWED_TAGS) - {"img", "picture", "source", "audio", "video", "track", "map", "area"}
-
-
-def category_classes(categories: list[str]) -> dict[str, int]:
-    """Palette index per category: Broden's categories keep fixed colors, others follow."""
-    out: dict[str, int] = {}
-    extra = len(_KNOWN)
-    for name in categories:
-        if name in out:
-            continue
-        if name in _KNOWN:
-            out[name] = _KNOWN.index(name)
-        else:
-            out[name] = extra % len(PALETTE)
-            extra += 1
-    return out
-
-
-def fmt_iou(x: float | None) -> str:
-    return "–" if x is None else f"{x:.3f}"
-
-
-def fmt_num(x: float | int | None) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return f"{x:,}"
-    return f"{x:.6g}"
-
-
-def _shape(shape: list[int] | None) -> str:
-    return "×".join(str(s) for s in shape) if shape else "–"
 
 
 def render_notes(notes_md: str | None) -> Markup | None:
@@ -64,40 +33,6 @@ def render_notes(notes_md: str | None) -> Markup | None:
     raw = markdown.markdown(notes_md, extensions=["tables", "fenced_code", "sane_lists"])
     clean = nh3.clean(raw, tags=_NOTE_TAGS, url_schemes={"http", "https", "mailto"})
     return Markup(clean)
-
-
-class ModelContext:
-    """What every page of one model needs: categories, colors, the threshold, paths."""
-
-    def __init__(self, results: dict[str, Any], version: str, reproducible: bool) -> None:
-        self.results = results
-        self.version = version
-        self.reproducible = reproducible
-        probe = results.get("probe", {})
-        cats = list(probe.get("categories") or [])
-        for layer in results["layers"]:
-            for unit in layer["units"]:
-                for c in [unit.get("category")] + [t.get("category") for t in unit.get("top_concepts", [])]:
-                    if c and c not in cats:
-                        cats.append(c)
-        self.categories = cats
-        self.cat_index = category_classes(cats)
-        self.params = results.get("params", {})
-        self.iou_threshold = self.params.get("iou_threshold")
-        self.quantile = self.params.get("quantile")
-
-    def cat_class(self, category: str | None) -> str:
-        return "cat-none" if category is None else f"cat-{self.cat_index.get(category, 7)}"
-
-    def footer(self, model_root: str) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "links": [
-                {"label": f"Provenance of {self.results['model']['name']}", "href": f"{model_root}index.html#provenance"},
-                {"label": "provenance.json", "href": f"{model_root}provenance.json"},
-                {"label": "results.json", "href": f"{model_root}results.json"},
-            ],
-        }
 
 
 # ---------------------------------------------------------------------------- site index
@@ -131,18 +66,9 @@ def index_row(results: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def index_page(rows: list[dict[str, Any]], version: str) -> dict[str, Any]:
-    return {
-        "title": "Network dissection",
-        "root": "",
-        "breadcrumbs": [{"label": "All models", "href": None}],
-        "models": rows,
-        "footer": {
-            "version": version,
-            "links": [{"label": f"Provenance of {r['name']}", "href": r["provenance_href"]} for r in rows],
-        },
-        "plotly": False,
-    }
+def index_page(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The site index's own data: one row per model (:func:`index_row`)."""
+    return {"models": rows}
 
 
 # ---------------------------------------------------------------------------- model overview
@@ -247,7 +173,9 @@ def _rows(mapping: dict[str, Any], keys: list[str] | None = None) -> list[dict[s
     return out
 
 
-def model_page(ctx: ModelContext, layer_slugs: list[str], notes: Markup | None) -> dict[str, Any]:
+def model_page(ctx: ModelContext, layer_slugs: list[str], notes: Markup | None,
+               pages: list[LayerPages]) -> dict[str, Any]:
+    """The model overview's own data; ``pages`` are each layer's page kinds, linked per layer."""
     r = ctx.results
     model, probe, prov = r["model"], r.get("probe", {}), dict(r.get("provenance", {}))
     if ctx.reproducible:
@@ -255,7 +183,7 @@ def model_page(ctx: ModelContext, layer_slugs: list[str], notes: Markup | None) 
     layers = []
     all_concepts: set[str] = set()
     total_units = total_det = 0
-    for i, (layer, slug) in enumerate(zip(r["layers"], layer_slugs)):
+    for i, (layer, slug, kinds) in enumerate(zip(r["layers"], layer_slugs, pages)):
         units = layer["units"]
         det = sum(1 for u in units if u.get("detector"))
         concepts = _concept_counts(ctx, layer)
@@ -271,7 +199,7 @@ def model_page(ctx: ModelContext, layer_slugs: list[str], notes: Markup | None) 
             "csv_href": f"{slug}/units.csv",
             "anchor": f"layer-{i}",
             "num_units": fmt_num(len(units)),
-            "shape": _shape(layer.get("activation_shape")),
+            "shape": fmt_shape(layer.get("activation_shape")),
             "detectors": fmt_num(det),
             "unique": fmt_num(len({c["name"] for c in concepts})),
             "dead": fmt_num(sum(1 for u in units if u.get("dead"))),
@@ -284,16 +212,10 @@ def model_page(ctx: ModelContext, layer_slugs: list[str], notes: Markup | None) 
             "hist_chart": hist,
             "hist_chart_id": f"chart-iou-{i}",
             "hist_table": hist_table,
-            "ablation_href": _ablation().layer_href(r, layer, slug),
-            "interventions_href": _generator().layer_href(r, layer, slug),
+            "pages": [{"label": kind.label, "href": f"{slug}/{kind.file}"} for kind, _ in kinds],
         })
     created = prov.get("created")
     return {
-        "title": f"{model['name']} · network dissection",
-        "root": "../",
-        "breadcrumbs": [{"label": "All models", "href": "../index.html"}, {"label": model["name"], "href": None}],
-        "plotly": any(l["concept_chart"] or l["hist_chart"] for l in layers),
-        "footer": ctx.footer(""),
         "model": {
             "name": model["name"],
             "kind": model.get("kind", "–"),
@@ -327,35 +249,20 @@ def model_page(ctx: ModelContext, layer_slugs: list[str], notes: Markup | None) 
     }
 
 
+def overview_has_charts(overview: dict[str, Any]) -> bool:
+    """Whether the model overview ``overview`` (:func:`model_page`) shows a chart: then it loads plotly."""
+    return any(layer["concept_chart"] or layer["hist_chart"] for layer in overview["layers"])
+
+
 # ---------------------------------------------------------------------------- layer grid
 
-def _generator():
-    """The generator intervention view module (imported late: it builds on this one)."""
-    from dissect.site import _generator as mod
-    return mod
-
-
-def _ablation():
-    """The ablation view module (imported late: it builds on this one)."""
-    from dissect.site import _ablation as mod
-    return mod
-
-
-def unit_file(unit: int) -> str:
-    return f"unit-{unit:04d}.html"
-
-
-def _label(u: dict[str, Any]) -> str:
-    return "none" if u.get("dead") or not u.get("label") else u["label"]
-
-
 def layer_page(ctx: ModelContext, layer: dict[str, Any], images: dict[int, Any]) -> dict[str, Any]:
-    model = ctx.results["model"]
+    """The layer grid's own data: one card per unit, the categories to filter by."""
     units = layer["units"]
     cat_counts = Counter(u.get("category") for u in units if u.get("category") and not u.get("dead"))
     cards = []
     for u in units:
-        label = _label(u)
+        label = unit_label(u)
         concepts = [label] + [t["name"] for t in u.get("top_concepts", [])]
         thumb = images[u["unit"]]["thumb"]
         cards.append({
@@ -373,13 +280,7 @@ def layer_page(ctx: ModelContext, layer: dict[str, Any], images: dict[int, Any])
             "alt": f"unit {u['unit']} top images: {label}",
         })
     det = sum(1 for c in cards if c["detector"])
-    name = layer["name"] + (f" ({layer['alias']})" if layer.get("alias") else "")
     return {
-        "title": f"{name} · {model['name']}",
-        "root": "../../",
-        "breadcrumbs": layer_breadcrumbs(model["name"], name),
-        "plotly": False,
-        "footer": ctx.footer("../"),
         "layer": {
             "name": layer["name"],
             "alias": layer.get("alias"),
@@ -387,7 +288,7 @@ def layer_page(ctx: ModelContext, layer: dict[str, Any], images: dict[int, Any])
             "detectors": fmt_num(det),
             "unique": fmt_num(len({c["label"] for c in cards if c["detector"]})),
             "dead": fmt_num(sum(1 for c in cards if c["dead"])),
-            "shape": _shape(layer.get("activation_shape")),
+            "shape": fmt_shape(layer.get("activation_shape")),
         },
         "iou_threshold": fmt_num(ctx.iou_threshold),
         "categories": [
@@ -405,12 +306,12 @@ def _bar(iou: float, scale: float) -> str:
 
 
 def unit_page(
-    ctx: ModelContext, layer: dict[str, Any], index: int, images: dict[int, Any]
+    ctx: ModelContext, layer: dict[str, Any], index: int, images: dict[int, Any], pages: LayerPages
 ) -> dict[str, Any]:
-    model = ctx.results["model"]
+    """The own data of the page of ``layer["units"][index]``, with the sections of ``pages``."""
     units = layer["units"]
     u = units[index]
-    label = _label(u)
+    label = unit_label(u)
     tops = u.get("top_concepts", [])
     by_cat = u.get("top_by_category", {})
     scale = max([t.get("iou") or 0.0 for t in tops] + [v.get("iou") or 0.0 for v in by_cat.values()] + [0.0])
@@ -418,7 +319,6 @@ def unit_page(
     q = ctx.quantile
     af = u.get("active_fraction")
     ratio = f" (×{af / q:.2f} of q)" if af is not None and q else ""
-    lname = layer["name"] + (f" ({layer['alias']})" if layer.get("alias") else "")
 
     def nav(j: int) -> dict[str, Any] | None:
         if not 0 <= j < len(units):
@@ -427,11 +327,6 @@ def unit_page(
 
     cat_order = [c for c in ctx.categories if c in by_cat] + sorted(c for c in by_cat if c not in ctx.categories)
     return {
-        "title": f"unit {u['unit']}: {label} · {lname} · {model['name']}",
-        "root": "../../",
-        "breadcrumbs": layer_breadcrumbs(model["name"], lname, f"unit {u['unit']}"),
-        "plotly": False,
-        "footer": ctx.footer("../"),
         "unit": {
             "unit": u["unit"],
             "label": label,
@@ -465,19 +360,8 @@ def unit_page(
              "max_activation": fmt_num(t.get("max_activation"))}
             for k, t in enumerate(u.get("top_images", []))
         ],
-        "ablation": _ablation().unit_dependents(ctx, layer, u),
-        "effects": _generator().unit_effects(ctx, layer, u),
-        "interventions_href": None,
+        "sections": [{"template": kind.unit_template, "view": kind.unit_section(ctx, layer, entry, u)}
+                     for kind, entry in pages if kind.unit_template and kind.unit_section],
         "prev": nav(index - 1),
         "next": nav(index + 1),
     }
-
-
-def layer_breadcrumbs(model_name: str, layer_name: str, leaf: str | None = None) -> list[dict]:
-    """Breadcrumbs for a page inside a layer's folder: all models > model > layer [> leaf]."""
-    crumbs = [{"label": "All models", "href": "../../index.html"},
-              {"label": model_name, "href": "../index.html"},
-              {"label": layer_name, "href": "index.html" if leaf else None}]
-    if leaf:
-        crumbs.append({"label": leaf, "href": None})
-    return crumbs

@@ -1,4 +1,8 @@
-"""Build the site: gather views, copy images and assets, render pages, swap atomically."""
+"""Build the site: gather views, copy images and assets, render pages, swap atomically.
+
+Each page is rendered from its shared context (:mod:`dissect.site.context`) plus its own
+view; a layer's extra pages come from the page kinds of :mod:`dissect.site.kinds`.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +11,29 @@ import csv
 import io
 import json
 import os
-import re
-import secrets
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import dissect
-from dissect.errors import DissectError
-from dissect.site import _ablation, _generator, _images, _resources, _views
+import jinja2
+from markupsafe import Markup
 
-MARKER = ".dissect-site"
-#: Top-level names the site owns; anything else in an existing site is kept as it is.
-_OWNED = {"index.html", "assets", ".nojekyll", MARKER}
-#: Names a model folder may not take (site files) and a layer folder may not take.
-_RESERVED_MODEL = _OWNED | {"index.html"}
+from dissect.errors import DissectError
+from dissect.site import views
+from dissect.site.context import ModelContext, index_context
+from dissect.site.folder import MARKER, OWNED, copy_tree, existing_models, fresh_dir, swap
+from dissect.site.format import unit_file, unit_label
+from dissect.site.images import write_strip
+from dissect.site.kinds import layer_pages
+from dissect.site.pagekind import LayerPages
+from dissect.site.resources import ASSETS, asset_bytes, environment, plotly_js
+from dissect.slugs import slugify
+from dissect.version import __version__
+
+#: Names a model folder may not take (the site's own files) and a layer folder may not take.
+_RESERVED_MODEL = OWNED
 _RESERVED_LAYER = {"index.html", "results.json", "provenance.json"}
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def _workers() -> int:
@@ -36,8 +45,8 @@ def _workers() -> int:
 
 
 def _safe_slug(slug: Any, fallback: str, reserved: set[str]) -> str:
-    s = _SAFE.sub("-", str(slug or "")).strip(".-")
-    return fallback if not s or s in reserved else s
+    s = slugify(slug, fallback)
+    return fallback if s in reserved else s
 
 
 def _dump_json(obj: Any) -> str:
@@ -51,6 +60,11 @@ def _write(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8", newline="\n")
 
 
+def _render(env: jinja2.Environment, path: Path, template: str, shared: dict[str, Any], own: dict[str, Any]) -> None:
+    """Write the page ``path``: ``template`` rendered with its shared context and its own view."""
+    _write(path, env.get_template(template).render({**shared, **own}))
+
+
 def _check_results(results: Any) -> None:
     if not isinstance(results, dict) or results.get("schema") != "dissect.results":
         raise DissectError("not a dissect results dict (schema must be 'dissect.results')")
@@ -60,7 +74,7 @@ def _check_results(results: Any) -> None:
         )
 
 
-def _units_csv(ctx: _views.ModelContext, layer: dict[str, Any]) -> str:
+def _units_csv(ctx: ModelContext, layer: dict[str, Any]) -> str:
     cats = ctx.categories
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -87,7 +101,7 @@ def _units_csv(ctx: _views.ModelContext, layer: dict[str, Any]) -> str:
 
 
 def _build_model(
-    env: Any,
+    env: jinja2.Environment,
     dest: Path,
     results: dict[str, Any],
     run_dir: Path,
@@ -96,15 +110,16 @@ def _build_model(
     reproducible: bool,
     thumb_height: int,
     jpeg_quality: int,
-    notes: Any,
+    notes: Markup | None,
 ) -> None:
     """Write one model folder ``dest`` from ``results`` (already holding safe slugs)."""
     dest.mkdir()
     site_results = results  # already the caller's private copy
     if reproducible and isinstance(site_results.get("provenance"), dict):
         site_results["provenance"]["created"] = None
-    ctx = _views.ModelContext(site_results, version, reproducible)
+    ctx = ModelContext(site_results, version, reproducible)
     slugs = [layer["slug"] for layer in site_results["layers"]]
+    pages_by_layer: list[LayerPages] = []
 
     for layer in site_results["layers"]:
         ldir = dest / layer["slug"]
@@ -119,9 +134,7 @@ def _build_model(
         # PIL releases the GIL while decoding, resizing and encoding: threads pay off.
         with ThreadPoolExecutor(max_workers=_workers()) as pool:
             written = list(pool.map(
-                lambda job: _images.write_strip(
-                    job[1], img_dir, job[2], thumb_height=thumb_height, jpeg_quality=jpeg_quality
-                ),
+                lambda job: write_strip(job[1], img_dir, job[2], thumb_height=thumb_height, jpeg_quality=jpeg_quality),
                 jobs,
             ))
         images: dict[int, dict[str, Any]] = {}
@@ -130,69 +143,24 @@ def _build_model(
             # In the site the model folder is the run folder: strips point at the copies.
             u["strip"] = f"{layer['slug']}/{full.src}"
 
+        pages = layer_pages(site_results, layer)
+        pages_by_layer.append(pages)
         _write(ldir / "units.csv", _units_csv(ctx, layer))
-        _write(ldir / "index.html", env.get_template("layer.html").render(_views.layer_page(ctx, layer, images)))
-        unit_tpl = env.get_template("unit.html")
+        _render(env, ldir / "index.html", "layer.html", ctx.layer_context(layer), views.layer_page(ctx, layer, images))
         for i, u in enumerate(layer["units"]):
-            page = _views.unit_page(ctx, layer, i, images)
-            _write(ldir / _views.unit_file(u["unit"]), unit_tpl.render(page))
-        gentry = _generator.layer_entry(site_results, layer)
-        if gentry is not None:
-            _generator.copy_media(gentry, run_dir, ldir)
-            _write(ldir / _generator.PAGE, env.get_template("interventions.html").render(
-                _generator.interventions_page(ctx, layer, gentry)))
-        ablation = _ablation.layer_entry(site_results, layer)
-        if ablation is not None:
-            _write(ldir / _ablation.PAGE,
-                   env.get_template("ablation.html").render(_ablation.ablation_page(ctx, layer, ablation)))
+            shared = ctx.layer_context(layer, leaf=f"unit {u['unit']}", title=f"unit {u['unit']}: {unit_label(u)}")
+            _render(env, ldir / unit_file(u["unit"]), "unit.html", shared, views.unit_page(ctx, layer, i, images, pages))
+        for kind, entry in pages:
+            if kind.copy_media is not None:
+                kind.copy_media(entry, run_dir, ldir)
+            _render(env, ldir / kind.file, kind.template, ctx.layer_context(layer, leaf=kind.label, plotly=kind.plotly),
+                    kind.view(ctx, layer, entry))
 
-    _write(dest / "index.html", env.get_template("model.html").render(_views.model_page(ctx, slugs, notes)))
+    overview = views.model_page(ctx, slugs, notes, pages_by_layer)
+    _render(env, dest / "index.html", "model.html", ctx.overview_context(views.overview_has_charts(overview)), overview)
     _write(dest / "results.json", _dump_json(site_results))
     prov = {k: site_results.get(k) for k in ("schema", "schema_version", "model", "probe", "params", "provenance")}
     _write(dest / "provenance.json", _dump_json(prov))
-
-
-def _copy_tree(src: Path, dst: Path) -> None:
-    """Copy a kept folder into the new site; hard links where the file system allows."""
-    def link_or_copy(a: str, b: str) -> None:
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copy2(a, b)
-
-    if src.is_dir() and not src.is_symlink():
-        shutil.copytree(src, dst, copy_function=link_or_copy, symlinks=True)
-    else:
-        link_or_copy(str(src), str(dst))
-
-
-def _existing_site(out: Path) -> list[str]:
-    """Model slugs of the dissect site at ``out`` ([] when ``out`` is new or empty)."""
-    if not out.exists():
-        return []
-    if not out.is_dir():
-        raise DissectError(f"--out {out} is a file, not a folder; choose an empty or new folder")
-    marker = out / MARKER
-    if not marker.is_file():
-        if any(out.iterdir()):
-            raise DissectError(f"--out {out} is not empty and is not a dissect site; choose an empty or new folder")
-        return []
-    try:
-        slugs = json.loads(marker.read_text(encoding="utf-8")).get("models", [])
-    except (ValueError, AttributeError):
-        slugs = []
-    found = {p.parent.name for p in out.glob("*/results.json")}
-    return sorted(s for s in set(slugs) | found if isinstance(s, str) and (out / s / "results.json").is_file())
-
-
-def _fresh_dir(parent: Path, prefix: str) -> Path:
-    while True:
-        p = parent / f"{prefix}{secrets.token_hex(4)}"
-        try:
-            p.mkdir()
-            return p
-        except FileExistsError:
-            continue
 
 
 def write_site(
@@ -220,8 +188,8 @@ def write_site(
     dissect site (nothing is touched then), or when the results cannot be rendered.
     """
     out = Path(out_dir)
-    existing = _existing_site(out)
-    version = getattr(dissect, "__version__", "0")
+    existing = existing_models(out)
+    version = __version__
 
     prepared: list[tuple[dict[str, Any], Path]] = []
     seen: set[str] = set()
@@ -245,10 +213,10 @@ def write_site(
                 raise DissectError(f"layer {layer.get('name')!r}: unit numbers must be distinct non-negative integers")
         prepared.append((r, Path(run_dir)))
 
-    notes = _views.render_notes(notes_md)
-    env = _resources.environment()
+    notes = views.render_notes(notes_md)
+    env = environment()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _fresh_dir(out.parent, f".{out.name}.building-")
+    tmp = fresh_dir(out.parent, f".{out.name}.building-")
     try:
         for r, run_dir in prepared:
             _build_model(
@@ -258,9 +226,9 @@ def write_site(
         kept = [s for s in existing if s not in seen]
         if out.is_dir():
             for entry in sorted(out.iterdir()):
-                if entry.name in _OWNED or entry.name in seen:
+                if entry.name in OWNED or entry.name in seen:
                     continue
-                _copy_tree(entry, tmp / entry.name)
+                copy_tree(entry, tmp / entry.name)
 
         # The site index lists every model in the folder, new and kept, read from results.
         all_results = {r["model"]["slug"]: r for r, _ in prepared}
@@ -270,14 +238,14 @@ def write_site(
                 all_results[s]["model"]["slug"] = s
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise DissectError(f"cannot read {out / s / 'results.json'} of the existing site: {exc}") from exc
-        rows = [_views.index_row(all_results[s]) for s in sorted(all_results)]
+        rows = [views.index_row(all_results[s]) for s in sorted(all_results)]
 
         assets = tmp / "assets"
         assets.mkdir()
-        for name in _resources.ASSETS:
-            (assets / name).write_bytes(_resources.asset_bytes(name))
-        (assets / "plotly.min.js").write_bytes(_resources.plotly_js())
-        _write(tmp / "index.html", env.get_template("index.html").render(_views.index_page(rows, version)))
+        for name in ASSETS:
+            (assets / name).write_bytes(asset_bytes(name))
+        (assets / "plotly.min.js").write_bytes(plotly_js())
+        _render(env, tmp / "index.html", "index.html", index_context(rows, version), views.index_page(rows))
         (tmp / ".nojekyll").write_bytes(b"")
         marker = {"tool": "dissect", "tool_version": version, "schema_version": 1, "models": sorted(all_results)}
         _write(tmp / MARKER, _dump_json(marker))
@@ -285,22 +253,5 @@ def write_site(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
-    _swap(tmp, out)
+    swap(tmp, out)
     return out
-
-
-def _swap(new: Path, out: Path) -> None:
-    """Put ``new`` at ``out``: move the old site away, move the new one in, delete the old."""
-    if not out.exists():
-        os.rename(new, out)
-        return
-    old = _fresh_dir(out.parent, f".{out.name}.old-")
-    old.rmdir()
-    os.rename(out, old)
-    try:
-        os.rename(new, out)
-    except BaseException:
-        os.rename(old, out)
-        shutil.rmtree(new, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,49 @@
+"""Text shared by the pages: numbers, IoUs, percentages, and the names of layers and units.
+
+Every number a page shows is formatted by these functions; ``–`` stands for a missing value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def fmt_iou(x: float | None) -> str:
+    """An IoU with three decimals."""
+    return "–" if x is None else f"{x:.3f}"
+
+
+def fmt_num(x: float | int | None) -> str:
+    """A count with thousands separators, a flag as yes/no, any other number in 6 digits."""
+    if x is None:
+        return "–"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}"
+    return f"{x:.6g}"
+
+
+def pct(x: float | None, digits: int = 1) -> str:
+    """A fraction as a percentage (without the ``%`` sign) with ``digits`` decimals."""
+    return "–" if x is None else f"{100 * x:.{digits}f}"
+
+
+def fmt_shape(shape: list[int] | None) -> str:
+    """An activation shape as ``C×h×w``."""
+    return "×".join(str(s) for s in shape) if shape else "–"
+
+
+def layer_title(layer: dict[str, Any]) -> str:
+    """A layer's name as pages show it: ``name (alias)`` when it has an alias."""
+    return layer["name"] + (f" ({layer['alias']})" if layer.get("alias") else "")
+
+
+def unit_label(unit: dict[str, Any]) -> str:
+    """A unit's concept label, ``none`` for a dead or unlabeled unit."""
+    return "none" if unit.get("dead") or not unit.get("label") else unit["label"]
+
+
+def unit_file(unit: int) -> str:
+    """The file name of a unit's page in its layer folder."""
+    return f"unit-{unit:04d}.html"
