@@ -42,7 +42,8 @@ from dissect.experiments.dissection import (DissectConfig, cache_key, dissect_la
 from dissect.experiments.generator import GeneratorExperimentConfig, generator_experiments
 from dissect.models.registry import LoadedModel, from_module, load_model, resolve_layer
 from dissect.publish import format_size_report, site_size, zip_site
-from dissect.site import MARKER, write_site
+from dissect.site.build import write_site
+from dissect.site.folder import check_out_dir
 from dissect.slugs import slugify
 from dissect.version import __version__
 
@@ -57,15 +58,6 @@ def default_cache_dir() -> Path:
         return Path(os.environ["DISSECT_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "dissect"
-
-
-def check_out_dir(out: Path) -> None:
-    """Refuse a non-empty ``--out`` that is not a dissect site, before any work is done."""
-    if out.exists() and not out.is_dir():
-        raise DissectError(f"--out {out} is a file; choose a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise DissectError(f"--out {out} is not empty and is not a dissect site; "
-                           "choose an empty or new folder")
 
 
 @dataclass(frozen=True)
