@@ -28,7 +28,7 @@ from .errors import DissectError
 from .experiments.ablation import AblationConfig, ablation_for_report
 from .experiments.dissection import (DissectConfig, cache_key, dissect_layers, render_unit_strips,
                                      resolve_device, summarize_layer)
-from .models import LoadedModel, from_module, load_model, resolve_layer
+from .models.loading import LoadedModel, from_module, load_model, resolve_layer
 
 from typing import TYPE_CHECKING
 
@@ -315,7 +315,7 @@ def _generator_run(loaded, layers, config, cache, data_size, data_seed, force, r
                    command, progress, segmenter_name, interventions):
     from .data.generated import write_generated_probe
     from .experiments.generator import GeneratorExperimentConfig, generator_experiments
-    from .segmenters import load_segmenter, segmenter_key
+    from .segmenters.registry import load_segmenter, segmenter_key
 
     device = resolve_device(config.device)
     paths = _layer_paths(loaded, layers)

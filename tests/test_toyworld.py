@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from dissect.data import toyworld as tw
-from dissect.data.colors import name_colors
+from dissect.segmenters.color import name_colors
 from dissect.errors import DissectError
 
 L = tw.LABEL_NUMBER

@@ -65,7 +65,7 @@ from typing import Iterable
 import numpy as np
 
 from dissect.data.broden import tally_label_map, write_broden_tables, write_dir_atomically
-from dissect.data.colors import COLOR_NAMES, name_colors
+from dissect.segmenters.color import COLOR_NAMES, name_colors
 from dissect.errors import DissectError
 
 GENERATOR_VERSION = 1
