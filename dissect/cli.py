@@ -246,26 +246,26 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         path = fetch_broden(Path(args.out), args.variant, url=args.url, sha256=args.sha256)
         print(f"dissect: Broden is in {path}")
     elif args.command == "models":
-        from .models import get_model_spec, list_models
+        from .models.registry import get_model_spec, list_models
         for name in list_models():
             spec = get_model_spec(name)
             default = spec.default_layer
             default = ", ".join(default) if isinstance(default, tuple) else default
             print(f"{name:16s} {spec.input_size:4d}px  default layer(s): {default}")
     elif args.command == "layers":
-        from .models import layer_names, load_model
+        from .models.loading import layer_names, load_model
         loaded = load_model(args.model, weights="none", progress=False)
         for name in layer_names(loaded):
             target = loaded.aliases.get(name)
             print(f"{name}  ->  {target}" if target else name)
     elif args.command == "train" and args.what == "toy-segmenter":
-        from .models.train_seg import train_segmenter
+        from .training.segmenter import train_segmenter
         rec = train_segmenter(args.out, seed=args.seed, train_size=args.train_size, steps=args.steps)
         print(f"dissect: toy segmenter: held-out pixel accuracy {rec['heldout']['object_pixel_accuracy']:.4f} "
               f"(objects), {rec['heldout']['part_pixel_accuracy']:.4f} (parts)")
     elif args.command == "train" and args.what == "toy-generator":
-        from .models.toygan import TOYGAN_DISC_WIDTH, TOYGAN_WIDTH
-        from .models.train_gan import reevaluate_record, train_generator
+        from .models.zoo.toy import TOYGAN_WIDTH
+        from .training.generator import TOYGAN_DISC_WIDTH, reevaluate_record, train_generator
         if args.evaluate_only:
             rec = reevaluate_record(args.out)
             tree = rec["segmenter_finds"]["objects"]["tree"]
@@ -277,7 +277,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                               width=args.width or TOYGAN_WIDTH, disc_width=args.disc_width or TOYGAN_DISC_WIDTH)
         print(f"dissect: toy generator trained, {rec['steps']} steps in {rec['train_seconds']} s")
     elif args.command == "train" and args.what == "toy-classifier":
-        from .models.train_toy import train_classifier
+        from .training.classifier import train_classifier
         train_classifier(out_dir=args.out, seed=args.seed, train_size=args.train_size,
                          epochs=args.epochs)
     return 0

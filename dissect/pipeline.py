@@ -40,7 +40,7 @@ from dissect.experiments.ablation import AblationConfig, ablation_for_report
 from dissect.experiments.dissection import (DissectConfig, cache_key, dissect_layers, render_unit_strips,
                                             resolve_device, summarize_layer)
 from dissect.experiments.generator import GeneratorExperimentConfig, generator_experiments
-from dissect.models.registry import LoadedModel, from_module, load_model, resolve_layer
+from dissect.models.loading import LoadedModel, from_module, load_model, resolve_layer
 from dissect.publish import format_size_report, site_size, zip_site
 from dissect.site.build import write_site
 from dissect.site.folder import check_out_dir

@@ -25,7 +25,7 @@ from dissect.data.toyworld import SCENE_CLASSES, image_seed, render_batch
 from dissect.experiments.ablation import AblationRunner, LabeledSplit, TensorImages
 from dissect.hooks import ablate
 from dissect.models import load_model, resolve_layer
-from dissect.models.registry import WEIGHTS_DIR
+from dissect.models.weights import WEIGHTS_DIR
 
 
 def scenes(n: int, size: int, mean, std) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,7 +25,7 @@ from dissect.experiments.ablation import (AblationConfig, AblationRunner, Labele
 from dissect.experiments.attack import choose_pairs, pgd_attack
 from dissect.hooks import Intervene, ablate, set_units
 from dissect.models import load_model
-from dissect.models.registry import WEIGHTS_DIR
+from dissect.models.weights import WEIGHTS_DIR
 
 SHIPPED = (WEIGHTS_DIR / "toy_classifier.safetensors").is_file()
 shipped = pytest.mark.skipif(not SHIPPED, reason="the toy classifier's weights are not there yet")

@@ -3,7 +3,7 @@ import time
 import numpy as np
 import pytest
 
-from dissect.data.colors import COLOR_NAMES, name_colors
+from dissect.segmenters.color import COLOR_NAMES, name_colors
 
 PROTOTYPES = [
     ((255, 0, 0), "red"),

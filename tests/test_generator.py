@@ -16,13 +16,17 @@ from PIL import Image
 
 from dissect.cli import main
 from dissect.data.broden import BrodenDataset, BrodenIndex, decode_label_png
-from dissect.data.generated import output_range, write_generated_probe
+from dissect.data.generated import write_generated_probe
 from dissect.errors import DissectError
 from dissect.experiments.generator import GeneratorExperimentConfig, GeneratorRunner
 from dissect.hooks import Intervene
-from dissect.models.registry import WEIGHTS_DIR, from_module
-from dissect.models.toygan import ToyGenerator, sample_z
-from dissect.segmenters import ColorNamer, TorchvisionSegmenter, load_segmenter
+from dissect.models.latents import output_range, sample_z
+from dissect.models.loading import from_module
+from dissect.models.weights import WEIGHTS_DIR
+from dissect.models.zoo.toy import ToyGenerator
+from dissect.segmenters.color import ColorNamer
+from dissect.segmenters.registry import load_segmenter
+from dissect.segmenters.torchvision import TorchvisionSegmenter
 
 HAVE_GAN = (WEIGHTS_DIR / "toy_generator.safetensors").is_file()
 HAVE_SEG = (WEIGHTS_DIR / "toy_segmenter.safetensors").is_file()
@@ -31,7 +35,7 @@ HAVE_SEG = (WEIGHTS_DIR / "toy_segmenter.safetensors").is_file()
 # ------------------------------------------------------------------ segmenters
 def test_toy_segmenter_heldout_pixel_accuracy():
     """The shipped segmenter on toy scenes it never saw: >= 95% of pixels get the right object."""
-    from dissect.models.train_seg import SEG_HELDOUT_SEED_BASE, pixel_accuracy, render_segmentation_set
+    from dissect.training.segmenter import SEG_HELDOUT_SEED_BASE, pixel_accuracy, render_segmentation_set
     seg = load_segmenter("toy")
     x, obj, part = render_segmentation_set(range(SEG_HELDOUT_SEED_BASE, SEG_HELDOUT_SEED_BASE + 60))
     acc = pixel_accuracy(seg.net, x, obj, part)
@@ -53,7 +57,7 @@ def test_toy_segmenter_output_is_consistent_with_its_concepts():
         nums = lab[0, li].unique().tolist()
         assert all(n == 0 or seg.concepts[n - 1][1] == cat for n in nums), (cat, nums)
     # colors come from the color namer, exactly
-    from dissect.data.colors import name_colors
+    from dissect.segmenters.color import name_colors
     u8 = (x[0].permute(1, 2, 0) * 255).round().byte().numpy()
     assert torch.equal(lab[0, 2] - 1 - 12 - 8, torch.from_numpy(name_colors(u8)).long())
     # a 128 px image is resized for the net and the labels come back at 128 px
@@ -136,7 +140,7 @@ def test_toygan_weights_of_another_width_load(tmp_path):
     """`--weights FILE` of a toy generator trained at another --width builds that width."""
     from safetensors.torch import save_file
 
-    from dissect.models.registry import load_model
+    from dissect.models.loading import load_model
     torch.manual_seed(0)
     narrow = ToyGenerator(width=8).eval()
     path = tmp_path / "narrow.safetensors"

@@ -31,9 +31,8 @@ from dissect.models import (
     resolve_layer,
     state_dict_sha256,
 )
-from dissect.models.registry import WEIGHTS_DIR
-from dissect.models.toy import DEFAULT_WIDTHS
-from dissect.models.toygan import TOYGAN_WIDTH
+from dissect.models.weights import WEIGHTS_DIR
+from dissect.models.zoo.toy import DEFAULT_WIDTHS, TOYGAN_WIDTH
 
 TOY_WEIGHTS = WEIGHTS_DIR / "toy_classifier.safetensors"
 
@@ -263,8 +262,8 @@ def test_list_models_and_duplicates() -> None:
 
 
 def test_toy_builtin_weights_missing_message(tmp_path: Path, monkeypatch) -> None:
-    import dissect.models.registry as registry
-    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)   # as if never trained
+    import dissect.models.weights as weights
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", tmp_path)   # as if never trained
     with pytest.raises(DissectError, match="dissect train toy-classifier"):
         load_model("toy")
 

@@ -9,7 +9,7 @@ from dissect.data.broden import BrodenDataset, collate
 from dissect.data.toyworld import SCENE_CLASSES
 from dissect.experiments.dissection import DissectConfig, dissect_layers, summarize_layer
 from dissect.models import load_model, resolve_layer
-from dissect.models.registry import WEIGHTS_DIR
+from dissect.models.weights import WEIGHTS_DIR
 
 
 def test_training_record():

@@ -7,7 +7,7 @@ from PIL import Image
 
 from dissect.data import toyworld as tw
 from dissect.data import toyworld_probe as twp
-from dissect.data.colors import name_colors
+from dissect.segmenters.color import name_colors
 from dissect.errors import DissectError
 
 L = tw.LABEL_NUMBER

@@ -8,7 +8,7 @@ Every tool that reads Broden reads it (and a user can open it); the dissection r
 generator on the latents (:class:`~dissect.data.broden.BrodenDataset` with
 ``model_input="latent"``) and the labels describe the images it produced.
 
-Latent ``i`` is :func:`dissect.models.toygan.sample_z` ``(seed, i)``: any prefix of the set is
+Latent ``i`` is :func:`dissect.models.latents.sample_z` ``(seed, i)``: any prefix of the set is
 the same whatever its size or batch size. The images are quantized to 8 bits before they are
 segmented, so the labels describe exactly the pixels that are saved and shown. Written to a
 temporary directory and moved into place; reused when the generator's weights, the
@@ -24,49 +24,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
+from tqdm.auto import tqdm
 
 from ..errors import DissectError
 from ..experiments.dissection import cache_key
-from ..segmenters import Segmenter, load_segmenter, segmenter_key
+from ..models.latents import output_range, quantize, sample_z, to_unit
+from ..segmenters.base import Segmenter
+from ..segmenters.registry import load_segmenter, segmenter_key
 from ..slugs import slugify
-from .broden import BrodenDataset, BrodenIndex
-from .broden import GENERATED_MANIFEST
+from .broden import GENERATED_MANIFEST, BrodenDataset, BrodenIndex
 from .broden_writer import (default_label_size, png_bytes, save_label_png, tally_label_map,
                             write_broden_tables, write_dir_atomically)
 
 MANIFEST = GENERATED_MANIFEST
 VERSION = 1
 DEFAULT_SIZE = 1000     # latents in a generator's default probe set
-
-
-def output_range(images: Tensor, what: str = "the generator") -> str:
-    """``"tanh"`` for images in [-1, 1], ``"unit"`` for [0, 1]; a clear error otherwise."""
-    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
-        shape = list(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise DissectError(f"{what} returned {shape}; a generator must return an image batch "
-                           "[N, 3, H, W] with values in [-1, 1] or [0, 1]")
-    if not torch.isfinite(images).all():
-        raise DissectError(f"{what} returned NaN or infinite values; check its weights")
-    lo, hi = float(images.min()), float(images.max())
-    tol = 1e-3
-    if lo >= -tol and hi <= 1 + tol:
-        return "unit"
-    if lo >= -1 - tol and hi <= 1 + tol:
-        return "tanh"
-    raise DissectError(f"{what} returned values in [{lo:.3g}, {hi:.3g}]; images must be in "
-                       "[-1, 1] (tanh) or [0, 1]: rescale its output")
-
-
-def to_unit(images: Tensor, value_range: str) -> Tensor:
-    """Generator output -> [0, 1]."""
-    x = (images + 1) / 2 if value_range == "tanh" else images
-    return x.clamp(0, 1)
-
-
-def quantize(images01: Tensor) -> Tensor:
-    """[0, 1] float -> the same values rounded to 8 bits (what a PNG holds)."""
-    return (images01 * 255).round() / 255
 
 
 def probe_manifest(loaded, segmenter, n: int, seed: int, z_dim: int) -> dict:
@@ -138,10 +110,6 @@ def write_generated_probe(loaded, segmenter, out_dir: str | os.PathLike, n: int,
 
 def _write(root: Path, loaded, segmenter, n, seed, z_dim, batch_size, device, val_fraction,
            progress) -> None:
-    from tqdm.auto import tqdm
-
-    from ..models.toygan import sample_z
-
     gen = loaded.module.to(device).eval()
     segmenter.to(device)
     images = root / "images"

@@ -60,7 +60,7 @@ from typing import Iterable
 
 import numpy as np
 
-from dissect.data.colors import COLOR_NAMES, name_colors
+from dissect.segmenters.color import COLOR_NAMES, name_colors
 
 GENERATOR_VERSION = 1
 

@@ -36,10 +36,10 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..data.generated import output_range, quantize, to_unit
 from ..errors import DissectError
 from ..hooks import Intervene, Trace
-from ..segmenters import Segmenter
+from ..models.latents import output_range, quantize, sample_z, to_unit
+from ..segmenters.base import Segmenter
 from ..stats import TopQuantile
 from .ablation import split_tail
 from .dissection import resolve_device
@@ -471,8 +471,6 @@ def generator_experiments(loaded, layer: str, iou: np.ndarray, seg: Segmenter, p
     ``iou``: the layer's ``[units, labels]`` IoU from the dissection, whose label numbers
     are the segmenter's (the probe set was labeled by ``seg``).
     """
-    from ..models.toygan import sample_z
-
     cfg.validate()
     t0 = time.time()
     device = resolve_device(cfg.device)

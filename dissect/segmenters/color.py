@@ -1,8 +1,10 @@
-"""Name the color of every pixel with one of Broden's 11 color names.
+"""The color namer: Broden's 11 color names for every pixel, by a documented rule.
 
-Works on any uint8 RGB image (toy scenes and real photos alike). The rule is a fixed,
-deterministic partition of HSV space (H in degrees, S and V in [0, 1], with
-``V = max(R,G,B)/255``, chroma ``C = (max - min)/255``, ``S = C / V``), applied in order:
+Registered as segmenter ``color`` (:class:`ColorNamer`); the other segmenters add its labels
+as their color layer (:func:`color_layer`). :func:`name_colors` works on any uint8 RGB image
+(toy scenes and real photos alike). The rule is a fixed, deterministic partition of HSV
+space (H in degrees, S and V in [0, 1], with ``V = max(R,G,B)/255``, chroma
+``C = (max - min)/255``, ``S = C / V``), applied in order:
 
 1. ``V < 0.20``                                   -> black
 2. achromatic (``S < 0.18`` or ``C < 0.08``):
@@ -29,6 +31,11 @@ The result is an integer array of indices into :data:`COLOR_NAMES`.
 from __future__ import annotations
 
 import numpy as np
+import torch
+from torch import Tensor
+
+from dissect.segmenters.base import Segmenter
+from dissect.segmenters.registry import register_segmenter
 
 COLOR_NAMES = [
     "black",
@@ -107,3 +114,35 @@ def name_colors(rgb: np.ndarray) -> np.ndarray:
     out = np.where(achromatic, gray_name, out)
     out = np.where(v < 0.20, _I["black"], out)
     return out
+
+
+def _color_numbers(offset: int) -> np.ndarray:
+    return np.arange(1, len(COLOR_NAMES) + 1, dtype=np.int64) + offset
+
+
+def color_layer(images: Tensor, offset: int) -> Tensor:
+    """The color namer's labels for images in [0, 1], numbered ``offset + 1 ...``."""
+    u8 = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    lut = _color_numbers(offset)
+    out = np.stack([lut[name_colors(im)] for im in u8])
+    return torch.from_numpy(out).to(images.device)
+
+
+class ColorNamer(Segmenter):
+    """Broden's 11 color names for every pixel, by the documented rule."""
+
+    name = "color"
+
+    def __init__(self):
+        self.concepts = [(f"{c}-c", "color") for c in COLOR_NAMES]
+        self.layers = ["color"]
+
+    def segment(self, images: Tensor) -> Tensor:
+        """Color label numbers ``[N, 1, H, W]``."""
+        return color_layer(images, 0)[:, None]
+
+
+@register_segmenter("color", description="the color namer alone: Broden's 11 colors, for any image")
+def color_namer(weights: str | None, progress: bool) -> ColorNamer:
+    """The color namer (it has no weights)."""
+    return ColorNamer()

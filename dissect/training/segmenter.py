@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .. import __version__
-from .registry import WEIGHTS_DIR
-from .toyseg import SEG_OBJECTS, SEG_PARTS, ToySegmenter
+from dissect.data.toyworld import LABEL_NUMBER, LABELS, render_scene
+from dissect.models.weights import WEIGHTS_DIR
+from dissect.segmenters.toy import SEG_OBJECTS, SEG_PARTS, ToySegmenter
+from dissect.version import __version__
 
 SEG_TRAIN_SEED_BASE = 40_000_000
 SEG_HELDOUT_SEED_BASE = 50_000_000
@@ -32,7 +33,6 @@ SEG_HELDOUT_SEED_BASE = 50_000_000
 
 def _lookup(names: list[str]) -> np.ndarray:
     """Global toy-world label number -> class index in ``names`` (0 where absent)."""
-    from ..data.toyworld import LABEL_NUMBER, LABELS
     lut = np.zeros(max(n for n, _, _ in LABELS) + 1, np.int64)
     for i, name in enumerate(names):
         if name in LABEL_NUMBER:
@@ -42,7 +42,6 @@ def _lookup(names: list[str]) -> np.ndarray:
 
 def render_segmentation_set(seeds, progress: bool = False, desc: str = "scenes"):
     """Images ``[N, 3, 64, 64]`` uint8 and targets (objects, parts) ``[N, 64, 64]`` int64."""
-    from ..data.toyworld import render_scene
     seeds = list(seeds)
     x = torch.empty(len(seeds), 3, 64, 64, dtype=torch.uint8)
     obj = torch.empty(len(seeds), 64, 64, dtype=torch.long)
@@ -144,6 +143,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator, obj: torch.Tensor | None = N
 def train_segmenter(out_dir: str | Path | None = None, seed: int = 0, train_size: int = 8000,
                     heldout_size: int = 500, steps: int = 3000, batch_size: int = 32,
                     lr: float = 3e-3, progress: bool = True) -> dict:
+    """Train and save ``toy_segmenter.safetensors`` + ``toy_segmenter.json``; returns the record."""
     from safetensors.torch import save_file
 
     out = Path(out_dir) if out_dir else WEIGHTS_DIR

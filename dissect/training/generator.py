@@ -23,17 +23,61 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .. import __version__
-from .registry import WEIGHTS_DIR
-from .toygan import TOYGAN_DISC_WIDTH, TOYGAN_WIDTH, TOYGAN_Z_DIM, ToyDiscriminator, ToyGenerator, dcgan_init
+from dissect.data.toyworld import LABEL_NUMBER, render_batch, render_scene
+from dissect.errors import DissectError
+from dissect.models.latents import sample_z
+from dissect.models.weights import WEIGHTS_DIR
+from dissect.models.zoo.toy import TOYGAN_WIDTH, TOYGAN_Z_DIM, ToyGenerator
+from dissect.segmenters.registry import load_segmenter
+from dissect.version import __version__
 
 GAN_TRAIN_SEED_BASE = 30_000_000
+TOYGAN_DISC_WIDTH = 32
+
+
+class ToyDiscriminator(nn.Module):
+    """Mirror of :class:`~dissect.models.zoo.toy.ToyGenerator`: 64x64 image -> one logit
+    (real vs generated).
+
+    ``spectral=True``: spectral normalization on every conv instead of BatchNorm (SN-GAN).
+    """
+
+    def __init__(self, width: int = TOYGAN_DISC_WIDTH, spectral: bool = False):
+        super().__init__()
+        w = width
+        sn = nn.utils.parametrizations.spectral_norm if spectral else (lambda m: m)
+
+        def down(cin, cout, bn=True):
+            bn = bn and not spectral
+            mods: list[nn.Module] = [sn(nn.Conv2d(cin, cout, 4, 2, 1, bias=not bn))]
+            if bn:
+                mods.append(nn.BatchNorm2d(cout))
+            mods.append(nn.LeakyReLU(0.2 if not spectral else 0.1))
+            return mods
+
+        self.net = nn.Sequential(*down(3, w, bn=False), *down(w, 2 * w), *down(2 * w, 4 * w),
+                                 *down(4 * w, 8 * w), sn(nn.Conv2d(8 * w, 1, 4, 1, 0)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x).flatten()
+
+
+def dcgan_init(module: nn.Module) -> None:
+    """The DCGAN paper's initialization: conv weights N(0, 0.02), BN weights N(1, 0.02)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
 
 
 def _render_scenes(n: int, progress: bool) -> torch.Tensor:
-    from ..data.toyworld import render_batch
     out = torch.empty(n, 3, 64, 64, dtype=torch.uint8)
     chunk = 500
     for i in tqdm(range(0, n, chunk), desc="training scenes", disable=not progress, leave=False):
@@ -111,10 +155,6 @@ def evaluate_generator(gen: torch.nn.Module, n: int = 1000, seed: int = 99,
                        batch_size: int = 100) -> dict:
     """How often the toy segmenter finds each object in ``n`` generated images, next to how
     often it finds it in ``n`` real toy scenes and how often the scenes really hold it."""
-    from ..data.toyworld import LABEL_NUMBER, render_scene
-    from ..segmenters import load_segmenter
-    from .toygan import sample_z
-
     seg = load_segmenter("toy")
     objects = [name for name, cat in seg.concepts if cat == "object"]
     counts = {k: np.zeros(len(objects)) for k in ("generated", "real_segmented", "real_truth")}
@@ -151,7 +191,6 @@ def reevaluate_record(out_dir: str | Path | None = None) -> dict:
     in ``out_dir`` (default: the shipped one), and update ``segmenter_finds`` in its record:
     ``dissect train toy-generator --evaluate-only`` after the segmenter is retrained."""
     from safetensors.torch import load_file
-    from ..errors import DissectError
     out = Path(out_dir) if out_dir else WEIGHTS_DIR
     missing = [n for n in ("toy_generator.safetensors", "toy_generator.json") if not (out / n).is_file()]
     if missing:

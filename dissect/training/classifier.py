@@ -20,16 +20,17 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .. import __version__
-from .registry import IMAGENET_MEAN, IMAGENET_STD, WEIGHTS_DIR
-from .toy import ToyClassifier
+from dissect.data.toyworld import SCENE_CLASSES, render_batch
+from dissect.models.registry import IMAGENET_MEAN, IMAGENET_STD
+from dissect.models.weights import WEIGHTS_DIR
+from dissect.models.zoo.toy import ToyClassifier
+from dissect.version import __version__
 
 TRAIN_SEED_BASE = 10_000_000
 HELDOUT_SEED_BASE = 20_000_000
 
 
 def _render(seeds: list[int], size: int = 64, progress: bool = True, desc: str = "scenes"):
-    from ..data.toyworld import render_batch
     ims, cls = [], []
     chunk = 500
     for i in tqdm(range(0, len(seeds), chunk), desc=desc, disable=not progress, leave=False):
@@ -47,6 +48,7 @@ def _normalize(x_uint8: torch.Tensor) -> torch.Tensor:
 
 
 def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
+    """Fraction of the uint8 images ``x`` that ``model`` classifies as ``y``."""
     model.eval()
     correct = 0
     with torch.no_grad():
@@ -63,8 +65,6 @@ def train_classifier(out_dir: str | Path | None = None, seed: int = 0, train_siz
     ``target``: stop early once held-out accuracy reaches it (checked after each epoch).
     """
     from safetensors.torch import save_file
-
-    from ..data.toyworld import SCENE_CLASSES
 
     out = Path(out_dir) if out_dir else WEIGHTS_DIR
     out.mkdir(parents=True, exist_ok=True)

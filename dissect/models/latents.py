@@ -1,0 +1,57 @@
+"""The generator contract: latents in, images out.
+
+A generator maps latents ``z`` ``[N, z_dim]`` (drawn by :func:`sample_z`) to an image batch
+``[N, 3, H, W]`` with values in [-1, 1] (tanh) or [0, 1]; :func:`output_range` tells which
+(and rejects anything else), :func:`to_unit` maps the output to [0, 1] and :func:`quantize`
+rounds it to the 8 bits a PNG holds, so that what is labeled is exactly what is shown.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dissect.errors import DissectError
+from dissect.models.zoo.toy import TOYGAN_Z_DIM
+
+
+def sample_z(n: int, seed: int, z_dim: int = TOYGAN_Z_DIM, start: int = 0) -> Tensor:
+    """Latents ``start .. start + n - 1`` of the probe sequence for ``seed``.
+
+    Each latent is drawn from its own generator seeded by ``(seed, index)``, so any slice of
+    the sequence is reproducible on its own and independent of the batch size.
+    """
+    out = np.empty((n, z_dim), np.float32)
+    for i in range(n):
+        out[i] = np.random.default_rng([int(seed), int(start + i)]).standard_normal(z_dim)
+    return torch.from_numpy(out)
+
+
+def output_range(images: Tensor, what: str = "the generator") -> str:
+    """``"tanh"`` for images in [-1, 1], ``"unit"`` for [0, 1]; a clear error otherwise."""
+    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        shape = list(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise DissectError(f"{what} returned {shape}; a generator must return an image batch "
+                           "[N, 3, H, W] with values in [-1, 1] or [0, 1]")
+    if not torch.isfinite(images).all():
+        raise DissectError(f"{what} returned NaN or infinite values; check its weights")
+    lo, hi = float(images.min()), float(images.max())
+    tol = 1e-3
+    if lo >= -tol and hi <= 1 + tol:
+        return "unit"
+    if lo >= -1 - tol and hi <= 1 + tol:
+        return "tanh"
+    raise DissectError(f"{what} returned values in [{lo:.3g}, {hi:.3g}]; images must be in "
+                       "[-1, 1] (tanh) or [0, 1]: rescale its output")
+
+
+def to_unit(images: Tensor, value_range: str) -> Tensor:
+    """Generator output -> [0, 1]."""
+    x = (images + 1) / 2 if value_range == "tanh" else images
+    return x.clamp(0, 1)
+
+
+def quantize(images01: Tensor) -> Tensor:
+    """[0, 1] float -> the same values rounded to 8 bits (what a PNG holds)."""
+    return (images01 * 255).round() / 255

@@ -1,0 +1,8 @@
+"""The model zoo: one module per family, each registering its models where they are defined.
+
+Importing this package registers every family; a new family is one more module here.
+"""
+
+from dissect.models.zoo import torchvision, toy
+
+__all__ = ["torchvision", "toy"]
