@@ -22,12 +22,15 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from . import __version__
+from dissect.version import __version__
+
+from .cache import cache_key, default_cache_dir
 from .data.broden import BrodenDataset, BrodenIndex, fetch_broden
+from .devices import resolve_device
 from .errors import DissectError
 from .experiments.ablation import AblationConfig, ablation_for_report
-from .experiments.dissection import (DissectConfig, cache_key, dissect_layers, render_unit_strips,
-                                     resolve_device, summarize_layer)
+from .experiments.dissection import DissectConfig, dissect_layers, summarize_layer
+from .experiments.strips import render_unit_strips
 from .models import LoadedModel, from_module, load_model, resolve_layer
 
 from typing import TYPE_CHECKING
@@ -38,14 +41,6 @@ if TYPE_CHECKING:
 SITE_MARKER = ".dissect-site"
 TOYWORLD_DEFAULT_SIZE = {64: 2000}   # images in the default toy-world probe set, by image size
 TOYWORLD_LARGE_DEFAULT = 400         # for larger images (e.g. 224 px for VGG-16)
-
-
-def default_cache_dir() -> Path:
-    """``$DISSECT_CACHE``, else ``$XDG_CACHE_HOME/dissect``, else ``~/.cache/dissect``."""
-    if os.environ.get("DISSECT_CACHE"):
-        return Path(os.environ["DISSECT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "dissect"
 
 
 def slugify(name: str) -> str:
@@ -314,7 +309,7 @@ def _classifier_run(loaded, layers, config, cache, data, data_size, data_seed, s
 def _generator_run(loaded, layers, config, cache, data_size, data_seed, force, reproducible,
                    command, progress, segmenter_name, interventions):
     from .data.generated import write_generated_probe
-    from .experiments.generator import GeneratorExperimentConfig, generator_experiments
+    from .experiments.generator import GeneratorExperimentConfig, generator_for_report
     from .segmenters import load_segmenter, segmenter_key
 
     device = resolve_device(config.device)
@@ -349,31 +344,6 @@ def _generator_run(loaded, layers, config, cache, data_size, data_seed, force, r
     if interventions is not False:
         gcfg = interventions if isinstance(interventions, GeneratorExperimentConfig) else \
             GeneratorExperimentConfig(device=config.device, batch_size=config.batch_size)
-        if gcfg.ablate is None and gcfg.insert is None and spec is not None and spec.experiments:
-            import dataclasses
-            gcfg = dataclasses.replace(gcfg, ablate=tuple(spec.experiments.get("ablate", ())) or None,
-                                       insert=tuple(spec.experiments.get("insert", ())) or None)
-        prim = dataset.index.primary_category_tensor()
-        gen_layers = []
-        wanted = list(gcfg.layers) or list((spec.experiments.get("layers", ()) if spec is not None else ()))
-        if wanted == ["all"]:
-            chosen = list(zip(paths, layer_results))
-        elif wanted:
-            names = {n for pa in paths for n in pa if n}
-            for w in wanted:
-                if w not in names:
-                    raise DissectError(f"--intervene-layer {w!r} is not a dissected layer "
-                                       f"({', '.join(l['name'] for l in layer_results)})")
-            chosen = [(pa, lr) for pa, lr in zip(paths, layer_results) if pa[0] in wanted or pa[1] in wanted]
-        else:
-            chosen = list(zip(paths, layer_results))[:1]
-        for (p, _), layer in chosen:
-            iou = stats[p].iou(prim, len(dataset.index.categories)).numpy()
-            res = generator_experiments(loaded, p, iou, seg, dataset.latents, gcfg,
-                                        run_dir / "interventions" / layer["slug"],
-                                        f"interventions/{layer['slug']}", progress=progress)
-            res["slug"] = layer["slug"]
-            gen_layers.append(res)
-        results["generator"] = {"params": gcfg.to_dict(), "segmenter": seg.provenance(),
-                                "layers": gen_layers}
+        results["generator"] = generator_for_report(loaded, layer_results, stats, dataset, seg, run_dir,
+                                                    gcfg, progress=progress)
     return results, run_dir
