@@ -1,8 +1,10 @@
-"""Hooks into models, as context managers that own their handles.
+"""Addressing and intercepting the modules of a model.
 
 :class:`Trace` records the outputs of named modules during a forward pass; :class:`Intervene`
 replaces or edits them (ablation, insertion). Both register on ``__enter__`` and remove
 every handle on ``__exit__``, even when an exception flies, and both nest.
+:func:`split_tail` cuts a model after a layer, so that the rest of the network can run on
+edited activations without the part before the layer.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 import torch
+import torch.fx
 from torch import nn
 
 from .errors import unknown_choice
@@ -143,3 +146,65 @@ def set_units(model: nn.Module, layer: str, units: Iterable[int], values, mask=N
         return out
 
     return Intervene(model, layer, edit)
+
+
+class _LeafTracer(torch.fx.Tracer):
+    """An fx tracer that keeps the layer to split at as one call (its output = the node's)."""
+
+    def __init__(self, leaf: str):
+        super().__init__()
+        self.leaf = leaf
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return qualname == self.leaf or super().is_leaf_module(m, qualname)
+
+
+def split_tail(model: nn.Module, layer: str) -> tuple[nn.Module | None, str]:
+    """The part of ``model`` after ``layer``, as a module ``tail(activation) -> output``.
+
+    Traces the model with ``torch.fx`` (the layer kept as one call) and keeps what the output
+    needs after the layer. Returns ``(tail, "split (torch.fx)")``, or ``(None, reason)`` when
+    the graph cannot be split: tracing fails, the layer runs more than once, or the network
+    after the layer also reads values computed before it (a skip connection around it).
+    """
+    get_module(model, layer)
+    tracer = _LeafTracer(layer)
+    try:
+        graph = tracer.trace(model)
+    except Exception as e:  # fx raises many types on untraceable code; any of them means "fall back"
+        first = (str(e).strip().splitlines() or [""])[0][:120]
+        return None, f"full forward (torch.fx could not trace the model: {type(e).__name__}: {first})"
+    nodes = list(graph.nodes)
+    calls = [n for n in nodes if n.op == "call_module" and n.target == layer]
+    if len(calls) != 1:
+        return None, f"full forward (the layer is called {len(calls)} times in the traced graph)"
+    at = calls[0]
+    from_input: set = set()
+    from_layer: set = {at}
+    for n in nodes:
+        ins = n.all_input_nodes
+        if n.op == "placeholder" or any(i in from_input for i in ins):
+            from_input.add(n)
+        if n is not at and any(i in from_layer for i in ins):
+            from_layer.add(n)
+    output = next(n for n in nodes if n.op == "output")
+    needed, stack = set(), [output]
+    while stack:
+        n = stack.pop()
+        if n in needed:
+            continue
+        needed.add(n)
+        if n is not at:
+            stack.extend(n.all_input_nodes)
+    if at not in needed:
+        return None, "full forward (the model's output does not depend on the layer)"
+    if any(n in from_input and n not in from_layer for n in needed):
+        return None, "full forward (the network after the layer also reads earlier values, e.g. a skip connection)"
+    new = torch.fx.Graph()
+    env = {at: new.placeholder("activation")}
+    for n in nodes:
+        if n in needed and n is not at:
+            env[n] = new.node_copy(n, lambda a: env[a])
+    tail = torch.fx.GraphModule(tracer.root, new, class_name="Tail")
+    tail.train(model.training)
+    return tail, "split (torch.fx)"

@@ -33,13 +33,15 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from dissect.cache import cache_key, default_cache_dir
 from dissect.data.generated import open_generated_probe
 from dissect.data.probe import open_probe_data
+from dissect.devices import resolve_device
 from dissect.errors import DissectError
 from dissect.experiments.ablation import AblationConfig, ablation_for_report
-from dissect.experiments.dissection import (DissectConfig, cache_key, dissect_layers, render_unit_strips,
-                                            resolve_device, summarize_layer)
-from dissect.experiments.generator import GeneratorExperimentConfig, generator_experiments
+from dissect.experiments.dissection import DissectConfig, dissect_layers, summarize_layer
+from dissect.experiments.generator import GeneratorExperimentConfig, generator_for_report
+from dissect.experiments.strips import render_unit_strips
 from dissect.models.loading import LoadedModel, from_module, load_model, resolve_layer
 from dissect.publish import format_size_report, site_size, zip_site
 from dissect.site.build import write_site
@@ -50,14 +52,6 @@ from dissect.version import __version__
 DEFAULT_MODELS = ("toy", "toygan")
 GENERATOR_QUANTILE = 0.01       # METHOD.md section 3: the 2020 default for generators
 GENERATOR_QUANTILE_SPACE = "upsampled"
-
-
-def default_cache_dir() -> Path:
-    """``$DISSECT_CACHE``, else ``$XDG_CACHE_HOME/dissect``, else ``~/.cache/dissect``."""
-    if os.environ.get("DISSECT_CACHE"):
-        return Path(os.environ["DISSECT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "dissect"
 
 
 @dataclass(frozen=True)
@@ -352,34 +346,8 @@ def _generator_run(loaded: LoadedModel, opts: ReportOptions) -> tuple[dict, Path
     }
     results = _results(loaded, run.layer_results, probe_info, config, dataset, opts)
     if opts.interventions is not False:
-        spec = loaded.spec
-        layer_results, stats = run.layer_results, run.stats
         gcfg = opts.interventions if isinstance(opts.interventions, GeneratorExperimentConfig) else \
             GeneratorExperimentConfig(device=config.device, batch_size=config.batch_size)
-        if gcfg.ablate is None and gcfg.insert is None and spec is not None and spec.experiments:
-            gcfg = dataclasses.replace(gcfg, ablate=tuple(spec.experiments.get("ablate", ())) or None,
-                                       insert=tuple(spec.experiments.get("insert", ())) or None)
-        prim = dataset.index.primary_category_tensor()
-        gen_layers = []
-        wanted = list(gcfg.layers) or list((spec.experiments.get("layers", ()) if spec is not None else ()))
-        if wanted == ["all"]:
-            chosen = list(zip(paths, layer_results))
-        elif wanted:
-            names = {n for pa in paths for n in pa if n}
-            for w in wanted:
-                if w not in names:
-                    raise DissectError(f"--intervene-layer {w!r} is not a dissected layer "
-                                       f"({', '.join(l['name'] for l in layer_results)})")
-            chosen = [(pa, lr) for pa, lr in zip(paths, layer_results) if pa[0] in wanted or pa[1] in wanted]
-        else:
-            chosen = list(zip(paths, layer_results))[:1]
-        for (p, _), layer in chosen:
-            iou = stats[p].iou(prim, len(dataset.index.categories)).numpy()
-            res = generator_experiments(loaded, p, iou, seg, dataset.latents, gcfg,
-                                        run.run_dir / "interventions" / layer["slug"],
-                                        f"interventions/{layer['slug']}", progress=opts.progress)
-            res["slug"] = layer["slug"]
-            gen_layers.append(res)
-        results["generator"] = {"params": gcfg.to_dict(), "segmenter": seg.provenance(),
-                                "layers": gen_layers}
+        results["generator"] = generator_for_report(loaded, run.layer_results, run.stats, dataset, seg,
+                                                    run.run_dir, gcfg, progress=opts.progress)
     return results, run.run_dir

@@ -21,8 +21,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+from dissect.data.labeled import LabeledSplit, TensorImages
 from dissect.data.toyworld import SCENE_CLASSES, image_seed, render_batch
-from dissect.experiments.ablation import AblationRunner, LabeledSplit, TensorImages
+from dissect.experiments.ablation import AblationRunner
 from dissect.hooks import ablate
 from dissect.models import load_model, resolve_layer
 from dissect.models.weights import WEIGHTS_DIR

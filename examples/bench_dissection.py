@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
+from dissect.cache import default_cache_dir
 from dissect.data.broden import make_loader
-from dissect.experiments.dissection import (DissectConfig, dissect_layers, render_unit_strips,
-                                            summarize_layer)
+from dissect.experiments.dissection import DissectConfig, dissect_layers, summarize_layer
+from dissect.experiments.strips import render_unit_strips
 from dissect.models import load_model, resolve_layer
 from dissect.data.probe import open_probe_data
-from dissect.pipeline import default_cache_dir
 
 
 def main() -> None:

@@ -18,12 +18,13 @@ from PIL import Image
 from torch import nn
 
 from dissect.errors import DissectError
-from dissect.experiments.ablation import (AblationConfig, AblationRunner, LabeledSplit,
-                                          TensorImages, ablate_layer, balanced_accuracy,
-                                          labeled_from_broden, labeled_from_folder, labeled_from_tensors,
-                                          parse_epsilon, parse_top_n, select_layers, split_tail)
+from dissect.data.labeled import (LabeledSplit, TensorImages, labeled_from_broden, labeled_from_folder,
+                                  labeled_from_tensors)
+from dissect.experiments.ablation import (AblationConfig, AblationRunner, ablate_layer, parse_epsilon,
+                                          parse_top_n, select_layers)
 from dissect.experiments.attack import choose_pairs, pgd_attack
-from dissect.hooks import Intervene, ablate, set_units
+from dissect.experiments.metrics import balanced_accuracy
+from dissect.hooks import Intervene, ablate, set_units, split_tail
 from dissect.models import load_model
 from dissect.models.weights import WEIGHTS_DIR
 

@@ -164,7 +164,7 @@ def test_split_tail_equals_intervention_in_full_forward():
     gen = ToyGenerator().eval()
     for layer in ("layer2", "layer3"):
         runner = GeneratorRunner(gen, layer, torch.device("cpu"))
-        assert runner.how.startswith("split")
+        assert runner.method.startswith("split")
         z = sample_z(4, 1)
         acts = runner.acts(z)
         edited = acts.clone()

@@ -127,7 +127,7 @@ def _decode(path):
     return a[..., 0] + 256 * a[..., 1]
 
 
-def test_write_broden(tmp_path):
+def test_write_toyworld(tmp_path):
     out = tmp_path / "toy"
     n, seed = 12, 5
     got = twp.write_toyworld(out, n=n, seed=seed, image_size=48, progress=False)

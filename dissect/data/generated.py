@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import DissectError
-from ..experiments.dissection import cache_key
+from ..cache import cache_key
 from ..models.latents import output_range, quantize, sample_z, to_unit
 from ..segmenters.base import Segmenter
 from ..segmenters.registry import load_segmenter, segmenter_key

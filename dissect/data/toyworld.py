@@ -14,7 +14,7 @@ from one sub-pixel per output pixel: the first sub-pixel whose *object* label is
 frequent object label of its block, and the part, material and texture labels come from
 that same sub-pixel, so the layers always agree with each other (a door pixel is always a
 house pixel) and each label is what the pixel mostly shows. The color layer is
-``name_colors`` of the final image (:mod:`dissect.data.colors`).
+``name_colors`` of the final image (:mod:`dissect.segmenters.color`).
 
 Painter's order: sky (stars at night), sun (day only), clouds, mountains, ground bands
 (grass / sand / road / water), then trees, houses, cars and fences sorted far to near

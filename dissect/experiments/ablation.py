@@ -20,41 +20,42 @@ For one layer of a classifier:
 * **units important to many classes**: per unit, the number of classes for which it is among
   the top units, to hold against its best IoU from the dissection.
 
-Speed: the layer's activations ``A`` are computed once per image. The network is split at the
-layer with ``torch.fx`` (:func:`split_tail`), so each ablation only re-runs the part after
+Speed: the layer's activations ``A`` are computed once per image
+(:class:`~dissect.experiments.runner.LayerRunner`). The network is split at the layer with
+``torch.fx`` (:func:`~dissect.hooks.split_tail`), so each ablation only re-runs the part after
 the layer, ``tail(A * mask)``, and many ablations share one batch. Where the graph cannot be
 split (data-dependent control flow, a skip connection around the layer, a module called
 twice) every ablation runs the whole network with a hook (:class:`~dissect.hooks.Intervene`)
 instead; results are the same either way, only slower.
 
-The adversarial view (PGD from class A to class B) is in :mod:`dissect.experiments.attack`.
+The labeled images are read by :mod:`dissect.data.labeled`, the scores computed by
+:mod:`dissect.experiments.metrics`; the adversarial view (PGD from class A to class B) is in
+:mod:`dissect.experiments.attack`.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.fx
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..data.broden import BrodenDataset, BrodenIndex, make_loader
-from ..errors import DissectError
-from ..hooks import Intervene, Trace, get_module
-from .dissection import resolve_device
+from ..data.labeled import (CLASS_CATEGORY, EVAL_SPLIT, RANK_SPLIT, LabeledData, LabeledSplit,
+                            labeled_batches, open_labeled_data)
+from ..devices import resolve_device
+from ..errors import DissectError, unknown_choice
+from .attack import attack_layer_summary, run_attack
+from .metrics import balanced_accuracy, rounded, spearman
+from .runner import LayerRunner
 
 DEFAULT_TOP_N: tuple[int | str, ...] = (1, 2, 3, 4, 5, 10, 20, 50, 100, "all")
 RANKINGS = ("expected", "observed")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 
 
 # =============================================================================== config
@@ -69,9 +70,9 @@ class AblationConfig:
     random_draws: int = 5            # random unit sets per N for the baseline
     seed: int = 1                    # seeds the random unit sets (and the attack's random start)
     ranking: str = "observed"        # "observed": the paper's rule (ties: expected drop); "expected": expected drop first
-    rank_split: str = "train"        # units are ranked on this split ...
-    eval_split: str = "val"          # ... and accuracies reported on this one
-    category: str = "scene"          # Broden category whose whole-image labels are the classes
+    rank_split: str = RANK_SPLIT     # units are ranked on this split ...
+    eval_split: str = EVAL_SPLIT     # ... and accuracies reported on this one
+    category: str = CLASS_CATEGORY   # Broden category whose whole-image labels are the classes
     attack: bool = True              # run the adversarial view
     attack_epsilon: float = 16 / 255  # L-inf budget in [0, 1] pixel units (the toy classifier resists 8/255)
     attack_steps: int = 10
@@ -177,306 +178,6 @@ def parse_epsilon(text: str) -> float:
     return value
 
 
-# =============================================================================== data
-class TensorImages(torch.utils.data.Dataset):
-    """Normalized images held in memory, as loader items (``index``, ``ok``, ``image``)."""
-
-    def __init__(self, images: Tensor):
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"index": i, "ok": True, "path": f"#{i}", "image": self.images[i].float()}
-
-
-class FolderImages(torch.utils.data.Dataset):
-    """Image files, resized as torchvision's evaluation transform does: shorter side to
-    ``input_size * 256 / 224``, then a centered ``input_size`` crop, then normalized."""
-
-    def __init__(self, files: Sequence[Path], input_size: int, mean: Sequence[float], std: Sequence[float]):
-        self.files = list(files)
-        self.input_size = int(input_size)
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> dict:
-        path = self.files[i]
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-            s = self.input_size
-            short = max(s, round(s * 256 / 224))
-            w, h = im.size
-            scale = short / min(w, h)
-            im = im.resize((max(s, round(w * scale)), max(s, round(h * scale))), Image.BILINEAR)
-            w, h = im.size
-            left, top = (w - s) // 2, (h - s) // 2
-            im = im.crop((left, top, left + s, top + s))
-            x = torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
-        except (OSError, ValueError, UnidentifiedImageError, SyntaxError) as e:
-            return {"index": i, "ok": False, "path": str(path), "error": f"{type(e).__name__}: {e}"}
-        return {"index": i, "ok": True, "path": str(path), "image": (x - self.mean) / self.std}
-
-
-@dataclass
-class LabeledSplit:
-    """Images with one class each: ``labels[i]`` is the model output index of image i."""
-
-    name: str
-    dataset: torch.utils.data.Dataset
-    labels: Tensor
-
-
-@dataclass
-class LabeledData:
-    """The two splits of a labeled image set, and how they were made."""
-
-    rank: LabeledSplit
-    eval: LabeledSplit
-    source: str
-    path: str
-    class_names: list[str]           # the model's output names
-    messages: list[str] = field(default_factory=list)
-
-    def info(self) -> dict:
-        def counts(split: LabeledSplit) -> dict[str, int]:
-            c = torch.bincount(split.labels, minlength=len(self.class_names)).tolist()
-            present = sorted(set(self.rank.labels.tolist()) | set(self.eval.labels.tolist()))
-            return {self.class_names[i]: int(c[i]) for i in present}
-        return {"source": self.source, "path": self.path,
-                "rank_split": self.rank.name, "eval_split": self.eval.name,
-                "rank_images": len(self.rank.labels), "eval_images": len(self.eval.labels),
-                "class_counts": {"rank": counts(self.rank), "eval": counts(self.eval)}}
-
-
-def _norm_name(name: str) -> str:
-    return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
-
-
-def match_classes(data_names: Sequence[str], class_names: Sequence[str] | None,
-                  what: str) -> tuple[dict[str, int], list[str]]:
-    """Map data class names onto model output indices (exact, else ignoring case, ``_`` and
-    ``-``). Returns ``(mapping, messages)``; raises when nothing matches."""
-    if not class_names:
-        raise DissectError("the model has no class names, so its outputs cannot be matched to labeled "
-                           "images; give weights with a .json beside them holding {\"class_names\": [...]}, "
-                           "or pass --no-ablation")
-    exact = {n: i for i, n in enumerate(class_names)}
-    loose: dict[str, int] = {}
-    for i, n in enumerate(class_names):
-        loose.setdefault(_norm_name(n), i)
-    mapping, missing = {}, []
-    for name in data_names:
-        if name in exact:
-            mapping[name] = exact[name]
-        elif _norm_name(name) in loose:
-            mapping[name] = loose[_norm_name(name)]
-        else:
-            missing.append(name)
-    if not mapping:
-        shown = ", ".join(list(data_names)[:8]) + (" …" if len(data_names) > 8 else "")
-        outs = ", ".join(list(class_names)[:8]) + (" …" if len(class_names) > 8 else "")
-        raise DissectError(f"none of the {len(data_names)} classes of {what} ({shown or 'none'}) is one of "
-                           f"the model's {len(class_names)} outputs ({outs}); pass --ablation-data with "
-                           "folders named after the model's classes, or --no-ablation")
-    msgs = []
-    if missing:
-        msgs.append(f"{len(missing)} class(es) of {what} are not outputs of the model and were left out: "
-                    + ", ".join(missing[:20]) + (" …" if len(missing) > 20 else ""))
-    return mapping, msgs
-
-
-def _alternate(indices: list[int]) -> tuple[list[int], list[int]]:
-    return indices[0::2], indices[1::2]
-
-
-def labeled_from_broden(index: BrodenIndex | str | os.PathLike, class_names: Sequence[str] | None,
-                        input_size: int, mean: Sequence[float], std: Sequence[float],
-                        config: AblationConfig | None = None) -> LabeledData:
-    """Classes from the whole-image labels of ``config.category`` (the toy world's scenes).
-
-    Images are split by the index's ``split`` column (``rank_split`` / ``eval_split``); when
-    either has no labeled image, the labeled images are split alternately instead.
-    """
-    config = config or AblationConfig()
-    index = index if isinstance(index, BrodenIndex) else BrodenIndex(index)
-    cat_labels = {num: lab.display for num, lab in index.labels.items() if lab.category == config.category}
-    if not cat_labels:
-        raise DissectError(f"the labeled data {index.root} has no whole-image labels in category "
-                           f"{config.category!r} to use as classes; pass --ablation-data FOLDER "
-                           "(one sub-folder of images per class) or --no-ablation")
-    names = sorted(set(cat_labels.values()))
-    mapping, msgs = match_classes(names, class_names, f"the {config.category} labels of {index.root.name}")
-    by_split: dict[str, list[int]] = {}
-    labels: dict[int, int] = {}
-    ambiguous = 0
-    for i, rec in enumerate(index.records):
-        hits = {mapping[cat_labels[n]] for n in rec.image_labels if n in cat_labels and cat_labels[n] in mapping}
-        if len(hits) == 1:
-            labels[i] = hits.pop()
-            by_split.setdefault(rec.split, []).append(i)
-        elif len(hits) > 1:
-            ambiguous += 1
-    if ambiguous:
-        msgs.append(f"{ambiguous} image(s) carry more than one class label and were left out")
-    rank, ev = by_split.get(config.rank_split, []), by_split.get(config.eval_split, [])
-    rank_name, eval_name = config.rank_split, config.eval_split
-    if not rank or not ev:
-        everything = sorted(labels)
-        rank, ev = _alternate(everything)
-        missing = config.rank_split if not rank else config.eval_split
-        msgs.append(f"no labeled images in split {missing!r}; the labeled images were split alternately "
-                    "into ranking and evaluation halves")
-        rank_name, eval_name = "even images", "odd images"
-    if not rank or not ev:
-        raise DissectError(f"{index.root} has too few labeled images for ablation ({len(labels)})")
-
-    def split(name: str, idx: list[int]) -> LabeledSplit:
-        ds = BrodenDataset(index, input_size=input_size, mean=mean, std=std, with_labels=False, indices=idx)
-        return LabeledSplit(name, ds, torch.tensor([labels[i] for i in idx], dtype=torch.long))
-
-    return LabeledData(split(rank_name, rank), split(eval_name, ev), "broden", str(index.root),
-                       list(class_names or []), msgs)
-
-
-def _folder_classes(root: Path) -> dict[str, list[Path]]:
-    out = {}
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-        out[d.name] = files
-    return out
-
-
-def labeled_from_folder(root: str | os.PathLike, class_names: Sequence[str] | None, input_size: int,
-                        mean: Sequence[float], std: Sequence[float],
-                        config: AblationConfig | None = None) -> LabeledData:
-    """An ImageFolder-style directory: ``root/<class>/*.jpg``, or ``root/train/<class>/…`` and
-    ``root/val/<class>/…`` (the split names of ``config``). Class folders are matched to the
-    model's class names; without the two split folders, each class's images (sorted by
-    name) alternate between the ranking and the evaluation half."""
-    config = config or AblationConfig()
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DissectError(f"--ablation-data {root} is not a folder")
-    rs, es = root / config.rank_split, root / config.eval_split
-    msgs: list[str] = []
-    if rs.is_dir() and es.is_dir():
-        parts = {"rank": _folder_classes(rs), "eval": _folder_classes(es)}
-        names = sorted(set(parts["rank"]) | set(parts["eval"]))
-        rank_name, eval_name = config.rank_split, config.eval_split
-    else:
-        classes = _folder_classes(root)
-        names = sorted(classes)
-        parts = {"rank": {}, "eval": {}}
-        for n, files in classes.items():
-            parts["rank"][n], parts["eval"][n] = _alternate(files)
-        rank_name, eval_name = "even images", "odd images"
-    if not names:
-        raise DissectError(f"--ablation-data {root} holds no class folders (expected {root}/<class>/image.jpg)")
-    mapping, more = match_classes(names, class_names, f"the folder {root.name}")
-    msgs += more
-
-    def split(name: str, which: str) -> LabeledSplit:
-        files, labels = [], []
-        for n in names:
-            if n in mapping:
-                fs = parts[which].get(n, [])
-                files += fs
-                labels += [mapping[n]] * len(fs)
-        if not files:
-            raise DissectError(f"--ablation-data {root}: no images for the {name!r} split")
-        return LabeledSplit(name, FolderImages(files, input_size, mean, std), torch.tensor(labels, dtype=torch.long))
-
-    return LabeledData(split(rank_name, "rank"), split(eval_name, "eval"), "folder", str(root),
-                       list(class_names or []), msgs)
-
-
-def labeled_from_tensors(rank_images: Tensor, rank_labels: Tensor, eval_images: Tensor,
-                         eval_labels: Tensor, class_names: Sequence[str]) -> LabeledData:
-    """Normalized images and labels already in memory (tests, notebooks)."""
-    return LabeledData(LabeledSplit("train", TensorImages(rank_images), torch.as_tensor(rank_labels).long()),
-                       LabeledSplit("val", TensorImages(eval_images), torch.as_tensor(eval_labels).long()),
-                       "tensors", "", list(class_names))
-
-
-def open_labeled_data(path: str | os.PathLike, class_names: Sequence[str] | None, input_size: int,
-                      mean: Sequence[float], std: Sequence[float],
-                      config: AblationConfig | None = None) -> LabeledData:
-    """A Broden-format folder (with class labels in ``config.category``) or an ImageFolder."""
-    p = Path(path).expanduser()
-    if (p / "index.csv").is_file():
-        return labeled_from_broden(p, class_names, input_size, mean, std, config)
-    return labeled_from_folder(p, class_names, input_size, mean, std, config)
-
-
-# =============================================================================== graph split
-class _LeafTracer(torch.fx.Tracer):
-    """An fx tracer that keeps the layer being ablated as one call (its output = the node's)."""
-
-    def __init__(self, leaf: str):
-        super().__init__()
-        self.leaf = leaf
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return qualname == self.leaf or super().is_leaf_module(m, qualname)
-
-
-def split_tail(model: nn.Module, layer: str) -> tuple[nn.Module | None, str]:
-    """The part of ``model`` after ``layer``, as a module ``tail(activation) -> output``.
-
-    Traces the model with ``torch.fx`` (the layer kept as one call) and keeps what the output
-    needs after the layer. Returns ``(tail, "split (torch.fx)")``, or ``(None, reason)`` when
-    the graph cannot be split: tracing fails, the layer runs more than once, or the network
-    after the layer also reads values computed before it (a skip connection around it).
-    """
-    get_module(model, layer)
-    tracer = _LeafTracer(layer)
-    try:
-        graph = tracer.trace(model)
-    except Exception as e:  # fx raises many types on untraceable code; any of them means "fall back"
-        first = (str(e).strip().splitlines() or [""])[0][:120]
-        return None, f"full forward (torch.fx could not trace the model: {type(e).__name__}: {first})"
-    nodes = list(graph.nodes)
-    calls = [n for n in nodes if n.op == "call_module" and n.target == layer]
-    if len(calls) != 1:
-        return None, f"full forward (the layer is called {len(calls)} times in the traced graph)"
-    at = calls[0]
-    from_input: set = set()
-    from_layer: set = {at}
-    for n in nodes:
-        ins = n.all_input_nodes
-        if n.op == "placeholder" or any(i in from_input for i in ins):
-            from_input.add(n)
-        if n is not at and any(i in from_layer for i in ins):
-            from_layer.add(n)
-    output = next(n for n in nodes if n.op == "output")
-    needed, stack = set(), [output]
-    while stack:
-        n = stack.pop()
-        if n in needed:
-            continue
-        needed.add(n)
-        if n is not at:
-            stack.extend(n.all_input_nodes)
-    if at not in needed:
-        return None, "full forward (the model's output does not depend on the layer)"
-    if any(n in from_input and n not in from_layer for n in needed):
-        return None, "full forward (the network after the layer also reads earlier values, e.g. a skip connection)"
-    new = torch.fx.Graph()
-    env = {at: new.placeholder("activation")}
-    for n in nodes:
-        if n in needed and n is not at:
-            env[n] = new.node_copy(n, lambda a: env[a])
-    tail = torch.fx.GraphModule(tracer.root, new, class_name="Tail")
-    tail.train(model.training)
-    return tail, "split (torch.fx)"
-
-
 # =============================================================================== runner
 def _to_logits(out: Any) -> Tensor:
     if isinstance(out, Tensor):
@@ -489,42 +190,32 @@ def _to_logits(out: Any) -> Tensor:
     raise DissectError(f"the model returned {type(out).__name__}, not a tensor of class scores")
 
 
-class AblationRunner:
+class AblationRunner(LayerRunner):
     """A layer's activations on a labeled split, computed once, and ablations evaluated on them.
 
     ``run(masks)`` evaluates many ablations: ``masks[j]`` is a ``[units]`` vector (1 = keep,
-    0 = zero the unit); it returns the predicted classes ``[M, N]`` and each image's
-    log-probability of its true class ``[M, N]``.
+    0 = zero the unit); it returns the predicted classes ``[M, N]`` and the expected balanced
+    accuracy of each class ``[M, K]``. ``tail_from``: the runner of the other split of the same
+    labeled set, whose tail split is reused.
     """
 
     def __init__(self, model: nn.Module, layer: str, split: LabeledSplit, *, device: torch.device | str = "cpu",
                  batch_size: int = 64, num_workers: int | None = None, chunk_mb: int = 128,
-                 tail: nn.Module | None | str = "auto", progress: bool = False):
-        self.model = model.eval()
-        self.layer = layer
-        self.device = torch.device(device)
+                 tail_from: LayerRunner | None = None, progress: bool = False):
+        super().__init__(model, layer, device, tail_from)
         self.batch_size = batch_size
         self.chunk_elems = max(1, chunk_mb * 2 ** 20 // 4)
-        if tail == "auto":
-            self.tail, self.method = split_tail(model, layer)
-        else:
-            self.tail, self.method = tail, ("split (given tail)" if tail is not None else "full forward")
         acts, imgs, keep, skipped = [], [], [], []
         t0 = time.time()
         with torch.inference_mode():
-            loader = make_loader(split.dataset, batch_size, num_workers) if not isinstance(split.dataset, TensorImages) \
-                else _tensor_batches(split.dataset, batch_size)
-            for batch in tqdm(loader, desc=f"ablation: {layer} activations ({split.name})", unit="batch",
+            for batch in tqdm(labeled_batches(split.dataset, batch_size, num_workers),
+                              desc=f"ablation: {layer} activations ({split.name})", unit="batch",
                               disable=not progress, leave=False):
                 skipped += [p for p, _ in batch.get("bad", [])]
                 if "image" not in batch:
                     continue
                 x = batch["image"].to(self.device)
-                with Trace(model, [layer], stop=self.tail is not None) as tr:
-                    model(x)
-                if layer not in tr.outputs:
-                    raise DissectError(f"layer {layer!r} did not run in the model's forward pass")
-                acts.append(tr[layer].float())
+                acts.append(self.layer_output(x, stop=self.tail is not None))
                 if self.tail is None:
                     imgs.append(x)
                 keep.append(batch["index"])
@@ -565,16 +256,15 @@ class AblationRunner:
     def _forward(self, masks: Tensor, rows: slice) -> Tensor:
         """Logits ``[m, b, K]`` of ablations ``masks [m, units]`` on images ``rows``."""
         m = masks.shape[0]
-        if self.tail is not None:
+        if self.tail is not None:         # the masks broadcast over the stored rows
             a = self.acts[rows]
-            x = (a.unsqueeze(0) * self._mask_view(masks)).flatten(0, 1)
-            out = _to_logits(self.tail(x))
-        else:
+            out = _to_logits(self.rerun((a.unsqueeze(0) * self._mask_view(masks)).flatten(0, 1)))
+        else:                             # the images repeated, each copy with its mask
             x = self.images[rows]
             b = x.shape[0]
             rep = masks.repeat_interleave(b, 0).view(m * b, self.num_units, *([1] * (self.acts.dim() - 2)))
-            with Intervene(self.model, self.layer, lambda o: o * rep.to(o.dtype)):
-                out = _to_logits(self.model(x.repeat(m, *([1] * (x.dim() - 1)))))
+            out = _to_logits(self.rerun(None, x.repeat(m, *([1] * (x.dim() - 1))),
+                                        lambda o: o * rep.to(o.dtype)))
         return out.float().view(m, -1, out.shape[-1])
 
     def logits(self, masks: Tensor) -> Tensor:
@@ -618,50 +308,13 @@ class AblationRunner:
         return preds, score
 
 
-def _tensor_batches(ds: TensorImages, batch_size: int):
-    for i in range(0, len(ds), batch_size):
-        j = min(len(ds), i + batch_size)
-        yield {"index": torch.arange(i, j), "image": ds.images[i:j].float(), "bad": []}
-
-
-# =============================================================================== metrics
-def balanced_accuracy(preds: Tensor, labels: Tensor, num_classes: int) -> Tensor:
-    """Per class c, ``(recall + TNR) / 2`` of "predicted == c": ``[M, K]`` for ``preds [M, N]``.
-
-    NaN for a class with no image (recall undefined) or no other image (TNR undefined)."""
-    preds = preds.long()
-    M, N = preds.shape
-    K = num_classes
-    offs = (torch.arange(M, device=preds.device) * K).view(M, 1)
-    predicted = torch.bincount((preds + offs).flatten(), minlength=M * K).view(M, K).double()
-    hit = preds == labels.view(1, N)
-    tp_idx = torch.where(hit, labels.view(1, N) + offs, torch.full_like(preds, M * K))
-    tp = torch.bincount(tp_idx.flatten(), minlength=M * K + 1)[: M * K].view(M, K).double()
-    pos = torch.bincount(labels, minlength=K).double().view(1, K)
-    neg = N - pos
-    recall = tp / pos
-    tnr = (neg - (predicted - tp)) / neg
-    return (recall + tnr) / 2
-
-
-def _r(x: float | None, nd: int = 6) -> float | None:
-    if x is None or not math.isfinite(float(x)):
-        return None
-    return round(float(x), nd)
-
-
-def _spearman(x: np.ndarray, y: np.ndarray) -> float | None:
-    def ranks(v):
-        order = np.argsort(v, kind="mergesort")
-        r = np.empty(len(v))
-        r[order] = np.arange(len(v))
-        for val in np.unique(v):  # average ranks of ties
-            sel = v == val
-            r[sel] = r[sel].mean()
-        return r
-    if len(x) < 3 or np.all(x == x[0]) or np.all(y == y[0]):
-        return None
-    return float(np.corrcoef(ranks(x), ranks(y))[0, 1])
+def split_runners(model: nn.Module, layer: str, data: LabeledData, config: AblationConfig,
+                  device: torch.device | str, progress: bool = False) -> tuple[AblationRunner, AblationRunner]:
+    """The runners of the ranking and the evaluation split of ``data`` (one tail split for both)."""
+    kw = dict(device=device, batch_size=config.batch_size, num_workers=config.num_workers,
+              chunk_mb=config.chunk_mb, progress=progress)
+    rank = AblationRunner(model, layer, data.rank, **kw)
+    return rank, AblationRunner(model, layer, data.eval, **kw, tail_from=rank)
 
 
 # =============================================================================== experiment
@@ -694,14 +347,7 @@ def ablate_layer(model: nn.Module, layer: str, data: LabeledData, config: Ablati
     config.validate()
     dev = resolve_device(config.device) if device is None else torch.device(device)
     t0 = time.time()
-    if runners is None:
-        kw = dict(device=dev, batch_size=config.batch_size, num_workers=config.num_workers,
-                  chunk_mb=config.chunk_mb, progress=progress)
-        rank = AblationRunner(model, layer, data.rank, **kw)
-        ev = AblationRunner(model, layer, data.eval, **kw, tail=rank.tail)
-        ev.method = rank.method
-    else:
-        rank, ev = runners
+    rank, ev = runners if runners is not None else split_runners(model, layer, data, config, dev, progress)
     C = rank.num_units
     K = rank.num_outputs
     names = data.class_names
@@ -787,9 +433,9 @@ def ablate_layer(model: nn.Module, layer: str, data: LabeledData, config: Ablati
         for r, k in enumerate(order[c, :imp].tolist()):
             counts[k] += 1
             unit_classes[k].append({"class": names[c] if names else str(c), "rank": r + 1,
-                                    "drop": _r(drop_eval[k, c].item()),
-                                    "drop_rank": _r(drop_rank[k, c].item()),
-                                    "expected_drop_rank": _r(exp_drop[k, c].item())})
+                                    "drop": rounded(drop_eval[k, c].item()),
+                                    "drop_rank": rounded(drop_rank[k, c].item()),
+                                    "expected_drop_rank": rounded(exp_drop[k, c].item())})
 
     def cname(c: int) -> str:
         return names[c] if names else str(c)
@@ -798,23 +444,23 @@ def ablate_layer(model: nn.Module, layer: str, data: LabeledData, config: Ablati
     for c in present:
         entry = {
             "name": cname(c), "index": int(c), "images_rank": int(n_rank[c]), "images_eval": int(n_eval[c]),
-            "balanced_accuracy": _r(ba_eval[0, c].item()),
-            "balanced_accuracy_rank": _r(ba_rank[0, c].item()),
+            "balanced_accuracy": rounded(ba_eval[0, c].item()),
+            "balanced_accuracy_rank": rounded(ba_rank[0, c].item()),
         }
         if c in curves:
             lst = order[c, :min(config.list_units, C)].tolist()
-            entry["top_units"] = [{"unit": int(k), "drop": _r(drop_eval[k, c].item()),
-                                   "drop_rank": _r(drop_rank[k, c].item()),
-                                   "expected_drop_rank": _r(exp_drop[k, c].item())} for k in lst]
-            entry["remove_top"] = [_r(v) for v in curves[c]["remove"].tolist()]
-            entry["keep_top"] = [_r(v) for v in curves[c]["keep"].tolist()]
+            entry["top_units"] = [{"unit": int(k), "drop": rounded(drop_eval[k, c].item()),
+                                   "drop_rank": rounded(drop_rank[k, c].item()),
+                                   "expected_drop_rank": rounded(exp_drop[k, c].item())} for k in lst]
+            entry["remove_top"] = [rounded(v) for v in curves[c]["remove"].tolist()]
+            entry["keep_top"] = [rounded(v) for v in curves[c]["keep"].tolist()]
         else:
             entry["top_units"] = []
             entry["remove_top"] = entry["keep_top"] = None
-        entry["random_remove"] = [_r(v) for v in rnd_mean[:, 0, c].tolist()]
-        entry["random_keep"] = [_r(v) for v in rnd_mean[:, 1, c].tolist()]
-        entry["random_remove_std"] = [_r(v) for v in rnd_std[:, 0, c].tolist()]
-        entry["random_keep_std"] = [_r(v) for v in rnd_std[:, 1, c].tolist()]
+        entry["random_remove"] = [rounded(v) for v in rnd_mean[:, 0, c].tolist()]
+        entry["random_keep"] = [rounded(v) for v in rnd_mean[:, 1, c].tolist()]
+        entry["random_remove_std"] = [rounded(v) for v in rnd_std[:, 0, c].tolist()]
+        entry["random_keep_std"] = [rounded(v) for v in rnd_std[:, 1, c].tolist()]
         classes.append(entry)
 
     unit_rows = []
@@ -827,8 +473,8 @@ def ablate_layer(model: nn.Module, layer: str, data: LabeledData, config: Ablati
     many = {"important": imp, "histogram": np.bincount(counts, minlength=1).tolist()}
     if units is not None and len(units) == C:
         iou = np.array([float(u.get("iou") or 0.0) for u in units])
-        many["spearman"] = _r(_spearman(counts.astype(float), iou), 4)
-        many["mean_iou_by_count"] = {str(n): _r(float(iou[counts == n].mean()))
+        many["spearman"] = rounded(spearman(counts.astype(float), iou), 4)
+        many["mean_iou_by_count"] = {str(n): rounded(float(iou[counts == n].mean()))
                                      for n in np.unique(counts).tolist()}
 
     return {
@@ -837,14 +483,14 @@ def ablate_layer(model: nn.Module, layer: str, data: LabeledData, config: Ablati
         "method": rank.method,
         "top_n": sizes,
         "top_n_dropped": dropped,
-        "accuracy": {"rank": _r(acc_rank), "eval": _r(acc_eval)},
+        "accuracy": {"rank": rounded(acc_rank), "eval": rounded(acc_eval)},
         "images": {"rank": len(rank), "eval": len(ev), "skipped": rank.skipped + ev.skipped},
         "classes": classes,
         "class_order": [cname(c) for c in present],
         "importance": {  # [unit][class], classes in class_order
-            "eval": [[_r(drop_eval[k, c].item(), 5) for c in present] for k in range(C)],
-            "rank": [[_r(drop_rank[k, c].item(), 5) for c in present] for k in range(C)],
-            "expected_rank": [[_r(exp_drop[k, c].item(), 6) for c in present] for k in range(C)],
+            "eval": [[rounded(drop_eval[k, c].item(), 5) for c in present] for k in range(C)],
+            "rank": [[rounded(drop_rank[k, c].item(), 5) for c in present] for k in range(C)],
+            "expected_rank": [[rounded(exp_drop[k, c].item(), 6) for c in present] for k in range(C)],
         },
         "units": unit_rows,
         "many_classes": many,
@@ -872,7 +518,6 @@ def select_layers(layers: Sequence[dict], wanted: Sequence[str]) -> tuple[list[d
             names[l["alias"]] = l
     bad = [w for w in wanted if w not in names]
     if bad:
-        from ..errors import unknown_choice
         raise unknown_choice("ablation layer", bad[0], list(names) + ["all"],
                              hint="ablation runs on dissected layers only")
     chosen = list({id(names[w]): names[w] for w in wanted}.values())
@@ -888,7 +533,6 @@ def ablation_for_report(loaded, layers: Sequence[dict], probe_root: str | os.Pat
     the labeled data are written into the returned dict as ``error`` (one line), problems
     with one layer into that layer's entry, so that the rest of the report is still written.
     """
-    from .attack import attack_layer_summary, run_attack
     config = config or AblationConfig()
     out: dict[str, Any] = {"params": config.to_dict(), "data": None, "layers": {}, "attack": None,
                            "messages": [], "error": None}
@@ -905,7 +549,8 @@ def ablation_for_report(loaded, layers: Sequence[dict], probe_root: str | os.Pat
         if source is None:
             raise DissectError("no labeled images for ablation; pass --ablation-data FOLDER")
         labeled = open_labeled_data(source, loaded.class_names, loaded.input_size, loaded.mean,
-                                    loaded.std, config)
+                                    loaded.std, category=config.category, rank_split=config.rank_split,
+                                    eval_split=config.eval_split)
     except DissectError as e:
         out["error"] = str(e)
         note(f"skipped: {e}")
@@ -931,11 +576,7 @@ def ablation_for_report(loaded, layers: Sequence[dict], probe_root: str | os.Pat
         name = layer["name"]
         t_layer = time.time()
         try:
-            kw = dict(device=dev, batch_size=config.batch_size, num_workers=config.num_workers,
-                      chunk_mb=config.chunk_mb, progress=progress)
-            rank = AblationRunner(loaded.module, name, labeled.rank, **kw)
-            ev = AblationRunner(loaded.module, name, labeled.eval, **kw, tail=rank.tail)
-            ev.method = rank.method
+            rank, ev = split_runners(loaded.module, name, labeled, config, dev, progress)
             res = ablate_layer(loaded.module, name, labeled, config, units=layer.get("units"),
                                device=dev, progress=progress, runners=(rank, ev))
             if config.attack and config.attack_pairs > 0 and attack is None:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..errors import DissectError
+from ..errors import DissectError, unknown_choice
 from ..hooks import Trace
 
 SHOWN_UNITS = 10  # units listed per pair as most suppressed / most activated
@@ -93,7 +93,6 @@ def run_attack(loaded, labeled, runner, config, progress: bool = False) -> dict[
         for a, b in config.attack_pair_names:
             for n in (a, b):
                 if n not in index:
-                    from ..errors import unknown_choice
                     raise unknown_choice("attack class", n, names)
             pairs.append((index[a], index[b]))
     else:

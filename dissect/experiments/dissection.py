@@ -11,8 +11,6 @@ changes speed, never results.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import time
@@ -23,14 +21,19 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm.auto import tqdm
 
-from .. import __version__
+from dissect.version import __version__
+
+from ..cache import cache_key
 from ..data.broden import BrodenDataset, make_loader, warn_bad
+from ..devices import resolve_device
 from ..errors import DissectError
 from ..hooks import Trace
-from ..stats import IoUTally, TopK, TopQuantile
+from ..stats.iou import IoUTally
+from ..stats.quantile import TopQuantile
+from ..stats.topk import TopK
+from .metrics import rounded
 
 QUANTILE_SPACES = ("activation", "upsampled")
 
@@ -68,18 +71,6 @@ class DissectConfig:
                 "top_k": self.top_k}
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise DissectError(f"--device {name!r} is not a device; use auto, cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DissectError("--device cuda asked for, but no CUDA device is available; use --device auto or cpu")
-    return dev
-
-
 @dataclass
 class LayerStats:
     """Everything tallied for one layer (mergeable, cacheable)."""
@@ -96,26 +87,32 @@ class LayerStats:
     num_images: int
     skipped: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self._ious: dict[tuple, torch.Tensor] = {}   # iou() per label set; not part of the state
+
     def iou(self, primary_category: torch.Tensor, num_categories: int) -> torch.Tensor:
-        t = IoUTally(self.shape[0], primary_category.numel(), primary_category, num_categories)
-        t.load_state_dict(self.tally)
-        return t.iou()
+        """``[units, labels]`` IoU of every unit with every label, from the tallies, for labels
+        whose category index is ``primary_category[label]``. Computed once per label set and
+        kept, so that the summary and the interventions share one computation."""
+        key = (num_categories, tuple(primary_category.tolist()))
+        if key not in self._ious:
+            t = IoUTally(self.shape[0], primary_category.numel(), primary_category, num_categories)
+            t.load_state_dict(self.tally)
+            self._ious[key] = t.iou()
+        return self._ious[key].clone()
 
     def to_state(self) -> dict:
+        """The tallies as a dict of tensors and plain values (what the cache file holds)."""
         d = asdict(self)
         d["shape"] = list(self.shape)
         return d
 
     @classmethod
     def from_state(cls, d: dict) -> "LayerStats":
+        """The inverse of :meth:`to_state`."""
         d = dict(d)
         d["shape"] = tuple(d["shape"])
         return cls(**d)
-
-
-def cache_key(*parts) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:24]
 
 
 def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: BrodenDataset,
@@ -308,7 +305,7 @@ def summarize_layer(stats: LayerStats, dataset: BrodenDataset, config: DissectCo
         best = int(order[0])
         has = (not dead[k]) and row[best] > 0
         top = [{"name": index.labels[int(c)].display, "category": cats[primcat[c]],
-                "iou": _r(row[c])} for c in order[: config.top_concepts] if row[c] > 0 and valid[c]]
+                "iou": rounded(row[c])} for c in order[: config.top_concepts] if row[c] > 0 and valid[c]]
         by_cat = {}
         for gi, g in enumerate(cats):
             sel = np.flatnonzero((primcat == gi) & valid)
@@ -316,12 +313,12 @@ def summarize_layer(stats: LayerStats, dataset: BrodenDataset, config: DissectCo
                 continue
             c = int(sel[np.lexsort((sel, -row[sel]))[0]])
             if row[c] > 0:
-                by_cat[g] = {"name": index.labels[c].display, "iou": _r(row[c])}
+                by_cat[g] = {"name": index.labels[c].display, "iou": rounded(row[c])}
         units.append({
             "unit": k,
             "label": index.labels[best].display if has else None,
             "category": cats[primcat[best]] if has else None,
-            "iou": _r(row[best]) if has else 0.0,
+            "iou": rounded(row[best]) if has else 0.0,
             "detector": bool(has and row[best] > config.iou_threshold),
             "threshold": _s(stats.thresholds[k].item()),
             "active_fraction": _s(float(active[k])),
@@ -367,63 +364,7 @@ def summarize_layer(stats: LayerStats, dataset: BrodenDataset, config: DissectCo
     }
 
 
-def _r(x: float) -> float:
-    return round(float(x), 6)
-
-
 def _s(x: float) -> float:
     if not math.isfinite(x):
         return 0.0
     return float(f"{x:.6g}")
-
-
-# --------------------------------------------------------------------- unit images
-def render_unit_strips(stats: LayerStats, dataset: BrodenDataset, out_dir: Path,
-                       layer_slug: str, tile_size: int = 0, quality: int = 90,
-                       progress: bool = True) -> list[str]:
-    """Draw each unit's top-k images with its region ``S_k > T_k`` highlighted.
-
-    Returns, per unit, the strip's path relative to ``out_dir``.
-    """
-    sh, sw = dataset.label_size
-    tile = tile_size or max(96, min(sh, 224))
-    folder = out_dir / "units" / layer_slug
-    folder.mkdir(parents=True, exist_ok=True)
-    images: dict[int, np.ndarray] = {}
-
-    def get(i: int) -> np.ndarray:
-        if i not in images:
-            try:
-                im = dataset.load_rgb(i).resize((tile, tile), Image.BICUBIC)
-                images[i] = np.asarray(im, dtype=np.float32)
-            except (OSError, ValueError):
-                images[i] = np.full((tile, tile, 3), 128, np.float32)
-        return images[i]
-
-    gap = 4
-    rels = []
-    maps = F.interpolate(stats.top_maps.flatten(0, 1).unsqueeze(1).float(), size=(tile, tile),
-                         mode="bilinear", align_corners=False).view(*stats.top_maps.shape[:2], tile, tile)
-    for k in tqdm(range(stats.shape[0]), desc=f"unit images {layer_slug}", unit="unit",
-                  disable=not progress, leave=False):
-        idx = stats.top_indices[k].tolist()
-        strip = np.full((tile, len(idx) * (tile + gap) - gap, 3), 255, np.uint8)
-        for j, i in enumerate(idx):
-            mask = (maps[k, j] > stats.thresholds[k]).numpy()
-            strip[:, j * (tile + gap): j * (tile + gap) + tile] = highlight(get(i), mask)
-        rel = f"units/{layer_slug}/unit-{k:04d}.jpg"
-        Image.fromarray(strip).save(out_dir / rel, quality=quality, optimize=True)
-        rels.append(rel)
-    return rels
-
-
-def highlight(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Dim the image outside ``mask`` and outline the region (NetDissect's look)."""
-    out = image * np.where(mask[..., None], 1.0, 0.35) + np.where(mask[..., None], 0.0, 0.65 * 40)
-    m = mask.astype(bool)
-    edge = np.zeros_like(m)
-    edge[1:, :] |= m[1:, :] != m[:-1, :]
-    edge[:, 1:] |= m[:, 1:] != m[:, :-1]
-    edge &= m
-    out[edge] = (255, 214, 0)
-    return np.clip(out, 0, 255).astype(np.uint8)

@@ -18,31 +18,35 @@ outputs labeled by a segmenter, :mod:`dissect.data.generated`):
 * **strips**: the same latents before and after, side by side, the changed region outlined,
   as a PNG and an animated GIF (imageio).
 
-Speed: the layer's activations are computed once per latent; each intervention re-runs only
-the generator after the layer (:func:`~dissect.experiments.ablation.split_tail`, with a full
-forward pass and a hook as the fallback), and only the segmenter runs on each edited image.
+Speed: the layer's activations are computed once per latent
+(:class:`~dissect.experiments.runner.LayerRunner`); each intervention re-runs only the
+generator after the layer (:func:`~dissect.hooks.split_tail`, with a full forward pass and a
+hook as the fallback), and only the segmenter runs on each edited image. The strips are drawn
+by :mod:`dissect.experiments.strips`; :func:`generator_for_report` is the report's entry point.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..data.broden import BrodenDataset
+from ..devices import resolve_device
 from ..errors import DissectError
-from ..hooks import Intervene, Trace
 from ..models.latents import output_range, quantize, sample_z, to_unit
 from ..segmenters.base import Segmenter
-from ..stats import TopQuantile
-from .ablation import split_tail
-from .dissection import resolve_device
+from ..slugs import slugify
+from ..stats.quantile import TopQuantile
+from .dissection import LayerStats
+from .runner import LayerRunner
+from .strips import write_strip
 
 DEFAULT_GEN_TOP_N = (1, 3, 5, 10, 20)
 
@@ -89,36 +93,26 @@ class GeneratorExperimentConfig:
 
 
 # ============================================================================ runner
-class GeneratorRunner:
+class GeneratorRunner(LayerRunner):
     """Activations of one layer for latents, and images from (edited) activations."""
 
     def __init__(self, generator: nn.Module, layer: str, device: torch.device, value_range: str | None = None):
-        self.gen = generator.to(device).eval()
-        self.layer = layer
-        self.device = device
-        self.tail, self.how = split_tail(self.gen, layer)
-        if self.tail is not None:
-            self.tail = self.tail.to(device).eval()
+        super().__init__(generator, layer, device)
         self.value_range = value_range
 
     @torch.no_grad()
     def acts(self, z: Tensor) -> Tensor:
-        with Trace(self.gen, [self.layer], stop=True) as tr:
-            self.gen(z.to(self.device))
-        a = tr.outputs[self.layer]
+        """The layer's activations ``[N, units, h, w]`` (float32) for latents ``z``."""
+        a = self.layer_output(z.to(self.device))
         if a.dim() != 4 or a.shape[-1] * a.shape[-2] < 2:
             raise DissectError(f"layer {self.layer!r} has output shape {list(a.shape[1:])}; generator "
                                "interventions need a layer with spatial extent [units, h, w], h * w > 1")
-        return a.float()
+        return a
 
     @torch.no_grad()
     def images(self, acts: Tensor, z: Tensor) -> Tensor:
         """Images in [0, 1], quantized to 8 bits, from (edited) activations of latents ``z``."""
-        if self.tail is not None:
-            out = self.tail(acts.to(self.device))
-        else:
-            with Intervene(self.gen, self.layer, lambda o: acts.to(o.device, o.dtype)):
-                out = self.gen(z.to(self.device))
+        out = self.rerun(acts.to(self.device), z.to(self.device))
         if self.value_range is None:
             self.value_range = output_range(out)
         return quantize(to_unit(out.float(), self.value_range))
@@ -376,92 +370,6 @@ def insertion_experiment(runner: GeneratorRunner, seg: Segmenter, concept: str, 
                     "regions": regions}
 
 
-# ============================================================================ strips
-def _tile(img01: Tensor, scale: int) -> np.ndarray:
-    a = (img01.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    if scale > 1:
-        a = np.asarray(Image.fromarray(a).resize((a.shape[1] * scale, a.shape[0] * scale), Image.NEAREST))
-    return a.copy()
-
-
-def _outline_mask(tile: np.ndarray, mask: np.ndarray, color=(255, 214, 0)) -> np.ndarray:
-    m = mask.astype(bool)
-    edge = np.zeros_like(m)
-    edge[1:, :] |= m[1:, :] != m[:-1, :]
-    edge[:-1, :] |= m[1:, :] != m[:-1, :]
-    edge[:, 1:] |= m[:, 1:] != m[:, :-1]
-    edge[:, :-1] |= m[:, 1:] != m[:, :-1]
-    edge &= m
-    tile[edge] = color
-    return tile
-
-
-def _outline_box(tile: np.ndarray, box: tuple[int, int, int, int], scale: int, color=(255, 214, 0)) -> np.ndarray:
-    y0, y1, x0, x1 = (v * scale for v in box)
-    y1, x1 = min(y1, tile.shape[0]) - 1, min(x1, tile.shape[1]) - 1
-    for t in range(2):
-        tile[max(y0 - t, 0), x0:x1 + 1] = color
-        tile[min(y1 + t, tile.shape[0] - 1), x0:x1 + 1] = color
-        tile[y0:y1 + 1, max(x0 - t, 0)] = color
-        tile[y0:y1 + 1, min(x1 + t, tile.shape[1] - 1)] = color
-    return tile
-
-
-def _row(tiles: list[np.ndarray], gap: int = 4) -> np.ndarray:
-    h = tiles[0].shape[0]
-    out = np.full((h, sum(t.shape[1] for t in tiles) + gap * (len(tiles) - 1), 3), 255, np.uint8)
-    x = 0
-    for t in tiles:
-        out[:, x:x + t.shape[1]] = t
-        x += t.shape[1] + gap
-    return out
-
-
-def _stack(rows: list[np.ndarray], gap: int = 4) -> np.ndarray:
-    w = max(r.shape[1] for r in rows)
-    out = np.full((sum(r.shape[0] for r in rows) + gap * (len(rows) - 1), w, 3), 255, np.uint8)
-    y = 0
-    for r in rows:
-        out[y:y + r.shape[0], :r.shape[1]] = r
-        y += r.shape[0] + gap
-    return out
-
-
-def _scale_for(size: int) -> int:
-    return max(1, 128 // max(size, 1))
-
-
-def write_strip(out_dir: Path, stem: str, before: Tensor, after: Tensor, masks: list | None = None,
-                boxes: list | None = None, frames: list[Tensor] | None = None) -> tuple[str, str]:
-    """Write ``<stem>.png`` (row 1: before, row 2: after, regions outlined on both) and
-    ``<stem>.gif`` (before and after alternating, or ``frames``). Returns both names."""
-    import imageio.v3 as iio
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    scale = _scale_for(before.shape[-1])
-
-    def decorate(imgs: Tensor) -> list[np.ndarray]:
-        tiles = []
-        for i in range(len(imgs)):
-            t = _tile(imgs[i], scale)
-            if masks is not None:
-                m = np.kron(masks[i].numpy().astype(np.uint8), np.ones((scale, scale), np.uint8))
-                t = _outline_mask(t, m)
-            if boxes is not None:
-                t = _outline_box(t, boxes[i], scale)
-            tiles.append(t)
-        return tiles
-
-    rb, ra = _row(decorate(before)), _row(decorate(after))
-    png = f"{stem}.png"
-    Image.fromarray(_stack([rb, ra])).save(out_dir / png, optimize=True)
-    seq = [rb, ra] if frames is None else [_row(decorate(f)) for f in frames]
-    gif = f"{stem}.gif"
-    durations = [900] * len(seq)
-    iio.imwrite(out_dir / gif, np.stack(seq), extension=".gif", duration=durations, loop=0)
-    return png, gif
-
-
 # ============================================================================ report
 def generator_experiments(loaded, layer: str, iou: np.ndarray, seg: Segmenter, probe_latents: np.ndarray,
                           cfg: GeneratorExperimentConfig, out_dir: Path, rel_prefix: str,
@@ -483,7 +391,7 @@ def generator_experiments(loaded, layer: str, iou: np.ndarray, seg: Segmenter, p
     ablate = choose_concepts(iou, seg, cfg.ablate)
     insert = choose_concepts(iou, seg, cfg.insert,
                              categories=("part",) if "part" in seg.layers else ("object",))
-    out: dict = {"layer": layer, "how": runner.how, "ablation": [], "insertion": []}
+    out: dict = {"layer": layer, "how": runner.method, "ablation": [], "insertion": []}
 
     def take(n):
         keep, total = [], 0
@@ -506,7 +414,7 @@ def generator_experiments(loaded, layer: str, iou: np.ndarray, seg: Segmenter, p
             ed = runner.acts(strip["z"])
             ed[:, strip["units"][:n]] = 0
             frames.append(runner.images(ed, strip["z"]).cpu())
-        png, gif = write_strip(out_dir, f"ablate-{_safe(concept)}", strip["before"], strip["after"],
+        png, gif = write_strip(out_dir, f"ablate-{slugify(concept, 'concept')}", strip["before"], strip["after"],
                                masks=masks, frames=frames)
         res["strip"], res["animation"] = f"{rel_prefix}/{png}", f"{rel_prefix}/{gif}"
         res["animation_frames"] = ["before"] + [f"top {n} removed" for n in strip["sizes"] if n <= res["n_main"]]
@@ -518,7 +426,7 @@ def generator_experiments(loaded, layer: str, iou: np.ndarray, seg: Segmenter, p
             res, strip = insertion_experiment(runner, seg, concept, iou[:, seg.number(concept)], values,
                                               cfg, z, take(cfg.insert_samples), progress)
             if len(strip["before"]):
-                png, gif = write_strip(out_dir, f"insert-{_safe(concept)}", strip["before"], strip["after"],
+                png, gif = write_strip(out_dir, f"insert-{slugify(concept, 'concept')}", strip["before"], strip["after"],
                                        boxes=strip["regions"])
                 res["strip"], res["animation"] = f"{rel_prefix}/{png}", f"{rel_prefix}/{gif}"
             out["insertion"].append(res)
@@ -526,6 +434,47 @@ def generator_experiments(loaded, layer: str, iou: np.ndarray, seg: Segmenter, p
     return out
 
 
-def _safe(name: str) -> str:
-    import re
-    return re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-") or "concept"
+def intervention_layers(layers: Sequence[dict], wanted: Sequence[str]) -> list[dict]:
+    """The dissected layers (results.json layer records) to intervene on: those ``wanted``
+    names (path or alias), every one for ``["all"]``, the first one when nothing is wanted."""
+    if list(wanted) == ["all"]:
+        return list(layers)
+    if not wanted:
+        return list(layers)[:1]
+    names = {n for layer in layers for n in (layer["name"], layer.get("alias")) if n}
+    for w in wanted:
+        if w not in names:
+            raise DissectError(f"--intervene-layer {w!r} is not a dissected layer "
+                               f"({', '.join(layer['name'] for layer in layers)})")
+    return [layer for layer in layers if layer["name"] in wanted or layer.get("alias") in wanted]
+
+
+def generator_for_report(loaded, layers: Sequence[dict], stats: Mapping[str, LayerStats],
+                         dataset: BrodenDataset, seg: Segmenter, out_dir: Path,
+                         config: GeneratorExperimentConfig | None = None, progress: bool = True) -> dict:
+    """Ablation and insertion, with strips, on the generator's intervention layers: the
+    results' ``generator`` record (see docs/results-schema.md).
+
+    ``layers`` are the results.json layer records (``name``, ``alias``, ``slug``) and ``stats``
+    the dissection's tallies by layer path, on ``dataset``, the generated probe set that
+    ``seg`` labeled. Without concepts in ``config``, they come from the model's
+    ``spec.experiments`` (else from the dissection); the layers are ``config.layers``, else the
+    spec's, else the first dissected one. Strips are written under
+    ``out_dir/interventions/<layer slug>``. A layer asked for that was not dissected is a
+    :class:`~dissect.errors.DissectError`.
+    """
+    config = config or GeneratorExperimentConfig()
+    experiments = loaded.spec.experiments if loaded.spec is not None else {}
+    if config.ablate is None and config.insert is None and experiments:
+        config = replace(config, ablate=tuple(experiments.get("ablate", ())) or None,
+                         insert=tuple(experiments.get("insert", ())) or None)
+    primary = dataset.index.primary_category_tensor()
+    results = []
+    for layer in intervention_layers(layers, list(config.layers) or list(experiments.get("layers", ()))):
+        iou = stats[layer["name"]].iou(primary, len(dataset.index.categories)).numpy()
+        res = generator_experiments(loaded, layer["name"], iou, seg, dataset.latents, config,
+                                    out_dir / "interventions" / layer["slug"],
+                                    f"interventions/{layer['slug']}", progress=progress)
+        res["slug"] = layer["slug"]
+        results.append(res)
+    return {"params": config.to_dict(), "segmenter": seg.provenance(), "layers": results}

@@ -1,0 +1,71 @@
+"""One layer's activations computed once, the rest of the network re-run many times.
+
+Both interventions of METHOD.md work this way: the classifier ablation (section 2: many
+unit masks over one set of images) and the generator interventions (section 3: many edits of
+one batch of latents). :class:`LayerRunner` is the shared part; each experiment's runner
+adds only what is its own (:class:`~dissect.experiments.ablation.AblationRunner`: class
+labels and balanced accuracy; :class:`~dissect.experiments.generator.GeneratorRunner`:
+images and their value range).
+
+The network is split after the layer with :func:`~dissect.hooks.split_tail`, so that a re-run
+costs only the part after the layer. Where the graph cannot be split, every re-run is a full
+forward pass of the inputs with the layer's output edited by an
+:class:`~dissect.hooks.Intervene` hook instead: the results are the same, only slower.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import DissectError
+from ..hooks import Intervene, Trace, split_tail
+
+
+class LayerRunner:
+    """The network ``model`` around ``layer``: the layer's output, and re-runs from it.
+
+    ``tail_from``: another runner on the same model and layer whose split is reused (two
+    splits of one labeled set share one tail). ``method`` says how re-runs are made:
+    ``"split (torch.fx)"``, or ``"full forward (<why the graph could not be split>)"``.
+    """
+
+    def __init__(self, model: nn.Module, layer: str, device: torch.device | str,
+                 tail_from: LayerRunner | None = None):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.layer = layer
+        if tail_from is not None:
+            self.tail, self.method = tail_from.tail, tail_from.method
+        else:
+            tail, self.method = split_tail(self.model, layer)
+            self.tail = tail.to(self.device) if tail is not None else None
+
+    def layer_output(self, inputs: Tensor, stop: bool = True) -> Tensor:
+        """The layer's output for ``inputs`` (on the runner's device), as float32; ``stop``
+        cuts the forward pass short once the layer has run."""
+        with Trace(self.model, [self.layer], stop=stop) as tr:
+            self.model(inputs)
+        if self.layer not in tr.outputs:
+            raise DissectError(f"layer {self.layer!r} did not run in the model's forward pass")
+        return tr[self.layer].float()
+
+    def rerun(self, edited: Tensor | None, inputs: Tensor | None = None,
+              edit: Callable[[Tensor], Tensor] | None = None) -> Any:
+        """The network's output with the layer's output edited.
+
+        Split: ``tail(edited)``, the edited activations. Not split: a full forward pass of
+        ``inputs`` (what the activations were computed from) with the layer's output replaced
+        by ``edited``, or by ``edit(output)`` when given (for a caller whose edits are laid out
+        in another batch order in the two cases, and which then passes only what its case
+        needs). Call it under ``torch.no_grad()`` or ``torch.inference_mode()``.
+        """
+        if self.tail is not None:
+            return self.tail(edited)
+        if edit is None:
+            def edit(output: Tensor) -> Tensor:
+                return edited.to(output.device, output.dtype)
+        with Intervene(self.model, self.layer, edit):
+            return self.model(inputs)
