@@ -194,8 +194,10 @@ def run_report(opts: ReportOptions) -> Path:
         t_model = time.time()
         run = _generator_run if loaded.kind == "generator" else _classifier_run
         results, run_dir = run(loaded, opts)
+        seconds = time.time() - t_model
+        results["provenance"]["seconds"] = None if opts.reproducible else round(seconds, 1)
         runs.append((results, run_dir))
-        summaries.append((loaded.name, results["layers"], time.time() - t_model))
+        summaries.append((loaded.name, results["layers"], seconds))
 
     out = Path(opts.out)
     site_dir = write_site(out, runs, reproducible=opts.reproducible, notes_md=notes_md,

@@ -23,6 +23,7 @@ from dissect.hooks import Intervene
 from dissect.models.latents import output_range, sample_z
 from dissect.models.loading import from_module
 from dissect.models.weights import WEIGHTS_DIR
+from dissect.models.zoo.toy import TOYGAN_Z_DIM as Z
 from dissect.models.zoo.toy import ToyGenerator
 from dissect.segmenters.color import ColorNamer
 from dissect.segmenters.registry import load_segmenter
@@ -131,9 +132,9 @@ def test_output_range_detection():
 
 
 def test_latents_are_reproducible_slices():
-    a = sample_z(10, seed=3)
-    assert torch.equal(sample_z(4, seed=3, start=6), a[6:])
-    assert not torch.equal(sample_z(10, seed=4), a)
+    a = sample_z(10, seed=3, z_dim=Z)
+    assert torch.equal(sample_z(4, seed=3, z_dim=Z, start=6), a[6:])
+    assert not torch.equal(sample_z(10, seed=4, z_dim=Z), a)
 
 
 def test_toygan_weights_of_another_width_load(tmp_path):
@@ -147,7 +148,7 @@ def test_toygan_weights_of_another_width_load(tmp_path):
     save_file(narrow.state_dict(), str(path))
     loaded = load_model("toygan", weights=str(path), progress=False)
     assert loaded.module.layer4[0].out_channels == 8 and loaded.module.layer1[0].out_channels == 64
-    z = sample_z(3, seed=1)
+    z = sample_z(3, seed=1, z_dim=Z)
     with torch.no_grad():
         assert torch.equal(loaded.module(z), narrow(z))
     # half-precision files load into the float32 model
@@ -165,7 +166,7 @@ def test_split_tail_equals_intervention_in_full_forward():
     for layer in ("layer2", "layer3"):
         runner = GeneratorRunner(gen, layer, torch.device("cpu"))
         assert runner.method.startswith("split")
-        z = sample_z(4, 1)
+        z = sample_z(4, 1, Z)
         acts = runner.acts(z)
         edited = acts.clone()
         edited[:, [1, 5, 7]] = 0
@@ -187,9 +188,9 @@ def test_generated_probe_is_a_broden_set_labeled_by_the_segmenter(tmp_path):
     assert len(index.records) == 10 and index.categories == ["color"]
     assert index.segmenter_labeled   # every image annotated in every category: plain IoU
     lat = np.load(root / "latents.npy")
-    assert np.array_equal(lat, sample_z(10, 5).numpy())
+    assert np.array_equal(lat, sample_z(10, 5, Z).numpy())
     ds = BrodenDataset(index, input_size=64, model_input="latent")
-    assert torch.equal(ds[3]["image"], sample_z(1, 5, start=3)[0])
+    assert torch.equal(ds[3]["image"], sample_z(1, 5, Z, start=3)[0])
     # the labels are the segmenter's labels of exactly the saved pixels
     rec = index.records[7]
     img = torch.from_numpy(np.asarray(Image.open(root / "images" / rec.image), dtype=np.float32)).permute(2, 0, 1)[None] / 255
@@ -247,6 +248,34 @@ def test_custom_generator_end_to_end(gen_module, capsys):
     g = r["generator"]["layers"][0]
     assert g["ablation"][0]["concept"] == "blue-c" and g["insertion"][0]["concept"] == "red-c"
     assert (gen_module / "site" / "tinygen-good" / "up.1" / "interventions.html").is_file()
+
+
+def test_reproducible_generator_sites_are_byte_identical(gen_module, capsys):
+    """--reproducible: two runs of one command (the second from an empty cache) give the same
+    bytes in every file, interventions included; the run time is in neither."""
+    import shutil
+    args = ["--model", "tinygen:good", "--kind", "generator", "--z-dim", "8", "--segmenter", "color",
+            "--data-size", "40", "--gen-samples", "8", "--ablate-concept", "blue-c",
+            "--insert-concept", "red-c", "--out", "site"]
+    trees = []
+    for _ in range(2):
+        shutil.rmtree(gen_module / "cache", ignore_errors=True)
+        code, err = _cli([*args, "--reproducible"], gen_module, capsys)
+        assert code == 0, err
+        site = gen_module / "site"
+        trees.append({p.relative_to(site).as_posix(): p.read_bytes() for p in sorted(site.rglob("*"))
+                      if p.is_file()})
+    assert sorted(trees[0]) == sorted(trees[1]) and "tinygen-good/up.1/interventions.html" in trees[0]
+    assert [k for k in trees[0] if trees[0][k] != trees[1][k]] == []
+    r = json.loads(trees[0]["tinygen-good/results.json"])
+    assert r["provenance"]["created"] is None and r["provenance"]["seconds"] is None
+    assert all("seconds" not in layer for layer in r["generator"]["layers"])
+    code, err = _cli(args, gen_module, capsys)   # not reproducible: the run is dated and timed
+    assert code == 0, err
+    timed = json.loads((gen_module / "site" / "tinygen-good" / "results.json").read_text())
+    assert timed["provenance"]["seconds"] > 0 and timed["provenance"]["created"]
+    page = (gen_module / "site" / "tinygen-good" / "index.html").read_text()
+    assert '<th scope="row">command</th>' in page and '<th scope="row">seconds</th>' not in page
 
 
 @pytest.mark.parametrize("args, message", [
@@ -359,7 +388,7 @@ def test_ablation_and_insertion_numbers_match_brute_force():
     runner = GeneratorRunner(gen, layer, torch.device("cpu"))
     cfg = GeneratorExperimentConfig(top_n=(1, 3), units=3, samples=6, insert_samples=4, curve_samples=2,
                                     random_draws=2, region=8, device="cpu")
-    z = sample_z(6, 2)
+    z = sample_z(6, 2, Z)
     acts = [runner.acts(z[:4]), runner.acts(z[4:])]
     rng = np.random.default_rng(0)
     concept = "green-c"

@@ -27,7 +27,6 @@ by :mod:`dissect.experiments.strips`; :func:`generator_for_report` is the report
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -380,7 +379,6 @@ def generator_experiments(loaded, layer: str, iou: np.ndarray, seg: Segmenter, p
     are the segmenter's (the probe set was labeled by ``seg``).
     """
     cfg.validate()
-    t0 = time.time()
     device = resolve_device(cfg.device)
     seg.to(device)
     runner = GeneratorRunner(loaded.module, layer, device)
@@ -430,7 +428,6 @@ def generator_experiments(loaded, layer: str, iou: np.ndarray, seg: Segmenter, p
                                        boxes=strip["regions"])
                 res["strip"], res["animation"] = f"{rel_prefix}/{png}", f"{rel_prefix}/{gif}"
             out["insertion"].append(res)
-    out["seconds"] = round(time.time() - t0, 1)
     return out
 
 

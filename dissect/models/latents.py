@@ -13,11 +13,10 @@ import torch
 from torch import Tensor
 
 from dissect.errors import DissectError
-from dissect.models.zoo.toy import TOYGAN_Z_DIM
 
 
-def sample_z(n: int, seed: int, z_dim: int = TOYGAN_Z_DIM, start: int = 0) -> Tensor:
-    """Latents ``start .. start + n - 1`` of the probe sequence for ``seed``.
+def sample_z(n: int, seed: int, z_dim: int, start: int = 0) -> Tensor:
+    """Latents ``start .. start + n - 1`` (each of size ``z_dim``) of the probe sequence for ``seed``.
 
     Each latent is drawn from its own generator seeded by ``(seed, index)``, so any slice of
     the sequence is reproducible on its own and independent of the batch size.

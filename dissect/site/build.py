@@ -116,7 +116,7 @@ def _build_model(
     dest.mkdir()
     site_results = results  # already the caller's private copy
     if reproducible and isinstance(site_results.get("provenance"), dict):
-        site_results["provenance"]["created"] = None
+        site_results["provenance"].update(created=None, seconds=None)
     ctx = ModelContext(site_results, version, reproducible)
     slugs = [layer["slug"] for layer in site_results["layers"]]
     pages_by_layer: list[LayerPages] = []

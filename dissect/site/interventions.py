@@ -151,7 +151,6 @@ def interventions_page(ctx: ModelContext, layer: dict[str, Any], entry: dict[str
         {"key": "insertion samples", "value": fmt_num(params.get("insert_samples"))},
         {"key": "N (curves)", "value": ", ".join(str(n) for n in params.get("top_n") or [])},
         {"key": "random draws per N", "value": fmt_num(params.get("random_draws"))},
-        {"key": "time", "value": f"{entry.get('seconds', '–')} s"},
     ]
     return {
         "layer": {"name": layer["name"], "alias": layer.get("alias"), "num_units": fmt_num(units_total)},

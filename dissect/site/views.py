@@ -156,6 +156,10 @@ def _histogram(ctx: ModelContext, layer: dict[str, Any]) -> tuple[dict[str, Any]
     return fig, table
 
 
+#: Provenance fields that differ from run to run of the same inputs (never on a page).
+RUN_SPECIFIC = ("created", "seconds")
+
+
 def _rows(mapping: dict[str, Any], keys: list[str] | None = None) -> list[dict[str, str]]:
     keys = keys if keys is not None else sorted(mapping)
     out = []
@@ -241,8 +245,8 @@ def model_page(ctx: ModelContext, layer_slugs: list[str], notes: Markup | None,
             {**probe, "skipped": f"{len(probe.get('skipped') or [])} listed" if probe.get("skipped") else None},
             ["name", "path", "index_sha256", "num_images", "num_skipped", "skipped", "label_size", "categories", "num_concepts"],
         ),
-        # The run's date stays in provenance.json / results.json: pages are identical across runs.
-        "provenance_rows": _rows({k: v for k, v in prov.items() if k != "created"}),
+        # The run's date and time stay in provenance.json / results.json: pages are identical across runs.
+        "provenance_rows": _rows({k: v for k, v in prov.items() if k not in RUN_SPECIFIC}),
         "created": created,
         "reproducible": ctx.reproducible or created is None,
         "skipped": list(probe.get("skipped") or []),
