@@ -153,3 +153,12 @@ def test_readme_python_api_runs_as_written(tmp_path):
     site_threshold = results["layers"][0]["units"][0]["threshold"]
     printed = float(proc.stdout.strip().splitlines()[-1])
     assert abs(printed - site_threshold) <= 1e-5 * max(1.0, abs(site_threshold))
+
+
+def test_every_package_is_installed():
+    """A new subpackage must be in pyproject.toml's package list, or `pip install .` (not -e)
+    would leave it out."""
+    tomllib = __import__("pytest").importorskip("tomllib")
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(PKG.parent).parts) for p in PKG.rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)
