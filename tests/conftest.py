@@ -20,4 +20,4 @@ def toyworld_small(tmp_path_factory):
     """200 toy-world scenes at 64 px, in Broden format (shared by the tests)."""
     from dissect.data.toyworld_probe import write_toyworld
     return write_toyworld(tmp_path_factory.mktemp("tw") / "toyworld", n=200, seed=7,
-                        image_size=64, progress=False)
+                          image_size=64, progress=False)

@@ -164,3 +164,35 @@ def test_fetch_broden_from_local_zip(broden, tmp_path):
     with pytest.raises(DissectError):
         fetch_broden(tmp_path / "other", "broden1_224", url=f"file://{archive}", sha256="0" * 64,
                      progress=False)
+
+
+# ------------------------------------------------------------------ confinement (issue 15)
+@pytest.mark.parametrize("bad", ["../../outside/secret.jpg", "/etc/passwd", "ade20k/../../x.jpg",
+                                 "C:/Windows/x.jpg", "..\\outside.jpg"])
+@pytest.mark.parametrize("column", ["image", "label"])
+def test_files_outside_the_probe_folder_are_refused(broden, bad, column):
+    """index.csv may only name files inside images/: one line naming the row, before any work."""
+    index = broden / "index.csv"
+    rows = index.read_text().splitlines()
+    rows[2] = rows[2].replace("ade20k/b.jpg" if column == "image" else "ade20k/b_object.png", bad)
+    index.write_text("\n".join(rows) + "\n")
+    with pytest.raises(DissectError) as err:
+        BrodenIndex(broden)
+    msg = str(err.value)
+    assert "row 3" in msg and repr(bad) in msg and "outside" in msg and "\n" not in msg
+
+
+def test_a_symlink_out_of_the_probe_folder_is_never_read(broden, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Image.fromarray(np.full((4, 4, 3), 99, np.uint8)).save(outside / "secret.jpg")
+    link = broden / "images" / "ade20k" / "b.jpg"
+    link.unlink()
+    link.symlink_to(outside / "secret.jpg")
+    ds = BrodenDataset(broden, input_size=4)
+    item = ds[1]
+    assert item["ok"] is False and "outside the probe folder" in item["error"]
+    assert str(outside) not in item["error"] and item["path"] == "ade20k/b.jpg"
+    with pytest.raises(OSError):
+        ds.load_rgb(1)
+    assert ds[0]["ok"] is True   # the other image is read as before

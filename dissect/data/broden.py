@@ -63,6 +63,14 @@ def display_name(name: str) -> str:
     return name
 
 
+def confined_name(name: str) -> bool:
+    """Whether a file name from a probe set's tables stays inside its folder: relative, with
+    no ``..`` part (a symbolic link out of the folder is caught when the file is opened)."""
+    if not name or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return False
+    return ".." not in name.replace("\\", "/").split("/")
+
+
 def _read_csv(path: Path) -> list[dict]:
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -127,8 +135,10 @@ class BrodenIndex:
         # annotated in a category when it holds some concept of it).
         self.segmenter_labeled = (self.root / GENERATED_MANIFEST).is_file()
 
+        self.images = self.root / "images"
+        self.images_real = os.path.realpath(self.images)
         self.records: list[ImageRecord] = []
-        for r in rows:
+        for row_number, r in enumerate(rows, start=2):
             rec = ImageRecord(r["image"], r.get("split", ""), int(r["ih"]), int(r["iw"]),
                               int(r["sh"]), int(r["sw"]))
             for cat in self.categories:
@@ -143,6 +153,11 @@ class BrodenIndex:
                         rec.image_labels.append(int(item))
                     else:
                         rec.pixel_files.append(item)
+            for name in [rec.image, *rec.pixel_files]:
+                if not confined_name(name):
+                    raise DissectError(
+                        f"{self.root / 'index.csv'} row {row_number} names {name!r}, which is outside "
+                        f"{self.images}; a probe set may only name files inside its images/ folder")
             self.records.append(rec)
 
     # ------------------------------------------------------------------ helpers
@@ -171,6 +186,16 @@ class BrodenIndex:
                 h.update(name.encode() + b"\0")
                 h.update(p.read_bytes())
         return h.hexdigest()
+
+    def file(self, name: str) -> Path:
+        """The path of ``name`` (from index.csv) under ``images/``; an :class:`OSError` (the
+        file is then skipped as unreadable, never opened) when a symbolic link leads out of
+        the probe folder."""
+        path = self.images / name
+        real = os.path.realpath(path)
+        if not real.startswith(self.images_real + os.sep):
+            raise OSError(f"{name} leads outside the probe folder (through a symbolic link); not read")
+        return path
 
     def label_size(self) -> tuple[int, int]:
         sizes = {(r.sh, r.sw) for r in self.records}
@@ -230,7 +255,7 @@ class BrodenDataset(torch.utils.data.Dataset):
 
     def load_rgb(self, i: int) -> Image.Image:
         rec = self.index.records[self.indices[i]]
-        with Image.open(self.index.root / "images" / rec.image) as im:
+        with Image.open(self.index.file(rec.image)) as im:
             return im.convert("RGB")
 
     def __getitem__(self, i: int) -> dict:
@@ -246,13 +271,13 @@ class BrodenDataset(torch.utils.data.Dataset):
                 x = torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
                 item["image"] = (x - self.mean) / self.std
             else:  # labels only; still check that the image is readable
-                with Image.open(self.index.root / "images" / rec.image) as im:
+                with Image.open(self.index.file(rec.image)) as im:
                     im.verify()
             if self.with_labels:
                 sh, sw = self.label_size
                 layers = []
                 for name in rec.pixel_files:
-                    lab = decode_label_png(self.index.root / "images" / name)
+                    lab = decode_label_png(self.index.file(name))
                     if lab.shape != (sh, sw):
                         lab = np.asarray(Image.fromarray(lab.astype(np.int32)).resize((sw, sh), Image.NEAREST))
                     layers.append(torch.from_numpy(lab.astype(np.int64)))
