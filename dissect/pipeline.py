@@ -304,8 +304,8 @@ def _classifier_run(loaded: LoadedModel, opts: ReportOptions) -> tuple[dict, Pat
     dataset = probe.dataset
     data_sha = dataset.index.sha256()
     parts = {"weights_sha256": loaded.weights_sha256, "model": loaded.name,
-             "data_sha256": data_sha, "indices": cache_key(dataset.indices),
-             "input_size": loaded.input_size}
+             "data_sha256": data_sha, "data_files": dataset.index.files_fingerprint(),
+             "indices": cache_key(dataset.indices), "input_size": loaded.input_size}
     run = _dissect(loaded, paths, dataset, config, opts, parts)
     skipped = sorted({s for p, _ in run.paths for s in run.stats[p].skipped})
     probe_info = {
@@ -335,7 +335,8 @@ def _generator_run(loaded: LoadedModel, opts: ReportOptions) -> tuple[dict, Path
     dataset, seg = probe.dataset, probe.segmenter
     data_sha = dataset.index.sha256()
     parts = {"weights_sha256": loaded.weights_sha256, "model": loaded.name,
-             "data_sha256": data_sha, "indices": cache_key(dataset.indices), "kind": "generator"}
+             "data_sha256": data_sha, "data_files": dataset.index.files_fingerprint(),
+             "indices": cache_key(dataset.indices), "kind": "generator"}
     run = _dissect(loaded, paths, dataset, config, opts, parts)
     probe_info = {
         "name": "generated", "path": str(probe.path), "index_sha256": data_sha,

@@ -129,3 +129,35 @@ def test_batching_does_not_change_results(toyworld_small):
     for key in ("inter", "unit_cat", "label_pixels", "active"):
         assert torch.equal(a.tally[key], b.tally[key])
     assert torch.equal(a.top_indices, b.top_indices)
+
+
+def test_cached_results_follow_the_probe_files(tmp_path):
+    """A probe folder whose images were all replaced (its tables unchanged) is dissected
+    again, never served the old results; another folder with the same tables gets its own
+    cache entry."""
+    import json
+    import shutil
+
+    from PIL import Image
+
+    from dissect import report
+    from dissect.data.toyworld_probe import write_toyworld
+
+    folder = write_toyworld(tmp_path / "a", n=40, seed=3, image_size=64, progress=False)
+    kw = dict(model="toy", layers=["conv4_2"], ablation=False, progress=False, reproducible=True,
+              cache_dir=tmp_path / "cache")
+
+    def run(data, out):
+        report(data=str(data), out=tmp_path / out, **kw)
+        r = json.loads((tmp_path / out / "toy" / "results.json").read_text())
+        return r["probe"]["index_sha256"], [u["threshold"] for u in r["layers"][0]["units"]]
+
+    tables, thresholds = run(folder, "s1")
+    entries = set((tmp_path / "cache" / "stats").iterdir())
+    shutil.copytree(folder, tmp_path / "b")               # same tables, same file times
+    assert run(tmp_path / "b", "s2") == (tables, thresholds)
+    assert len(set((tmp_path / "cache" / "stats").iterdir()) - entries) == 1
+    for png in (folder / "images").glob("toy-?????.png"):  # every image flat grey
+        Image.new("RGB", (64, 64), (128, 128, 128)).save(png)
+    grey_tables, grey_thresholds = run(folder, "s3")
+    assert grey_tables == tables and grey_thresholds != thresholds

@@ -187,6 +187,21 @@ class BrodenIndex:
                 h.update(p.read_bytes())
         return h.hexdigest()
 
+    def files_fingerprint(self) -> str:
+        """SHA-256 over the folder's real path and, for every file the index names, its name,
+        size and modification time (``stat``, no file is read): replacing or editing any image
+        or label file, or opening another folder with the same tables, changes it. Part of
+        every cache key, with :meth:`sha256` (the tables' content)."""
+        h = hashlib.sha256(os.path.realpath(self.root).encode() + b"\0")
+        for rec in self.records:
+            for name in (rec.image, *rec.pixel_files):
+                try:
+                    st = os.stat(self.images / name)
+                    h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                except OSError:
+                    h.update(f"{name}\0missing\n".encode())
+        return h.hexdigest()
+
     def file(self, name: str) -> Path:
         """The path of ``name`` (from index.csv) under ``images/``; an :class:`OSError` (the
         file is then skipped as unreadable, never opened) when a symbolic link leads out of
