@@ -196,3 +196,28 @@ def test_a_symlink_out_of_the_probe_folder_is_never_read(broden, tmp_path):
     with pytest.raises(OSError):
         ds.load_rgb(1)
     assert ds[0]["ok"] is True   # the other image is read as before
+
+
+# ------------------------------------------------------------------ damaged tables (issue 15)
+def _edit(path, old, new):
+    text = path.read_bytes()
+    assert old in text
+    path.write_bytes(text.replace(old, new, 1))
+
+
+@pytest.mark.parametrize("file, old, new, expect", [
+    ("index.csv", b"ade20k/b.jpg,val,4,4,2,2", b"ade20k/b.jpg,val,abc,4,2,2", "row 3: ih must be a whole number, not 'abc'"),
+    ("index.csv", b"image,split,ih,iw,sh,sw", b"image,split,ih,iw,sz,sw", "lacks the column(s) sh"),
+    ("index.csv", b",,,,7;8", b",,,,999;8", "row 3: label 999 in column texture is not defined"),
+    ("index.csv", b",,,,7;8", b",,,,40000;8", "row 3: label 40000 in column texture is not defined"),
+    ("index.csv", b"ade20k/b.jpg", b"ade20k/b\xff.jpg", "is not UTF-8 text"),
+    ("label.csv", b"3,door,part(1),1,0.1", b"x3,door,part(1),1,0.1", "label.csv row 5: number must be a whole number"),
+    ("label.csv", b"number,name", b"numero,name", "lacks the column(s) number"),
+    ("c_object.csv", b"1,2,tree,2,0.4", b"1,2,tree,2,lots", "c_object.csv row 2: coverage must be a number"),
+    ("category.csv", b"name,first", b"nom,first", "category.csv lacks the column(s) name"),
+])
+def test_damaged_tables_are_one_line_errors(broden, file, old, new, expect):
+    _edit(broden / file, old, new)
+    with pytest.raises(DissectError) as err:
+        BrodenIndex(broden)
+    assert expect in str(err.value) and "\n" not in str(err.value), str(err.value)

@@ -77,6 +77,30 @@ def _read_csv(path: Path) -> list[dict]:
             return list(csv.DictReader(f))
     except FileNotFoundError:
         raise DissectError(f"{path} is missing: is {path.parent} a Broden-format directory?") from None
+    except UnicodeDecodeError as e:
+        raise DissectError(f"{path} is not UTF-8 text (byte {e.start} is {e.object[e.start:e.start + 1]!r}); "
+                           "save it as UTF-8") from None
+    except csv.Error as e:
+        raise DissectError(f"{path} is not a readable CSV file ({e}); fix or regenerate it") from None
+
+
+def _require(path: Path, rows: list[dict], columns: Sequence[str]) -> None:
+    """A one-line error when ``path`` has rows but lacks one of ``columns``."""
+    missing = [c for c in columns if rows and c not in rows[0]]
+    if missing:
+        raise DissectError(f"{path} lacks the column(s) {', '.join(missing)}")
+
+
+def _number(path: Path, row: int, record: dict, column: str, kind: type = int, default: float | None = None):
+    """``record[column]`` (row ``row`` of ``path``) as ``kind``; a one-line error if it is not one."""
+    value = (record.get(column) or "").strip()
+    if not value and default is not None:
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise DissectError(f"{path} row {row}: {column} must be {what}, not {value!r}") from None
 
 
 class BrodenIndex:
@@ -92,24 +116,28 @@ class BrodenIndex:
                                "(see `dissect data toyworld --help` to make one)")
         rows = _read_csv(self.root / "index.csv")
         cat_rows = _read_csv(self.root / "category.csv")
+        _require(self.root / "category.csv", cat_rows, ("name",))
         self.categories: list[str] = [r["name"] for r in cat_rows]
         label_rows = _read_csv(self.root / "label.csv")
         if not rows:
             raise DissectError(f"{self.root / 'index.csv'} lists no images")
-        missing = [c for c in self.categories if c not in rows[0]]
-        if missing:
-            raise DissectError(f"index.csv lacks the category column(s) {missing}")
+        _require(self.root / "index.csv", rows, [c for c in (*_INDEX_FIXED, *self.categories) if c != "split"])
+        _require(self.root / "label.csv", label_rows, ("number", "name"))
 
         # coverage of each label in each category, from c_<category>.csv
         coverage: dict[int, dict[str, float]] = {}
         for cat in self.categories:
             path = self.root / f"c_{cat}.csv"
             if path.is_file():
-                for r in _read_csv(path):
-                    coverage.setdefault(int(r["number"]), {})[cat] = float(r["coverage"] or 0)
+                for row, r in enumerate(_read_csv(path), start=2):
+                    coverage.setdefault(_number(path, row, r, "number"), {})[cat] = \
+                        _number(path, row, r, "coverage", float, 0.0)
         labels = {}
-        for r in label_rows:
-            num = int(r["number"])
+        label_csv = self.root / "label.csv"
+        defined = set()
+        for row, r in enumerate(label_rows, start=2):
+            num = _number(label_csv, row, r, "number")
+            defined.add(num)
             if num == 0:
                 continue
             covs = coverage.get(num)
@@ -125,8 +153,8 @@ class BrodenIndex:
             order = {c: i for i, c in enumerate(self.categories)}
             primary = max(covs, key=lambda c: (covs[c], -order.get(c, len(order))))
             labels[num] = Label(num, r["name"], display_name(r["name"]), primary,
-                                int(float(r.get("frequency") or 0)),
-                                float(r.get("coverage") or 0))
+                                int(_number(label_csv, row, r, "frequency", float, 0.0)),
+                                _number(label_csv, row, r, "coverage", float, 0.0))
         self.labels: dict[int, Label] = labels
         self.num_labels = max(labels, default=0) + 1  # label numbers 0..max
         # A probe set labeled by a segmenter (with a GENERATED_MANIFEST) is annotated in every category on every image: an image
@@ -138,9 +166,10 @@ class BrodenIndex:
         self.images = self.root / "images"
         self.images_real = os.path.realpath(self.images)
         self.records: list[ImageRecord] = []
+        index_csv = self.root / "index.csv"
         for row_number, r in enumerate(rows, start=2):
-            rec = ImageRecord(r["image"], r.get("split", ""), int(r["ih"]), int(r["iw"]),
-                              int(r["sh"]), int(r["sw"]))
+            ih, iw, sh, sw = (_number(index_csv, row_number, r, c) for c in ("ih", "iw", "sh", "sw"))
+            rec = ImageRecord(r["image"] or "", r.get("split") or "", ih, iw, sh, sw)
             for cat in self.categories:
                 cell = (r.get(cat) or "").strip()
                 if not cell:
@@ -150,6 +179,9 @@ class BrodenIndex:
                     if not item:
                         continue
                     if item.isdigit():
+                        if int(item) not in defined:
+                            raise DissectError(f"{index_csv} row {row_number}: label {item} in column {cat} "
+                                               f"is not defined in {label_csv}")
                         rec.image_labels.append(int(item))
                     else:
                         rec.pixel_files.append(item)
