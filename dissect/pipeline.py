@@ -261,6 +261,20 @@ def _dissect(loaded: LoadedModel, paths: list[tuple[str, str | None]], dataset, 
     return Dissection(paths, stats, layer_results, run_dir)
 
 
+def _cache_parts(loaded: LoadedModel, dataset, **more: Any) -> dict:
+    """What identifies a dissection's inputs (its cache key): the weights, the model, the
+    probe set's tables and files, and which of its images are used."""
+    return {"weights_sha256": loaded.weights_sha256, "model": loaded.name,
+            "data_sha256": dataset.index.sha256(), "data_files": dataset.index.files_fingerprint(),
+            "indices": cache_key(dataset.indices), **more}
+
+
+def _probe_section(dataset, parts: dict, **fields: Any) -> dict:
+    """The results' ``probe`` section: what every probe set reports, plus ``fields``."""
+    return {"index_sha256": parts["data_sha256"], "label_size": list(dataset.label_size),
+            "categories": dataset.index.categories, "num_concepts": len(dataset.index.labels), **fields}
+
+
 def _results(loaded: LoadedModel, layer_results: list[dict], probe: dict, config: DissectConfig,
              dataset, opts: ReportOptions) -> dict:
     """The results dict (docs/results-schema.md) without the experiments' sections."""
@@ -302,20 +316,13 @@ def _classifier_run(loaded: LoadedModel, opts: ReportOptions) -> tuple[dict, Pat
     probe = open_probe_data(opts.data, loaded.input_size, loaded.mean, loaded.std, opts.cache,
                             opts.data_size, opts.data_seed, opts.split, opts.progress)
     dataset = probe.dataset
-    data_sha = dataset.index.sha256()
-    parts = {"weights_sha256": loaded.weights_sha256, "model": loaded.name,
-             "data_sha256": data_sha, "data_files": dataset.index.files_fingerprint(),
-             "indices": cache_key(dataset.indices), "input_size": loaded.input_size}
+    parts = _cache_parts(loaded, dataset, input_size=loaded.input_size)
     run = _dissect(loaded, paths, dataset, config, opts, parts)
     skipped = sorted({s for p, _ in run.paths for s in run.stats[p].skipped})
-    probe_info = {
-        "name": probe.name, "path": str(opts.data), "index_sha256": data_sha,
-        "num_images": len(dataset) - len(skipped), "num_skipped": len(skipped),
-        "skipped": skipped[:100], "label_size": list(dataset.label_size),
-        "categories": dataset.index.categories,
-        "num_concepts": len(dataset.index.labels), "split": opts.split,
-        "seed": opts.data_seed if opts.data == "toyworld" else None,
-    }
+    probe_info = _probe_section(
+        dataset, parts, name=probe.name, path=str(opts.data), num_images=len(dataset) - len(skipped),
+        num_skipped=len(skipped), skipped=skipped[:100], split=opts.split,
+        seed=opts.data_seed if opts.data == "toyworld" else None)
     results = _results(loaded, run.layer_results, probe_info, config, dataset, opts)
     if opts.ablation is not False:
         acfg = opts.ablation if isinstance(opts.ablation, AblationConfig) else AblationConfig(
@@ -333,20 +340,13 @@ def _generator_run(loaded: LoadedModel, opts: ReportOptions) -> tuple[dict, Path
                                  batch_size=config.batch_size, device=resolve_device(config.device),
                                  progress=opts.progress)
     dataset, seg = probe.dataset, probe.segmenter
-    data_sha = dataset.index.sha256()
-    parts = {"weights_sha256": loaded.weights_sha256, "model": loaded.name,
-             "data_sha256": data_sha, "data_files": dataset.index.files_fingerprint(),
-             "indices": cache_key(dataset.indices), "kind": "generator"}
+    parts = _cache_parts(loaded, dataset, kind="generator")
     run = _dissect(loaded, paths, dataset, config, opts, parts)
-    probe_info = {
-        "name": "generated", "path": str(probe.path), "index_sha256": data_sha,
-        "num_images": len(dataset), "num_skipped": 0, "skipped": [],
-        "label_size": list(dataset.label_size), "categories": dataset.index.categories,
-        "num_concepts": len(dataset.index.labels), "split": None, "seed": opts.data_seed,
-        "latents": f"z ~ N(0, I), z_dim {loaded.z_dim}, latent i from numpy "
-                   f"default_rng([{opts.data_seed}, i])",
-        "segmenter": seg.provenance(),
-    }
+    probe_info = _probe_section(
+        dataset, parts, name="generated", path=str(probe.path), num_images=len(dataset),
+        num_skipped=0, skipped=[], split=None, seed=opts.data_seed,
+        latents=f"z ~ N(0, I), z_dim {loaded.z_dim}, latent i from numpy default_rng([{opts.data_seed}, i])",
+        segmenter=seg.provenance())
     results = _results(loaded, run.layer_results, probe_info, config, dataset, opts)
     if opts.interventions is not False:
         gcfg = opts.interventions if isinstance(opts.interventions, GeneratorExperimentConfig) else \
