@@ -48,6 +48,19 @@ class ModelSpec:
     # builds the module that fits a given state dict (e.g. a generator's width read from its
     # weights); used instead of ``builder`` whenever there are weights to load
     builder_for_state: Callable[[Mapping[str, Tensor]], nn.Module] | None = None
+    # class names that ship with the spec (e.g. Places365's 365), used when the weights
+    # carry none; torchvision's come from its weights' metadata instead
+    class_names: tuple[str, ...] | None = None
+    # the probe set a report uses when --data is not given: "toyworld", "broden1_224",
+    # "broden1_227" (None: the kind's default, the toy world for classifiers)
+    default_data: str | None = None
+    # the class-labeled images the classifier ablation uses by default ("places_val"); None:
+    # the ablation needs --ablation-data DIR (or runs on the probe set's own labels, toys)
+    ablation_data: str | None = None
+    # generators: the range their output is declared to be in ("tanh" for [-1, 1], "unit"
+    # for [0, 1]); a declared range is clamped to (ProGAN overshoots a little), an
+    # undeclared one is checked by latents.output_range
+    declared_range: str | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
