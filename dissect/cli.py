@@ -51,16 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "generator maps latents [N, z_dim] to images in [-1, 1] or [0, 1]")
     r.add_argument("--z-dim", type=_positive_int, default=None, metavar="N",
                    help="latent size of a --kind generator model")
-    r.add_argument("--segmenter", default=None, help="labels a generator's outputs: toy, color, "
-                   "deeplabv3_resnet50, ... or package.module:callable (default: the model's own; "
-                   "toy for 64 px outputs, else deeplabv3_resnet50)")
+    r.add_argument("--segmenter", default=None, help="labels a generator's outputs, or the images "
+                   "of a --data folder: upp, toy, color, deeplabv3_resnet50, ... or package.module:callable "
+                   "(default: the model's own; toy for 64 px, else deeplabv3_resnet50 for generators "
+                   "and upp for image folders)")
+    r.add_argument("--segmenter-weights", default=None, metavar="PATH", help="the segmenter's weights: "
+                   "a file, or for upp a folder holding encoder_epoch_40.pth, decoder_epoch_40.pth and "
+                   "labels.json (default: its own, downloaded)")
     r.add_argument("--weights", default=None, help="weights: a .pth/.pt/.safetensors state_dict "
                    "file, or 'none' for random init (default: the model's own weights)")
     r.add_argument("--layer", action="append", default=[], metavar="NAME",
                    help="layer to dissect (dotted named_modules() path or alias like conv5_3); "
                    "repeatable (default: the model's last conv block)")
     r.add_argument("--data", default="toyworld", help="probe set: 'toyworld' (generated), "
-                   "'broden' (downloaded), or a Broden-format folder (default: toyworld)")
+                   "'broden' (downloaded), a Broden-format folder, or a folder of images (labeled "
+                   "by --segmenter) (default: toyworld)")
     r.add_argument("--data-size", type=_positive_int, default=None, metavar="N",
                    help="number of probe images (toyworld: images generated, default 2000 at "
                    "64 px, 400 larger; other data: the first N)")
@@ -231,7 +236,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             input_size=args.input_size, kind=args.kind, z_dim=args.z_dim,
             data=args.data, data_size=args.data_size, data_seed=args.data_seed, split=args.split,
             config=config, ablation=_ablation_config(args), ablation_data=args.ablation_data,
-            segmenter=args.segmenter, generator_quantile=args.quantile,
+            segmenter=args.segmenter, segmenter_weights=args.segmenter_weights, generator_quantile=args.quantile,
             generator_quantile_space=args.quantile_space, interventions=_generator_config(args),
             out=args.out, reproducible=args.reproducible, notes=args.notes, zip_path=args.zip,
             thumb_height=args.thumb_height, jpeg_quality=args.jpeg_quality,

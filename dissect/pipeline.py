@@ -62,9 +62,11 @@ class ReportOptions:
     ``package.module:callable``, an ``nn.Module`` or a :class:`LoadedModel`; ``weights``,
     ``layers``, ``input_size``, ``kind`` and ``z_dim`` apply to a single model.
 
-    Probe set (classifiers): ``data`` (``toyworld``, ``broden``, a Broden folder),
+    Probe set (classifiers): ``data`` (``toyworld``, ``broden``, a Broden folder, or a folder
+    of images labeled by ``segmenter``),
     ``data_size``, ``data_seed`` and ``split``. A generator's probe set is ``data_size``
     latents (default 1000) of seed ``data_seed`` labeled by ``segmenter``.
+    ``segmenter_weights``: the segmenter's weights (a file, or a folder for ``upp``).
 
     Dissection: ``config`` (a :class:`DissectConfig`; without it, its defaults, and for
     generators the 2020 paper's quantile 0.01 over upsampled maps unless
@@ -97,6 +99,7 @@ class ReportOptions:
     ablation: bool | AblationConfig = True
     ablation_data: str | os.PathLike | None = None
     segmenter: str | None = None
+    segmenter_weights: str | None = None
     generator_quantile: float | None = None
     generator_quantile_space: str | None = None
     interventions: bool | GeneratorExperimentConfig = True
@@ -314,15 +317,18 @@ def _classifier_run(loaded: LoadedModel, opts: ReportOptions) -> tuple[dict, Pat
     config = opts.config_for(loaded.kind)
     paths = layer_paths(loaded, opts.layers)
     probe = open_probe_data(opts.data, loaded.input_size, loaded.mean, loaded.std, opts.cache,
-                            opts.data_size, opts.data_seed, opts.split, opts.progress)
+                            opts.data_size, opts.data_seed, opts.split, opts.progress, opts.segmenter,
+                            opts.segmenter_weights, config.batch_size, resolve_device(config.device))
     dataset = probe.dataset
     parts = _cache_parts(loaded, dataset, input_size=loaded.input_size)
     run = _dissect(loaded, paths, dataset, config, opts, parts)
-    skipped = sorted({s for p, _ in run.paths for s in run.stats[p].skipped})
+    unread = sorted({s for p, _ in run.paths for s in run.stats[p].skipped})
+    skipped = probe.skipped + unread  # an image folder's unreadable images, then the probe set's
+    labeled_by = {"segmenter": probe.segmenter.provenance()} if probe.segmenter is not None else {}
     probe_info = _probe_section(
-        dataset, parts, name=probe.name, path=str(opts.data), num_images=len(dataset) - len(skipped),
+        dataset, parts, name=probe.name, path=str(opts.data), num_images=len(dataset) - len(unread),
         num_skipped=len(skipped), skipped=skipped[:100], split=opts.split,
-        seed=opts.data_seed if opts.data == "toyworld" else None)
+        seed=opts.data_seed if opts.data == "toyworld" else None, **labeled_by)
     results = _results(loaded, run.layer_results, probe_info, config, dataset, opts)
     if opts.ablation is not False:
         acfg = opts.ablation if isinstance(opts.ablation, AblationConfig) else AblationConfig(
@@ -338,7 +344,7 @@ def _generator_run(loaded: LoadedModel, opts: ReportOptions) -> tuple[dict, Path
     paths = layer_paths(loaded, opts.layers)
     probe = open_generated_probe(loaded, opts.cache, opts.segmenter, opts.data_size, opts.data_seed,
                                  batch_size=config.batch_size, device=resolve_device(config.device),
-                                 progress=opts.progress)
+                                 progress=opts.progress, segmenter_weights=opts.segmenter_weights)
     dataset, seg = probe.dataset, probe.segmenter
     parts = _cache_parts(loaded, dataset, kind="generator")
     run = _dissect(loaded, paths, dataset, config, opts, parts)

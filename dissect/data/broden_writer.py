@@ -1,8 +1,10 @@
 """Writing Broden-format folders (``BRODEN.md``): the pieces every probe-set writer shares.
 
-The toy world (:mod:`dissect.data.toyworld_probe`) and a generator's probe set
-(:mod:`dissect.data.generated`) both write their images and label layers as PNGs, their
-tables as Broden's CSV files, and the whole folder in one piece, with these functions.
+The toy world (:mod:`dissect.data.toyworld_probe`), a generator's probe set
+(:mod:`dissect.data.generated`) and an image folder labeled by a segmenter
+(:mod:`dissect.data.segmented`) all write their images and label layers as PNGs, their
+tables as Broden's CSV files, and the whole folder in one piece, with these functions;
+the last two write segmenter-labeled images with one :class:`SegmentedImagesWriter`.
 """
 
 from __future__ import annotations
@@ -122,3 +124,45 @@ def write_broden_tables(root: Path, categories: Sequence[str], labels: Sequence[
             w.writerow(["code", "number", "name", "frequency", "coverage"])
             for code, (num, name, _) in enumerate([lab for lab in labels if lab[2] == cat], start=1):
                 w.writerow([code, num, name, int(freq[num]), _fmt(cover[num])])
+
+
+class SegmentedImagesWriter:
+    """Images and a segmenter's label layers, written into the Broden folder ``root`` one
+    image at a time (:meth:`add`), the tables at the end (:meth:`finish`).
+
+    ``concepts``: the segmenter's ``(name, category)`` list (concept ``i`` is label
+    ``i + 1``); ``layers``: the category of each label layer. Labels are kept at
+    :func:`default_label_size` (every f-th pixel, from the middle of each f x f block).
+    """
+
+    def __init__(self, root: Path, concepts: Sequence[tuple[str, str]], layers: Sequence[str]):
+        self.root = Path(root)
+        self.images = self.root / "images"
+        self.images.mkdir(exist_ok=True)
+        self.layers = list(layers)
+        self.labels = [(i + 1, name, cat) for i, (name, cat) in enumerate(concepts)]
+        self.freq = np.zeros(len(self.labels) + 1, np.int64)
+        self.cover = np.zeros(len(self.labels) + 1, np.float64)
+        self.rows: list[dict] = []
+
+    def add(self, name: str, rgb: np.ndarray, label_maps: np.ndarray, split: str, level: int = 6) -> None:
+        """Write image ``name`` (``rgb`` HxWx3 uint8) and its ``label_maps``
+        ``[len(layers), H, W]`` as ``images/<name>.png`` and ``images/<name>_<layer>.png``."""
+        size = rgb.shape[0]
+        f = size // default_label_size(size)
+        (self.images / f"{name}.png").write_bytes(png_bytes(rgb, level=level))
+        row = {"image": f"{name}.png", "split": split, "ih": size, "iw": rgb.shape[1],
+               "sh": size // f, "sw": rgb.shape[1] // f}
+        for li, cat in enumerate(self.layers):
+            m = label_maps[li][f // 2::f, f // 2::f]
+            fname = f"{name}_{cat}.png"
+            save_label_png(self.images / fname, m)
+            row[cat] = fname
+            tally_label_map(m, self.freq, self.cover)
+        self.rows.append(row)
+
+    def finish(self) -> None:
+        """Write the tables of everything added."""
+        n = len(self.rows)
+        write_broden_tables(self.root, list(dict.fromkeys(self.layers)), self.labels, self.rows,
+                            self.freq, self.cover / max(n, 1), n)

@@ -33,8 +33,7 @@ from ..segmenters.base import Segmenter
 from ..segmenters.registry import load_segmenter, segmenter_key
 from ..slugs import slugify
 from .broden import GENERATED_MANIFEST, BrodenDataset, BrodenIndex
-from .broden_writer import (default_label_size, png_bytes, save_label_png, tally_label_map,
-                            write_broden_tables, write_dir_atomically)
+from .broden_writer import SegmentedImagesWriter, write_dir_atomically
 
 MANIFEST = GENERATED_MANIFEST
 VERSION = 1
@@ -71,12 +70,13 @@ class GeneratedProbe:
 
 def open_generated_probe(loaded, cache_dir: Path, segmenter: str | None = None, n: int | None = None,
                          seed: int = 1, batch_size: int = 64, device: torch.device | str = "cpu",
-                         progress: bool = True) -> GeneratedProbe:
+                         progress: bool = True, segmenter_weights: str | None = None) -> GeneratedProbe:
     """The probe set of generator ``loaded``: ``n`` samples (default :data:`DEFAULT_SIZE`) of
-    latents ``seed`` labeled by ``segmenter`` (default :func:`default_segmenter_name`),
+    latents ``seed`` labeled by ``segmenter`` (default :func:`default_segmenter_name`; its
+    weights ``segmenter_weights``, default its own),
     written once under ``cache_dir/generated/`` (keyed by the weights, the segmenter, ``n``
     and ``seed``) and reused after."""
-    seg = load_segmenter(segmenter or default_segmenter_name(loaded), progress=progress)
+    seg = load_segmenter(segmenter or default_segmenter_name(loaded), segmenter_weights, progress=progress)
     n = n or DEFAULT_SIZE
     key = cache_key(loaded.weights_sha256, segmenter_key(seg), n, seed)
     folder = cache_dir / "generated" / f"{slugify(loaded.name, 'model')}-{key}"
@@ -112,17 +112,11 @@ def _write(root: Path, loaded, segmenter, n, seed, z_dim, batch_size, device, va
            progress) -> None:
     gen = loaded.module.to(device).eval()
     segmenter.to(device)
-    images = root / "images"
-    images.mkdir()
     latents = np.lib.format.open_memmap(root / "latents.npy", mode="w+", dtype=np.float32,
                                         shape=(n, z_dim))
-    labels = [(i + 1, name, cat) for i, (name, cat) in enumerate(segmenter.concepts)]
-    num_max = len(labels)
-    freq = np.zeros(num_max + 1, np.int64)
-    cover = np.zeros(num_max + 1, np.float64)
-    categories = list(dict.fromkeys(segmenter.layers))
+    writer = SegmentedImagesWriter(root, segmenter.concepts, segmenter.layers)
     n_val = int(round(n * val_fraction))
-    rows, value_range = [], None
+    value_range = None
     with torch.no_grad():
         for start in tqdm(range(0, n, batch_size), desc="generate + segment", unit="batch",
                           disable=not progress, leave=False):
@@ -134,22 +128,9 @@ def _write(root: Path, loaded, segmenter, n, seed, z_dim, batch_size, device, va
             x = quantize(to_unit(raw.float(), value_range))
             lab = segmenter.segment(x).cpu().numpy()
             u8 = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-            size = u8.shape[1]
-            ls = default_label_size(size)
-            f = size // ls
             for b in range(len(z)):
                 i = start + b
-                name = f"gen-{i:05d}"
-                (images / f"{name}.png").write_bytes(png_bytes(u8[b], level=6))
-                row = {"image": f"{name}.png", "split": "val" if i >= n - n_val else "train",
-                       "ih": size, "iw": u8.shape[2], "sh": ls, "sw": u8.shape[2] // f}
-                for li, cat in enumerate(segmenter.layers):
-                    m = lab[b, li][f // 2::f, f // 2::f]
-                    fname = f"{name}_{cat}.png"
-                    save_label_png(images / fname, m)
-                    row[cat] = fname
-                    tally_label_map(m, freq, cover)
-                rows.append(row)
+                writer.add(f"gen-{i:05d}", u8[b], lab[b], "val" if i >= n - n_val else "train")
     latents.flush()
     del latents
-    write_broden_tables(root, categories, labels, rows, freq, cover / n, n)
+    writer.finish()

@@ -15,18 +15,23 @@ registering where it is defined (:func:`register_segmenter`):
 ``deeplabv3_resnet50``, ``deeplabv3_resnet101``, ``deeplabv3_mobilenet_v3_large``, ``fcn_resnet50``, ``fcn_resnet101``, ``lraspp_mobilenet_v3_large`` (:mod:`~dissect.segmenters.torchvision`)
     torchvision's semantic segmentation models (the 20 Pascal VOC object classes), weights
     fetched through torchvision's download with its hash check when online, plus colors;
+``upp`` (:mod:`~dissect.segmenters.upp`)
+    the unified perceptual parsing network of the 2020 paper (Broden+ objects, parts and
+    materials; pure PyTorch, CPU or GPU), its published weights downloaded into the cache
+    or read from a folder, plus colors;
 ``package.module:callable``
     your own: the callable returns an object with ``concepts``, ``layers`` and
     ``segment(images)`` (an instance of :class:`~dissect.segmenters.base.Segmenter` or any
     duck-typed one).
 """
 
-from dissect.segmenters import color, toy, torchvision  # register every family
+from dissect.segmenters import color, toy, torchvision, upp  # register every family
 from dissect.segmenters.base import Segmenter, as_segmenter
 from dissect.segmenters.color import COLOR_NAMES, ColorNamer, color_layer, name_colors, rgb_to_hsv
 from dissect.segmenters.registry import list_segmenters, load_segmenter, register_segmenter, segmenter_key
 from dissect.segmenters.torchvision import TORCHVISION_SEGMENTERS, TorchvisionSegmenter
 from dissect.segmenters.toy import SEG_OBJECTS, SEG_PARTS, ToySegmenter, ToyWorldSegmenter
+from dissect.segmenters.upp import UnifiedParsingSegmenter
 
 __all__ = [
     "COLOR_NAMES",
@@ -36,6 +41,7 @@ __all__ = [
     "Segmenter",
     "TORCHVISION_SEGMENTERS",
     "TorchvisionSegmenter",
+    "UnifiedParsingSegmenter",
     "ToySegmenter",
     "ToyWorldSegmenter",
     "as_segmenter",
