@@ -37,13 +37,14 @@ from dissect.cache import cache_key, default_cache_dir
 from dissect.data.generated import open_generated_probe
 from dissect.data.probe import open_probe_data
 from dissect.devices import resolve_device
-from dissect.errors import DissectError
+from dissect.errors import DissectError, unknown_choice
 from dissect.experiments.ablation import AblationConfig, ablation_for_report
 from dissect.experiments.dissection import DissectConfig, dissect_layers, summarize_layer
 from dissect.experiments.generator import GeneratorExperimentConfig, generator_for_report
 from dissect.experiments.strips import render_unit_strips
 from dissect.models.loading import LoadedModel, from_module, load_model, resolve_layer
 from dissect.publish import format_size_report, site_size, zip_site
+from dissect.segmenters.registry import list_segmenters
 from dissect.site.build import write_site
 from dissect.site.folder import check_out_dir
 from dissect.slugs import slugify
@@ -136,6 +137,8 @@ class ReportOptions:
         if self.zip_path is not None and Path(self.zip_path).is_dir():
             raise DissectError(f"--zip {self.zip_path} is a folder; give a file name such as site.zip")
         check_out_dir(Path(self.out))
+        if self.segmenter and ":" not in self.segmenter and self.segmenter not in list_segmenters():
+            raise unknown_choice("segmenter", self.segmenter, list_segmenters(), hint="or package.module:callable")
         models = self.models
         if not models:
             raise DissectError("no model to report on; pass --model NAME")

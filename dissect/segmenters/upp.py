@@ -245,7 +245,9 @@ def load_upp_network(folder: str | os.PathLike) -> tuple[UppEncoder, UPerNet, di
     """Encoder, decoder, labels and the SHA-256 over the three files of a weights folder."""
     folder = Path(folder)
     labels = read_labels(folder / LABELS_FILE)
-    encoder, decoder = UppEncoder(), UPerNet(num_classes(labels))
+    with torch.device("meta"):  # no random init of 70M weights that are then overwritten
+        encoder, decoder = UppEncoder(), UPerNet(num_classes(labels))
+    encoder, decoder = encoder.to_empty(device="cpu"), decoder.to_empty(device="cpu")
     apply_state_dict(encoder, read_state_dict(folder / ENCODER_FILE), ENCODER_FILE, "upp (encoder)")
     apply_state_dict(decoder, read_state_dict(folder / DECODER_FILE), DECODER_FILE, "upp (decoder)")
     digest = "".join(sha256_file(folder / n) for n in UPP_FILES)

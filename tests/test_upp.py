@@ -1,0 +1,294 @@
+"""The unified perceptual parsing segmenter ``upp``: files in the published layout (built here
+from random weights, with a small labels.json), loaded, checked against a direct build, its
+label numbering checked with hand-set heads, its bad input, and a generator report labeled
+by it end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from dissect.cli import main
+from dissect.errors import DissectError
+from dissect.segmenters import load_segmenter
+from dissect.segmenters import upp
+from dissect.segmenters.upp import (UnifiedParsingSegmenter, UPerNet, UppEncoder, num_classes,
+                                    read_labels)
+
+# A small Broden+ vocabulary: "hair" is a part and a material, "sky" an object and a material,
+# "door" an object and a part of buildings; "tree" has parts but is not one of the reference's
+# three part owners. object_part is listed out of object-number order on purpose.
+LABELS = {
+    "object": ["-", "wall", "sky", "building", "person", "door", "tree"],
+    "part": ["-", "cloud", "window", "door", "head", "leg", "hair", "trunk"],
+    "material": ["-", "wood", "sky", "hair"],
+    "scene": ["kitchen", "street", "bedroom"],
+    "object_part": {"person": ["-", "head", "leg", "hair"], "tree": ["-", "trunk"],
+                    "sky": ["-", "cloud"], "building": ["-", "window", "door"]},
+}
+
+
+def _bn(prefix: str, c: int) -> dict:
+    return {f"{prefix}.{k}": (c,) for k in ("weight", "bias", "running_mean", "running_var")}
+
+
+def published_shapes(labels: dict) -> tuple[dict, dict]:
+    """Key -> shape of encoder_epoch_40.pth and decoder_epoch_40.pth, written down from the
+    reference (unifiedparsing models/resnet.py, models/models.py Resnet and UPerNet with
+    fc_dim 2048, fpn_dim 512), independently of dissect's modules."""
+    enc = {"conv1.weight": (64, 3, 3, 3), **_bn("bn1", 64), "conv2.weight": (64, 64, 3, 3),
+           **_bn("bn2", 64), "conv3.weight": (128, 64, 3, 3), **_bn("bn3", 128)}
+    inplanes = 128
+    for li, (planes, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3)), start=1):
+        for b in range(blocks):
+            p = f"layer{li}.{b}"
+            cin = inplanes if b == 0 else planes * 4
+            enc.update({f"{p}.conv1.weight": (planes, cin, 1, 1), **_bn(f"{p}.bn1", planes),
+                        f"{p}.conv2.weight": (planes, planes, 3, 3), **_bn(f"{p}.bn2", planes),
+                        f"{p}.conv3.weight": (planes * 4, planes, 1, 1), **_bn(f"{p}.bn3", planes * 4)})
+            if b == 0:
+                enc.update({f"{p}.downsample.0.weight": (planes * 4, inplanes, 1, 1),
+                            **_bn(f"{p}.downsample.1", planes * 4)})
+        inplanes = planes * 4
+    n_part = sum(len(v) for v in labels["object_part"].values())
+    dec = {}
+    for k in range(4):
+        dec.update({f"ppm_conv.{k}.0.weight": (512, 2048, 1, 1), **_bn(f"ppm_conv.{k}.1", 512)})
+    dec.update({"ppm_last_conv.0.weight": (512, 2048 + 4 * 512, 3, 3), **_bn("ppm_last_conv.1", 512)})
+    for i, c in enumerate((256, 512, 1024)):
+        dec.update({f"fpn_in.{i}.0.weight": (512, c, 1, 1), **_bn(f"fpn_in.{i}.1", 512),
+                    f"fpn_out.{i}.0.0.weight": (512, 512, 3, 3), **_bn(f"fpn_out.{i}.0.1", 512)})
+    dec.update({"conv_fusion.0.weight": (512, 2048, 3, 3), **_bn("conv_fusion.1", 512)})
+    dec.update({"scene_head.0.0.weight": (512, 512, 3, 3), **_bn("scene_head.0.1", 512),
+                "scene_head.2.weight": (len(labels["scene"]), 512, 1, 1),
+                "scene_head.2.bias": (len(labels["scene"]),)})
+    for head, n in (("object", len(labels["object"])), ("part", n_part), ("material", len(labels["material"]))):
+        dec.update({f"{head}_head.0.0.weight": (512, 512, 3, 3), **_bn(f"{head}_head.0.1", 512),
+                    f"{head}_head.1.weight": (n, 512, 1, 1), f"{head}_head.1.bias": (n,)})
+    return enc, dec
+
+
+def random_state(shapes: dict, seed: int) -> dict:
+    """Random weights of a trained-looking scale (BatchNorm statistics positive), as a
+    PyTorch 0.4.0 state dict (no num_batches_tracked)."""
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape in shapes.items():
+        if key.endswith("running_var"):
+            t = 1 + torch.rand(shape, generator=gen)
+        elif key.endswith("running_mean") or key.endswith("bias"):
+            t = 0.1 * torch.randn(shape, generator=gen)
+        elif len(shape) == 1:  # BatchNorm weight
+            t = 0.5 + 0.5 * torch.rand(shape, generator=gen)
+        else:
+            fan_in = shape[1] * shape[2] * shape[3]
+            t = torch.randn(shape, generator=gen) / fan_in ** 0.5
+        state[key] = t
+    return state
+
+
+@pytest.fixture(scope="module")
+def upp_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("upp-resnet50-upernet")
+    enc, dec = published_shapes(LABELS)
+    torch.save(random_state(enc, 1), folder / "encoder_epoch_40.pth")
+    torch.save(random_state(dec, 2), folder / "decoder_epoch_40.pth")
+    (folder / "labels.json").write_text(json.dumps(LABELS))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def seg(upp_dir):
+    s = load_segmenter("upp", str(upp_dir), progress=False)
+    s.sizes = (32,)  # small for the tests; the registered default is the reference's 256
+    return s
+
+
+def test_published_files_load_into_the_architecture(upp_dir, seg):
+    assert isinstance(seg, UnifiedParsingSegmenter) and seg.name == "upp"
+    assert upp.SEG_SIZES == (256,)  # what the registered segmenter uses (the reference's)
+    for module, fname in ((seg.encoder, "encoder_epoch_40.pth"), (seg.decoder, "decoder_epoch_40.pth")):
+        saved = torch.load(upp_dir / fname, weights_only=True)
+        own = {k: v for k, v in module.state_dict().items() if not k.endswith("num_batches_tracked")}
+        assert set(own) == set(saved)
+        assert all(torch.equal(own[k], saved[k]) for k in saved)
+    assert seg.provenance()["weights_sha256"] and seg.provenance()["sizes"] == [32]
+
+
+def test_output_equals_a_direct_build_at_a_quarter_size(upp_dir, seg):
+    with torch.device("meta"):
+        enc, dec = UppEncoder(), UPerNet(num_classes(LABELS))
+    enc, dec = enc.to_empty(device="cpu").eval(), dec.to_empty(device="cpu").eval()
+    for module, fname in ((enc, "encoder_epoch_40.pth"), (dec, "decoder_epoch_40.pth")):
+        missing, unexpected = module.load_state_dict(torch.load(upp_dir / fname, weights_only=True), strict=False)
+        assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing)
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    x = seg.prepare(images)
+    with torch.no_grad():
+        maps = enc(x)
+        assert [tuple(m.shape[1:]) for m in maps] == [(256, 8, 8), (512, 4, 4), (1024, 2, 2), (2048, 1, 1)]
+        logits = dec(maps, scene=True)
+        mine = seg.decoder(seg.encoder(x), scene=True)
+    assert logits["object"].shape == (2, 7, 8, 8)       # a quarter of the input size
+    assert logits["part"].shape == (2, 4 + 2 + 2 + 3, 8, 8)
+    assert logits["material"].shape == (2, 4, 8, 8) and logits["scene"].shape == (2, 3)
+    for k in logits:
+        assert torch.isfinite(logits[k]).all()
+        torch.testing.assert_close(mine[k], logits[k])
+    direct = UnifiedParsingSegmenter(enc, dec, LABELS, sizes=(32,))
+    assert torch.equal(direct.segment(images), seg.segment(images))
+
+
+def test_input_is_bgr_0_255_minus_the_mean(seg):
+    red = torch.zeros(1, 3, 2, 2)
+    red[:, 0] = 1.0
+    x = seg.prepare(red)
+    torch.testing.assert_close(x[0, :, 0, 0], torch.tensor([-102.9801, -115.9465, 255 - 122.7717]))
+
+
+def test_labels_numbering_and_categories(seg):
+    names = [n for n, _ in seg.concepts]
+    assert names[:6] == ["wall", "sky", "building", "person", "door", "tree"]   # objects: 1..6
+    assert names[6:9] == ["wood", "sky-m", "hair"]                              # materials: 7..9
+    # parts of sky, building, person only (the reference's default), first seen first
+    assert seg.concepts[9:12] == [("cloud", "part"), ("window", "part"), ("head", "part")]
+    assert seg.concepts[12:14] == [("leg", "part"), ("hair-p", "part")]
+    assert names[14:] == [f"{c}-c" for c in ("black", "blue", "brown", "green", "grey", "orange",
+                                             "pink", "purple", "red", "white", "yellow")]
+    assert seg.layers == ["object", "part", "material", "color"]
+    assert len(set(names)) == len(names)
+
+
+@pytest.fixture(scope="module")
+def forced(upp_dir):
+    """A second copy, whose heads the tests set by hand."""
+    s = load_segmenter("upp", str(upp_dir), progress=False)
+    s.sizes = (32,)
+    return s
+
+
+def _force(seg, head: str, channel: int) -> None:
+    conv = getattr(seg.decoder, f"{head}_head")[1]
+    conv.weight.data.zero_()
+    conv.bias.data.fill_(-10.0)
+    conv.bias.data[channel] = 10.0
+
+
+@pytest.mark.parametrize("owner,part_channels,want_part", [
+    ("person", {8: "hair"}, "hair-p"),       # slices by object number: sky 0-1, building 2-4, person 5-8
+    ("building", {4: "door"}, "door"),        # building's "door" is the object door
+    ("sky", {1: "cloud"}, "cloud"),
+    ("tree", {10: "trunk"}, None),            # tree (9-10) is not a part owner: no part labels
+    ("wall", {8: "hair"}, None),              # parts only where the object has them
+])
+def test_hand_set_heads_give_the_reference_labels(forced, owner, part_channels, want_part):
+    s = forced
+    _force(s, "object", LABELS["object"].index(owner))
+    _force(s, "material", LABELS["material"].index("hair"))
+    conv = s.decoder.part_head[1]
+    conv.weight.data.zero_()
+    conv.bias.data.fill_(0.0)
+    for ch in part_channels:
+        conv.bias.data[ch] = 10.0
+    out = s.segment(torch.rand(2, 3, 24, 40))
+    assert out.shape == (2, 4, 24, 40) and out.dtype == torch.int64
+    assert (out[:, 0] == s.number(owner)).all()
+    assert (out[:, 2] == s.number("hair")).all() and s.category_of("hair") == "material"
+    assert (out[:, 1] == (s.number(want_part) if want_part else 0)).all()
+    colors = {s.number(f"{c}-c") for c in ("black", "blue", "brown", "green", "grey", "orange",
+                                           "pink", "purple", "red", "white", "yellow")}
+    assert set(out[:, 3].unique().tolist()) <= colors
+
+
+def test_segment_labels_lie_in_their_layers(seg):
+    out = seg.segment(torch.rand(3, 3, 20, 28, generator=torch.Generator().manual_seed(5)))
+    assert out.shape == (3, 4, 20, 28)
+    for li, cat in enumerate(seg.layers):
+        allowed = {0} | {i + 1 for i, (_, c) in enumerate(seg.concepts) if c == cat}
+        if cat == "part":
+            allowed.add(seg.number("door"))
+        assert set(out[:, li].unique().tolist()) <= allowed
+    owners = torch.isin(out[:, 0], torch.tensor([seg.number(o) for o in ("sky", "building", "person")]))
+    assert (out[:, 1][~owners] == 0).all()
+
+
+def test_multiscale_vote_sums_the_sizes(upp_dir, seg):
+    images = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    both = UnifiedParsingSegmenter(seg.encoder, seg.decoder, LABELS, sizes=(32, 48))
+    one = UnifiedParsingSegmenter(seg.encoder, seg.decoder, LABELS, sizes=(32,))
+    other = UnifiedParsingSegmenter(seg.encoder, seg.decoder, LABELS, sizes=(48,))
+    p, p1, p2 = both.probabilities(images), one.probabilities(images), other.probabilities(images)
+    for k in ("object", "part", "material"):
+        torch.testing.assert_close(p[k], p1[k] + p2[k])
+    torch.testing.assert_close(p1["object"].sum(1), torch.ones(1, 16, 16))
+
+
+def test_bad_labels_and_checkpoints_are_one_line(upp_dir, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in ("encoder_epoch_40.pth", "decoder_epoch_40.pth"):
+        (bad / name).symlink_to(upp_dir / name)
+    (bad / "labels.json").write_text(json.dumps({k: v for k, v in LABELS.items() if k != "part"}))
+    with pytest.raises(DissectError, match="'part' must be a non-empty list"):
+        load_segmenter("upp", str(bad), progress=False)
+    (bad / "labels.json").write_text(json.dumps({**LABELS, "object_part": {"car": ["-"]}}))
+    with pytest.raises(DissectError, match="'car', which is not in 'object'"):
+        read_labels(bad / "labels.json")
+    # more objects than the checkpoint's head has: a shape mismatch, named
+    (bad / "labels.json").write_text(json.dumps({**LABELS, "object": LABELS["object"] + ["car"]}))
+    with pytest.raises(DissectError, match=r"shape mismatch.*object_head\.1\.weight"):
+        load_segmenter("upp", str(bad), progress=False)
+    # the encoder's file where the decoder's belongs
+    (bad / "labels.json").write_text(json.dumps(LABELS))
+    (bad / "decoder_epoch_40.pth").unlink()
+    (bad / "decoder_epoch_40.pth").symlink_to(upp_dir / "encoder_epoch_40.pth")
+    with pytest.raises(DissectError, match="missing keys ppm_conv.*unexpected keys conv1") as e:
+        load_segmenter("upp", str(bad), progress=False)
+    assert "\n" not in str(e.value)
+    (bad / "encoder_epoch_40.pth").unlink()
+    with pytest.raises(DissectError, match="lacks encoder_epoch_40.pth"):
+        load_segmenter("upp", str(bad), progress=False)
+
+
+def test_default_weights_offline_name_each_missing_file(tmp_path, monkeypatch, upp_dir, seg):
+    monkeypatch.setenv("DISSECT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(upp, "UPP_URL", (tmp_path / "nowhere").as_uri() + "/")
+    with pytest.raises(DissectError) as e:
+        load_segmenter("upp", progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and str(tmp_path / "cache" / "segmenters" / "upp-resnet50-upernet") in msg
+    for name in ("encoder_epoch_40.pth", "decoder_epoch_40.pth", "labels.json"):
+        assert f"{name} from {upp.UPP_URL}{name}" in msg
+    assert not any((tmp_path / "cache").rglob("*.pth"))  # nothing half-written
+    # a mirror that has them: downloaded into the cache (atomically, by dissect.download)
+    monkeypatch.setattr(upp, "UPP_URL", upp_dir.as_uri() + "/")
+    s = load_segmenter("upp", progress=False)
+    assert (tmp_path / "cache" / "segmenters" / "upp-resnet50-upernet" / "decoder_epoch_40.pth").is_file()
+    assert s.weights_sha256 == seg.weights_sha256
+
+
+def test_unknown_segmenter_lists_the_nearest_names(tmp_path, capsys):
+    assert main(["report", "--model", "toygan", "--segmenter", "uppp", "--out", str(tmp_path / "site"),
+                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown segmenter 'uppp'; valid: upp," in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "site").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.slow
+def test_generator_report_labeled_by_upp(upp_dir, tmp_path, capsys):
+    out = tmp_path / "site"
+    rc = main(["report", "--model", "toygan", "--segmenter", "upp", "--segmenter-weights", str(upp_dir),
+               "--data-size", "4", "--batch-size", "4", "--no-interventions", "--quiet",
+               "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+    assert rc == 0, capsys.readouterr().err
+    results = json.loads((out / "toygan" / "results.json").read_text())
+    assert results["probe"]["segmenter"]["name"] == "upp"
+    assert results["probe"]["segmenter"]["sizes"] == [256]
+    assert results["probe"]["num_images"] == 4
+    label_csv = next((tmp_path / "cache" / "generated").glob("*/label.csv")).read_text()
+    assert "sky-m" in label_csv and "hair-p" in label_csv
+    shutil.rmtree(tmp_path / "cache")
