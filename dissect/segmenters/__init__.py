@@ -19,13 +19,16 @@ registering where it is defined (:func:`register_segmenter`):
     the unified perceptual parsing network of the 2020 paper (Broden+ objects, parts and
     materials; pure PyTorch, CPU or GPU), its published weights downloaded into the cache
     or read from a folder, plus colors;
+``segformer-ade20k``, ``mask2former-ade20k`` (:mod:`~dissect.segmenters.huggingface`)
+    Hugging Face's SegFormer and Mask2Former (the 150 ADE20K objects), with the optional
+    extra ``pip install 'dissect[hf]'``, plus colors;
 ``package.module:callable``
     your own: the callable returns an object with ``concepts``, ``layers`` and
     ``segment(images)`` (an instance of :class:`~dissect.segmenters.base.Segmenter` or any
     duck-typed one).
 """
 
-from dissect.segmenters import color, toy, torchvision, upp  # register every family
+from dissect.segmenters import color, huggingface, toy, torchvision, upp  # register every family
 from dissect.segmenters.base import Segmenter, as_segmenter
 from dissect.segmenters.color import COLOR_NAMES, ColorNamer, color_layer, name_colors, rgb_to_hsv
 from dissect.segmenters.registry import list_segmenters, load_segmenter, register_segmenter, segmenter_key
