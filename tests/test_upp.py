@@ -263,6 +263,9 @@ def test_default_weights_offline_name_each_missing_file(tmp_path, monkeypatch, u
     for name in ("encoder_epoch_40.pth", "decoder_epoch_40.pth", "labels.json"):
         assert f"{name} from {upp.UPP_URL}{name}" in msg
     assert not any((tmp_path / "cache").rglob("*.pth"))  # nothing half-written
+    with pytest.raises(DissectError, match="cannot download labels.json from") as e:  # random weights
+        load_segmenter("upp", "none", progress=False)                                  # need the labels
+    assert "encoder_epoch_40.pth" not in str(e.value)
     # a mirror that has them: downloaded into the cache (atomically, by dissect.download)
     monkeypatch.setattr(upp, "UPP_URL", upp_dir.as_uri() + "/")
     s = load_segmenter("upp", progress=False)
