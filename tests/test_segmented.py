@@ -98,6 +98,7 @@ def test_report_on_an_image_folder_end_to_end(image_dir, tmp_path, capsys):
     assert probe["segmenter"]["name"] == "toy" and probe["name"] == "photos"
     page = (out / "toy" / "index.html").read_text()
     assert "Unreadable probe images skipped" in page and "broken.jpg" in page
+    assert "toy (layers: object, part, color)" in page
 
 
 def test_broden_folders_are_still_broden(toyworld_small, tmp_path):

@@ -160,6 +160,14 @@ def _histogram(ctx: ModelContext, layer: dict[str, Any]) -> tuple[dict[str, Any]
 RUN_SPECIFIC = ("created", "seconds")
 
 
+def _segmenter_row(probe: dict[str, Any]) -> dict[str, str]:
+    """The probe table's ``segmenter`` row (a labeled probe set's only): its name and layers."""
+    seg = probe.get("segmenter")
+    if not isinstance(seg, dict):
+        return {}
+    return {"segmenter": f"{seg.get('name', '–')} (layers: {', '.join(seg.get('layers') or [])})"}
+
+
 def _rows(mapping: dict[str, Any], keys: list[str] | None = None) -> list[dict[str, str]]:
     keys = keys if keys is not None else sorted(mapping)
     out = []
@@ -242,8 +250,10 @@ def model_page(ctx: ModelContext, layer_slugs: list[str], notes: Markup | None,
             ["name", "kind", "weights", "weights_sha256", "weights_file_sha256", "num_parameters", "input_size", "class_names"],
         ),
         "probe_rows": _rows(
-            {**probe, "skipped": f"{len(probe.get('skipped') or [])} listed" if probe.get("skipped") else None},
-            ["name", "path", "index_sha256", "num_images", "num_skipped", "skipped", "label_size", "categories", "num_concepts"],
+            {**probe, "skipped": f"{len(probe.get('skipped') or [])} listed" if probe.get("skipped") else None,
+             **_segmenter_row(probe)},
+            ["name", "path", "index_sha256", "num_images", "num_skipped", "skipped", "segmenter", "label_size",
+             "categories", "num_concepts"],
         ),
         # The run's date and time stay in provenance.json / results.json: pages are identical across runs.
         "provenance_rows": _rows({k: v for k, v in prov.items() if k not in RUN_SPECIFIC}),
