@@ -62,6 +62,7 @@ def test_labels_are_the_segmenters_of_the_prepared_images(image_dir, tmp_path):
     assert probe.skipped == ["broken.jpg"]
     manifest = json.loads((probe.path / "segmented.json").read_text())
     index = BrodenIndex(probe.path)
+    assert index.segmenter_labeled  # every image annotated in every category: the plain IoU
     assert len(index.records) == len(SIZES) + 1 == len(manifest["images"])  # + link-in
     seg = load_segmenter("toy")
     files = image_files(image_dir)
@@ -92,7 +93,9 @@ def test_report_on_an_image_folder_end_to_end(image_dir, tmp_path, capsys):
                "--layer", "conv4_2", "--no-ablation", "--quiet", "--reproducible", "--workers", "0",
                "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
     assert rc == 0, capsys.readouterr().err
-    probe = json.loads((out / "toy" / "results.json").read_text())["probe"]
+    results = json.loads((out / "toy" / "results.json").read_text())
+    assert results["params"]["union"].startswith("every image, every category")  # the plain IoU
+    probe = results["probe"]
     assert probe["num_skipped"] == 1 and probe["skipped"] == ["broken.jpg"]
     assert probe["num_images"] == len(SIZES) + 1
     assert probe["segmenter"]["name"] == "toy" and probe["name"] == "photos"

@@ -26,6 +26,8 @@ from ..errors import DissectError
 
 # written into a probe set generated and labeled by a segmenter (dissect.data.generated)
 GENERATED_MANIFEST = "generated.json"
+# written into an image folder's probe set labeled by a segmenter (dissect.data.segmented)
+SEGMENTED_MANIFEST = "segmented.json"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -157,11 +159,11 @@ class BrodenIndex:
                                 _number(label_csv, row, r, "coverage", float, 0.0))
         self.labels: dict[int, Label] = labels
         self.num_labels = max(labels, default=0) + 1  # label numbers 0..max
-        # A probe set labeled by a segmenter (with a GENERATED_MANIFEST) is annotated in every category on every image: an image
+        # A probe set labeled by a segmenter (with either manifest) is annotated in every category on every image: an image
         # with no part pixel says "no part here". IoU is then the plain IoU over all images,
         # as in the 2020 paper. Human-annotated Broden keeps NetDissect's rule (an image is
         # annotated in a category when it holds some concept of it).
-        self.segmenter_labeled = (self.root / GENERATED_MANIFEST).is_file()
+        self.segmenter_labeled = any((self.root / m).is_file() for m in (GENERATED_MANIFEST, SEGMENTED_MANIFEST))
 
         self.images = self.root / "images"
         self.images_real = os.path.realpath(self.images)

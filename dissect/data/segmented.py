@@ -9,7 +9,8 @@ center crop ``input_size``), quantizes it to 8 bits, labels it with the segmente
 writes the lot as a Broden folder (:class:`~dissect.data.broden_writer.SegmentedImagesWriter`,
 as a generator's probe set is written) under ``cache/segmented/``. Every category the
 segmenter outputs labels every pixel, so the dissection's IoU is the plain IoU over all
-images. Unreadable images are skipped and listed in the folder's manifest
+images (the manifest marks the folder as segmenter-labeled for
+:class:`~dissect.data.broden.BrodenIndex`). Unreadable images are skipped and listed in the folder's manifest
 (``segmented.json``), which also names each written image's source file and says what
 the labels were made from: reused when the
 folder's files (names, sizes, modification times), the segmenter, the input size and the
@@ -33,10 +34,11 @@ from ..models.latents import quantize
 from ..segmenters.base import Segmenter
 from ..segmenters.registry import load_segmenter, segmenter_key
 from ..slugs import slugify
+from .broden import SEGMENTED_MANIFEST
 from .broden_writer import SegmentedImagesWriter, write_dir_atomically
 from .labeled import IMAGE_EXTENSIONS, FolderImages
 
-MANIFEST = "segmented.json"
+MANIFEST = SEGMENTED_MANIFEST
 VERSION = 1
 VAL_FRACTION = 0.2
 
