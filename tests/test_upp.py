@@ -201,9 +201,12 @@ def test_hand_set_heads_give_the_reference_labels(forced, owner, part_channels, 
     assert set(out[:, 3].unique().tolist()) <= colors
 
 
-def test_segment_labels_lie_in_their_layers(seg):
-    out = seg.segment(torch.rand(3, 3, 20, 28, generator=torch.Generator().manual_seed(5)))
+def test_segment_labels_lie_in_their_layers(seg, monkeypatch):
+    images = torch.rand(3, 3, 20, 28, generator=torch.Generator().manual_seed(5))
+    monkeypatch.setattr(upp, "SEGMENT_CHUNK", 2)
+    out = seg.segment(images)
     assert out.shape == (3, 4, 20, 28)
+    assert torch.equal(out, torch.cat([seg.segment(im[None]) for im in images]))  # chunks change nothing
     for li, cat in enumerate(seg.layers):
         allowed = {0} | {i + 1 for i, (_, c) in enumerate(seg.concepts) if c == cat}
         if cat == "part":

@@ -64,6 +64,7 @@ UPP_FILES = (LABELS_FILE, ENCODER_FILE, DECODER_FILE)
 BGR_MEAN = (102.9801, 115.9465, 122.7717)
 PART_OWNERS = ("sky", "building", "person")
 SEG_SIZES = (256,)
+SEGMENT_CHUNK = 8   # images per forward pass: 8 x 336 objects x 256 x 256 floats = 0.7 GB
 POOL_SCALES = (1, 2, 3, 6)
 FPN_INPLANES = (256, 512, 1024, 2048)
 FPN_DIM = 512
@@ -347,7 +348,11 @@ class UnifiedParsingSegmenter(Segmenter):
         return total
 
     def segment(self, images: Tensor) -> Tensor:
-        """Object, part, material and color label numbers ``[N, 4, H, W]``."""
+        """Object, part, material and color label numbers ``[N, 4, H, W]`` (computed
+        :data:`SEGMENT_CHUNK` images at a time: the probabilities at the image size are large)."""
+        return torch.cat([self._segment(chunk) for chunk in images.split(SEGMENT_CHUNK)])
+
+    def _segment(self, images: Tensor) -> Tensor:
         probs = self.probabilities(images)
         obj = probs["object"].argmax(1)
         mat = probs["material"].argmax(1)
