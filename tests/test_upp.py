@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 import torch
+import torchvision
 
 from dissect.cli import main
 from dissect.errors import DissectError
@@ -246,9 +247,16 @@ def test_bad_labels_and_checkpoints_are_one_line(upp_dir, tmp_path):
     (bad / "labels.json").write_text(json.dumps(LABELS))
     (bad / "decoder_epoch_40.pth").unlink()
     (bad / "decoder_epoch_40.pth").symlink_to(upp_dir / "encoder_epoch_40.pth")
-    with pytest.raises(DissectError, match="missing keys ppm_conv.*unexpected keys conv1") as e:
+    with pytest.raises(DissectError, match="decoder_epoch_40.pth holds encoder, not the UPerNet decoder") as e:
         load_segmenter("upp", str(bad), progress=False)
     assert "\n" not in str(e.value)
+    # torchvision's ResNet-50 where the deep-stem encoder belongs
+    (bad / "decoder_epoch_40.pth").unlink()
+    (bad / "decoder_epoch_40.pth").symlink_to(upp_dir / "decoder_epoch_40.pth")
+    (bad / "encoder_epoch_40.pth").unlink()
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), bad / "encoder_epoch_40.pth")
+    with pytest.raises(DissectError, match="holds a ResNet with a 7x7 stem"):
+        load_segmenter("upp", str(bad), progress=False)
     (bad / "encoder_epoch_40.pth").unlink()
     with pytest.raises(DissectError, match="lacks encoder_epoch_40.pth"):
         load_segmenter("upp", str(bad), progress=False)

@@ -242,6 +242,18 @@ def weights_folder(weights: str | None, progress: bool) -> Path:
     return folder
 
 
+def _looks_like(state: dict) -> str | None:
+    """What a checkpoint that is not the expected one holds, when it is recognizable."""
+    stem = state.get("conv1.weight")
+    if stem is not None and tuple(stem.shape[-2:]) == (7, 7):
+        return "a ResNet with a 7x7 stem (torchvision's layout), not the deep-stem encoder"
+    if "layer1.0.conv1.weight" in state and "conv3.weight" in state:
+        return "encoder"
+    if "ppm_last_conv.0.weight" in state:
+        return "decoder"
+    return None
+
+
 def load_upp_network(folder: str | os.PathLike) -> tuple[UppEncoder, UPerNet, dict, str]:
     """Encoder, decoder, labels and the SHA-256 over the three files of a weights folder."""
     folder = Path(folder)
@@ -249,8 +261,12 @@ def load_upp_network(folder: str | os.PathLike) -> tuple[UppEncoder, UPerNet, di
     with torch.device("meta"):  # no random init of 70M weights that are then overwritten
         encoder, decoder = UppEncoder(), UPerNet(num_classes(labels))
     encoder, decoder = encoder.to_empty(device="cpu"), decoder.to_empty(device="cpu")
-    apply_state_dict(encoder, read_state_dict(folder / ENCODER_FILE), ENCODER_FILE, "upp (encoder)")
-    apply_state_dict(decoder, read_state_dict(folder / DECODER_FILE), DECODER_FILE, "upp (decoder)")
+    for module, fname, part in ((encoder, ENCODER_FILE, "encoder"), (decoder, DECODER_FILE, "decoder")):
+        state = read_state_dict(folder / fname)
+        looks = _looks_like(state)
+        if looks not in (None, part):
+            raise DissectError(f"segmenter upp: {folder / fname} holds {looks}, not the UPerNet {part}")
+        apply_state_dict(module, state, fname, f"upp ({part})")
     digest = "".join(sha256_file(folder / n) for n in UPP_FILES)
     return encoder.eval(), decoder.eval(), labels, hashlib.sha256(digest.encode()).hexdigest()
 
