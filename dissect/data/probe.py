@@ -41,7 +41,7 @@ def open_probe_data(data: str, input_size: int, mean: Sequence[float], std: Sequ
                     cache_dir: Path, size: int | None = None, seed: int = 1,
                     split: str | None = None, progress: bool = True, segmenter: str | None = None,
                     segmenter_weights: str | None = None, batch_size: int = 16,
-                    device: str = "cpu") -> ProbeData:
+                    device="cpu") -> ProbeData:
     """``toyworld`` (generated at ``input_size`` and cached), ``broden`` / ``broden1_224`` /
     ``broden1_227`` (downloaded into the cache), the path of a Broden-format folder, or of a
     folder of images, labeled by ``segmenter`` (with ``segmenter_weights``, on ``device``).
