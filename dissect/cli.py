@@ -13,9 +13,12 @@ User errors print one line, ``dissect: error: ...``, and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .version import __version__
@@ -283,9 +286,20 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+#: Errors of the machine, not of dissect: a full disk, a read-only or forbidden folder.
+_SYSTEM_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _terminate(signum, frame):
+    """SIGTERM ends the run as Ctrl-C does, so that temporary files and folders are removed."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main else None
     try:
         return run(args, argv)
     except DissectError as e:
@@ -294,9 +308,19 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `dissect layers vgg16 | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:
+        if e.errno not in _SYSTEM_ERRNOS:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"dissect: error: {e.strerror or e}{where}; nothing half-written was left in place",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("dissect: interrupted; nothing half-written was left in place", file=sys.stderr)
         return 130
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -132,7 +132,7 @@ class ReportOptions:
             raise DissectError(f"jpeg_quality must be an integer from 1 to 95, got {self.jpeg_quality!r}")
         if self.zip_path is not None and Path(self.zip_path).is_dir():
             raise DissectError(f"--zip {self.zip_path} is a folder; give a file name such as site.zip")
-        check_out_dir(Path(self.out))
+        check_out_dir(Path(self.out), writable=True)
         models = self.models
         if not models:
             raise DissectError("no model to report on; pass --model NAME")

@@ -12,7 +12,6 @@ changes speed, never results.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from tqdm.auto import tqdm
 
 from dissect.version import __version__
 
+from ..atomic import atomic_save, clean_leftovers
 from ..cache import cache_key
 from ..data.broden import BrodenDataset, make_loader, warn_bad
 from ..devices import resolve_device
@@ -142,8 +142,8 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
                 try:
                     results[layer] = LayerStats.from_state(
                         torch.load(paths[layer], map_location="cpu", weights_only=True))
-                except (OSError, RuntimeError, KeyError, TypeError, EOFError):
-                    results.pop(layer, None)  # a damaged cache entry is recomputed
+                except Exception:  # any damaged entry (truncated, unpicklable, old) is recomputed
+                    results.pop(layer, None)
     todo = [layer for layer in layers if layer not in results]
     if not todo:
         return results
@@ -232,9 +232,8 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
         results[layer] = stats
         if layer in paths:
             paths[layer].parent.mkdir(parents=True, exist_ok=True)
-            tmp = paths[layer].with_suffix(".tmp")
-            torch.save(stats.to_state(), tmp)
-            os.replace(tmp, paths[layer])
+            clean_leftovers(paths[layer].parent)   # temporary files of killed runs
+            atomic_save(paths[layer], lambda tmp: torch.save(stats.to_state(), tmp))
     if progress:
         tqdm.write(f"dissect: {n} images, {len(todo)} layer(s) in {time.time() - t0:.1f}s "
                    f"(thresholds {t1 - t0:.1f}s, IoU {time.time() - t1:.1f}s)"
