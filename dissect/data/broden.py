@@ -156,7 +156,11 @@ class BrodenIndex:
                                 int(_number(label_csv, row, r, "frequency", float, 0.0)),
                                 _number(label_csv, row, r, "coverage", float, 0.0))
         self.labels: dict[int, Label] = labels
-        self.num_labels = max(labels, default=0) + 1  # label numbers 0..max
+        # label numbers 0..max of those label.csv defines (a defined label without a category
+        # is tallied but never named); a label PNG may hold no other number
+        self.num_labels = max([*labels, *defined], default=0) + 1
+        self._defined = np.zeros(self.num_labels, dtype=bool)
+        self._defined[[0, *defined]] = True
         # A probe set labeled by a segmenter (with a GENERATED_MANIFEST) is annotated in every category on every image: an image
         # with no part pixel says "no part here". IoU is then the plain IoU over all images,
         # as in the 2020 paper. Human-annotated Broden keeps NetDissect's rule (an image is
@@ -244,6 +248,21 @@ class BrodenIndex:
             raise OSError(f"{name} leads outside the probe folder (through a symbolic link); not read")
         return path
 
+    def check_label_numbers(self, labels: np.ndarray, name: str) -> None:
+        """A :class:`DissectError` naming the label PNG ``name`` when it holds a label number
+        that label.csv does not define (numbers of 32768 and more included: nothing is cast
+        to a narrower type before this check)."""
+        if labels.size == 0:
+            return
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo >= 0 and hi < self.num_labels and self._defined[labels].all():
+            return
+        found = np.unique(labels)
+        bad = [int(v) for v in found if not (0 <= v < self.num_labels and self._defined[v])]
+        shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise DissectError(f"{self.images / name} holds label number(s) {shown} (R + 256 * G), which "
+                           f"{self.root / 'label.csv'} does not define; fix the PNG or add the labels")
+
     def label_size(self) -> tuple[int, int]:
         sizes = {(r.sh, r.sw) for r in self.records}
         return max(sizes)  # mixed sizes are resized (nearest) to the largest
@@ -325,12 +344,15 @@ class BrodenDataset(torch.utils.data.Dataset):
                 layers = []
                 for name in rec.pixel_files:
                     lab = decode_label_png(self.index.file(name))
+                    self.index.check_label_numbers(lab, name)
                     if lab.shape != (sh, sw):
                         lab = np.asarray(Image.fromarray(lab.astype(np.int32)).resize((sw, sh), Image.NEAREST))
                     layers.append(torch.from_numpy(lab.astype(np.int64)))
                 item["pixel_labels"] = (torch.stack(layers) if layers
                                         else torch.zeros((0, sh, sw), dtype=torch.long))
                 item["image_labels"] = torch.tensor(rec.image_labels, dtype=torch.long)
+        except DissectError as e:   # damaged labels: the run stops (see make_loader)
+            return {"index": i, "ok": False, "path": rec.image, "fatal": str(e)}
         except (OSError, ValueError, UnidentifiedImageError, SyntaxError) as e:
             return {"index": i, "ok": False, "path": rec.image, "error": f"{type(e).__name__}: {e}"}
         return item
@@ -339,7 +361,10 @@ class BrodenDataset(torch.utils.data.Dataset):
 def collate(items: list[dict]) -> dict:
     """Stack good items, padding label layers and whole-image labels with 0; list the bad."""
     good = [it for it in items if it["ok"]]
-    out = {"bad": [(it["path"], it.get("error", "")) for it in items if not it["ok"]]}
+    out = {"bad": [(it["path"], it.get("error", "")) for it in items if not it["ok"] and not it.get("fatal")]}
+    fatal = [it["fatal"] for it in items if it.get("fatal")]
+    if fatal:
+        out["fatal"] = fatal[0]
     out["index"] = torch.tensor([it["index"] for it in good], dtype=torch.long)
     if not good:
         return out
@@ -358,14 +383,32 @@ def collate(items: list[dict]) -> dict:
     return out
 
 
-def make_loader(dataset: BrodenDataset, batch_size: int = 64, num_workers: int | None = None):
+class Loader:
+    """Batches of a :class:`torch.utils.data.DataLoader`; a batch holding an item that cannot
+    be used at all (``fatal``: labels that label.csv does not define) stops the run here, in
+    the main process, with that item's one-line :class:`DissectError`."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            if "fatal" in batch:
+                raise DissectError(batch["fatal"])
+            yield batch
+
+
+def make_loader(dataset: BrodenDataset, batch_size: int = 64, num_workers: int | None = None) -> Loader:
     """A loader that decodes images in parallel worker processes, in index order."""
     if num_workers is None:
         num_workers = min(4, os.cpu_count() or 1)
-    return torch.utils.data.DataLoader(
+    return Loader(torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
         collate_fn=collate, pin_memory=False,
-        persistent_workers=False, prefetch_factor=4 if num_workers else None)
+        persistent_workers=False, prefetch_factor=4 if num_workers else None))
 
 
 # ---------------------------------------------------------------------- download
