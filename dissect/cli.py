@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
     r.add_argument("--workers", type=int, default=None, help="image decoding processes")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    r.add_argument("--nonfinite", choices=["error", "invalid"], default=d.nonfinite,
+                   help="activations that are NaN or infinite: 'error' stops the run naming the layer, "
+                   "units and images (default); 'invalid' reports those units as invalid")
     r.add_argument("--out", default="site", help="site folder (default: site)")
     r.add_argument("--cache-dir", default=None, help="cache folder (default: $DISSECT_CACHE "
                    "or ~/.cache/dissect)")
@@ -228,7 +231,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                                quantile_space=args.quantile_space or DissectConfig.quantile_space,
                                iou_threshold=args.iou_threshold, top_k=args.top_k,
                                batch_size=args.batch_size, num_workers=args.workers,
-                               device=args.device)
+                               device=args.device, nonfinite=args.nonfinite)
         run_report(ReportOptions(
             model=args.model or list(DEFAULT_MODELS), weights=args.weights, layers=args.layer,
             input_size=args.input_size, kind=args.kind, z_dim=args.z_dim,
