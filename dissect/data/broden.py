@@ -72,6 +72,10 @@ def confined_name(name: str) -> bool:
 
 
 def _read_csv(path: Path) -> list[dict]:
+    folder = os.path.realpath(path.parent)
+    if path.is_symlink() and not os.path.realpath(path).startswith(folder + os.sep):
+        raise DissectError(f"{path} is a symbolic link out of {path.parent}; a probe set's tables "
+                           "must be inside its folder")
     try:
         with open(path, newline="", encoding="utf-8") as f:
             return list(csv.DictReader(f))
