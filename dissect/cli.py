@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cache-dir", default=None, help="cache folder (default: $DISSECT_CACHE "
                    "or ~/.cache/dissect)")
     r.add_argument("--force", action="store_true", help="recompute, ignoring cached results")
+    r.add_argument("--hash-files", action="store_true", help="identify the probe files in cache keys "
+                   "by a SHA-256 of their content (default: by size and modification time)")
     r.add_argument("--reproducible", action="store_true",
                    help="omit the run date so identical inputs give byte-identical sites")
     r.add_argument("--notes", default=None, metavar="FILE.md",
@@ -241,7 +243,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             generator_quantile_space=args.quantile_space, interventions=_generator_config(args),
             out=args.out, reproducible=args.reproducible, notes=args.notes, zip_path=args.zip,
             thumb_height=args.thumb_height, jpeg_quality=args.jpeg_quality,
-            cache_dir=args.cache_dir, force=args.force, progress=not args.quiet,
+            cache_dir=args.cache_dir, force=args.force, hash_files=args.hash_files, progress=not args.quiet,
             command=" ".join(["dissect"] + [shlex.quote(a) for a in argv])))
     elif args.command == "data" and args.dataset == "toyworld":
         from .data.toyworld_probe import write_toyworld

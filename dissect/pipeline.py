@@ -80,6 +80,7 @@ class ReportOptions:
     as one archive), ``thumb_height`` and ``jpeg_quality``.
 
     Run: ``cache_dir`` (default :func:`default_cache_dir`), ``force`` (recompute),
+    ``hash_files`` (cache keys by the probe files' content hash, not their size and time),
     ``progress`` (bars and the closing summary), ``command`` (recorded as provenance).
     """
 
@@ -108,6 +109,7 @@ class ReportOptions:
     jpeg_quality: int = 85
     cache_dir: str | os.PathLike | None = None
     force: bool = False
+    hash_files: bool = False
     progress: bool = True
     command: str | None = None
 
@@ -261,11 +263,13 @@ def _dissect(loaded: LoadedModel, paths: list[tuple[str, str | None]], dataset, 
     return Dissection(paths, stats, layer_results, run_dir)
 
 
-def _cache_parts(loaded: LoadedModel, dataset, **more: Any) -> dict:
+def _cache_parts(loaded: LoadedModel, dataset, hash_files: bool = False, **more: Any) -> dict:
     """What identifies a dissection's inputs (its cache key): the weights, the model, the
-    probe set's tables and files, and which of its images are used."""
+    probe set's tables and files (by size and time, or ``hash_files`` by content), and which
+    of its images are used."""
     return {"weights_sha256": loaded.weights_sha256, "model": loaded.name,
-            "data_sha256": dataset.index.sha256(), "data_files": dataset.index.files_fingerprint(),
+            "data_sha256": dataset.index.sha256(),
+            "data_files": dataset.index.files_fingerprint(content=hash_files),
             "indices": cache_key(dataset.indices), **more}
 
 
@@ -316,7 +320,7 @@ def _classifier_run(loaded: LoadedModel, opts: ReportOptions) -> tuple[dict, Pat
     probe = open_probe_data(opts.data, loaded.input_size, loaded.mean, loaded.std, opts.cache,
                             opts.data_size, opts.data_seed, opts.split, opts.progress)
     dataset = probe.dataset
-    parts = _cache_parts(loaded, dataset, input_size=loaded.input_size)
+    parts = _cache_parts(loaded, dataset, opts.hash_files, input_size=loaded.input_size)
     run = _dissect(loaded, paths, dataset, config, opts, parts)
     skipped = sorted({s for p, _ in run.paths for s in run.stats[p].skipped})
     probe_info = _probe_section(
@@ -340,7 +344,7 @@ def _generator_run(loaded: LoadedModel, opts: ReportOptions) -> tuple[dict, Path
                                  batch_size=config.batch_size, device=resolve_device(config.device),
                                  progress=opts.progress)
     dataset, seg = probe.dataset, probe.segmenter
-    parts = _cache_parts(loaded, dataset, kind="generator")
+    parts = _cache_parts(loaded, dataset, opts.hash_files, kind="generator")
     run = _dissect(loaded, paths, dataset, config, opts, parts)
     probe_info = _probe_section(
         dataset, parts, name="generated", path=str(probe.path), num_images=len(dataset),

@@ -1,5 +1,7 @@
 """The Broden reader against a hand-written fixture in the published layout."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -268,3 +270,20 @@ def test_large_defined_label_numbers_are_tallied_exactly(broden):
     assert stats.tally["label_pixels"][40000].item() == 2
     assert stats.tally["label_pixels"][777].item() == 1
     assert (stats.tally["label_pixels"] < 0).sum() == 0
+
+
+def test_content_fingerprint_catches_what_size_and_time_miss(broden):
+    """An edit that keeps a file's size and restores its modification time escapes the
+    default (stat) fingerprint, never the content one (--hash-files)."""
+    idx = BrodenIndex(broden)
+    stat_before, content_before = idx.files_fingerprint(), idx.files_fingerprint(content=True)
+    assert stat_before != content_before   # the two identities never collide
+    png = broden / "images" / "ade20k" / "a_object.png"
+    st = png.stat()
+    write_png_labels(png, [[2, 300], [2, 2]])     # one pixel changed: same size here
+    assert png.stat().st_size == st.st_size
+    os.utime(png, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert idx.files_fingerprint() == stat_before
+    assert idx.files_fingerprint(content=True) != content_before
+    os.utime(png, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))
+    assert idx.files_fingerprint() != stat_before

@@ -227,17 +227,29 @@ class BrodenIndex:
                 h.update(p.read_bytes())
         return h.hexdigest()
 
-    def files_fingerprint(self) -> str:
-        """SHA-256 over the folder's real path and, for every file the index names, its name,
-        size and modification time (``stat``, no file is read): replacing or editing any image
-        or label file, or opening another folder with the same tables, changes it. Part of
-        every cache key, with :meth:`sha256` (the tables' content)."""
+    def files_fingerprint(self, content: bool = False) -> str:
+        """SHA-256 over the folder's real path and, for every file the index names, its name
+        and identity: by default its size and modification time (``stat``, no file is read),
+        with ``content`` the SHA-256 of its bytes (every file read: also catches an edit that
+        keeps the size and restores the modification time). Replacing or editing any image or
+        label file, or opening another folder with the same tables, changes it. Part of
+        every cache key, with :meth:`sha256` (the tables' content).
+
+        Cost on a Broden-sized folder (63,305 files; docs/reliability.md): about 0.4 s by
+        ``stat``; reading and hashing every byte costs what reading the folder costs."""
         h = hashlib.sha256(os.path.realpath(self.root).encode() + b"\0")
+        h.update(b"content\n" if content else b"stat\n")
         for rec in self.records:
             for name in (rec.image, *rec.pixel_files):
                 try:
-                    st = os.stat(self.images / name)
-                    h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                    if content:
+                        with open(self.file(name), "rb") as f:
+                            ident = hashlib.file_digest(f, "sha256").hexdigest() if hasattr(
+                                hashlib, "file_digest") else hashlib.sha256(f.read()).hexdigest()
+                    else:
+                        st = os.stat(self.images / name)
+                        ident = f"{st.st_size}\0{st.st_mtime_ns}"
+                    h.update(f"{name}\0{ident}\n".encode())
                 except OSError:
                     h.update(f"{name}\0missing\n".encode())
         return h.hexdigest()
