@@ -31,6 +31,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 STANDARD_CATEGORIES = ("color", "object", "part", "material", "scene", "texture")
 _INDEX_FIXED = ("image", "split", "ih", "iw", "sh", "sw")
+MAX_SIDE = 2 ** 16      # the largest image or label side an index may give, in pixels
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,9 @@ class BrodenIndex:
         rows = _read_csv(self.root / "index.csv")
         cat_rows = _read_csv(self.root / "category.csv")
         _require(self.root / "category.csv", cat_rows, ("name",))
-        self.categories: list[str] = [r["name"] for r in cat_rows]
+        self.categories: list[str] = [r["name"] for r in cat_rows if (r.get("name") or "").strip()]
+        if not self.categories:
+            raise DissectError(f"{self.root / 'category.csv'} lists no categories")
         label_rows = _read_csv(self.root / "label.csv")
         if not rows:
             raise DissectError(f"{self.root / 'index.csv'} lists no images")
@@ -149,8 +152,13 @@ class BrodenIndex:
                 covs = {}
                 for item in (r.get("category") or "").split(";"):
                     if "(" in item:
-                        name, count = item.rstrip(")").split("(")
-                        covs[name] = float(count)
+                        name, _, count = item.rstrip(")").partition("(")
+                        try:
+                            covs[name] = float(count)
+                        except ValueError:
+                            raise DissectError(f"{label_csv} row {row}: category must read like "
+                                               f"object(12);part(3), not {r.get('category')!r}") from None
+            covs = {c: v for c, v in covs.items() if c in self.categories}   # others: not annotated here
             if not covs:
                 continue
             # largest coverage wins; ties go to the category listed first in category.csv
@@ -173,10 +181,17 @@ class BrodenIndex:
 
         self.images = self.root / "images"
         self.images_real = os.path.realpath(self.images)
+        if not self.images_real.startswith(os.path.realpath(self.root) + os.sep):
+            raise DissectError(f"{self.images} is a symbolic link out of {self.root}; a probe set's "
+                               "images must be inside its folder")
         self.records: list[ImageRecord] = []
         index_csv = self.root / "index.csv"
         for row_number, r in enumerate(rows, start=2):
             ih, iw, sh, sw = (_number(index_csv, row_number, r, c) for c in ("ih", "iw", "sh", "sw"))
+            for column, size in zip(("ih", "iw", "sh", "sw"), (ih, iw, sh, sw)):
+                if not 1 <= size <= MAX_SIDE:
+                    raise DissectError(f"{index_csv} row {row_number}: {column} must be a size in pixels "
+                                       f"from 1 to {MAX_SIDE}, not {size}")
             rec = ImageRecord(r["image"] or "", r.get("split") or "", ih, iw, sh, sw)
             for cat in self.categories:
                 cell = (r.get(cat) or "").strip()
@@ -369,7 +384,7 @@ class BrodenDataset(torch.utils.data.Dataset):
                 item["image_labels"] = torch.tensor(rec.image_labels, dtype=torch.long)
         except DissectError as e:   # damaged labels: the run stops (see make_loader)
             return {"index": i, "ok": False, "path": rec.image, "fatal": str(e)}
-        except (OSError, ValueError, UnidentifiedImageError, SyntaxError) as e:
+        except (OSError, ValueError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as e:
             return {"index": i, "ok": False, "path": rec.image, "error": f"{type(e).__name__}: {e}"}
         return item
 

@@ -68,7 +68,7 @@ class FolderImages(torch.utils.data.Dataset):
             left, top = (w - s) // 2, (h - s) // 2
             im = im.crop((left, top, left + s, top + s))
             x = torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
-        except (OSError, ValueError, UnidentifiedImageError, SyntaxError) as e:
+        except (OSError, ValueError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as e:
             return {"index": i, "ok": False, "path": str(path), "error": f"{type(e).__name__}: {e}"}
         return {"index": i, "ok": True, "path": str(path), "image": (x - self.mean) / self.std}
 

@@ -198,6 +198,8 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
                 small = batch["pixel_labels"].to(torch.int16) if index.num_labels < 2 ** 15 else batch["pixel_labels"]
                 cached.append(({k: v.cpu() for k, v in acts.items()},
                                {"pixel_labels": small, "image_labels": batch["image_labels"]}))
+    if len(set(skipped)) >= n:
+        raise DissectError(f"none of the {n} probe images could be read (the first: {skipped[0]})")
     thresholds = {layer: quant[layer].thresholds() for layer in todo}
     t1 = time.time()
 

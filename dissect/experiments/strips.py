@@ -84,7 +84,7 @@ def render_unit_strips(stats: LayerStats, dataset: BrodenDataset, out_dir: Path,
             try:
                 im = dataset.load_rgb(i).resize((tile, tile), Image.BICUBIC)
                 images[i] = np.asarray(im, dtype=np.float32)
-            except (OSError, ValueError):
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
                 images[i] = np.full((tile, tile, 3), 128, np.float32)
         return images[i]
 
