@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..atomic import clean_leftovers, folder_lock
 from ..errors import DissectError
 
 # written into a probe set generated and labeled by a segmenter (dissect.data.generated)
@@ -467,8 +468,6 @@ def fetch_broden(dest_dir: str | os.PathLike, name: str = "broden1_224", url: st
 
     ``url`` may be a ``file://`` URL to a local copy of the zip.
     """
-    from ..download import download, unzip
-
     dest_dir = Path(dest_dir)
     target = dest_dir / name
     if (target / "index.csv").is_file():
@@ -477,6 +476,17 @@ def fetch_broden(dest_dir: str | os.PathLike, name: str = "broden1_224", url: st
         if name not in BRODEN_URLS:
             raise DissectError(f"unknown Broden variant {name!r}; valid: {', '.join(BRODEN_URLS)}")
         url = BRODEN_URLS[name]
+    with folder_lock(dest_dir):   # runs sharing a cache fetch it once; the others wait, then reuse it
+        clean_leftovers(dest_dir, name, locked=True)
+        if (target / "index.csv").is_file():
+            return target
+        return _fetch_locked(dest_dir, name, url, sha256, progress)
+
+
+def _fetch_locked(dest_dir: Path, name: str, url: str, sha256: str | None, progress: bool) -> Path:
+    from ..download import download, unzip
+
+    target = dest_dir / name
     zip_path = dest_dir / f"{name}.zip"
     if not zip_path.is_file():
         download(url, zip_path, sha256=sha256, progress=progress)
