@@ -18,6 +18,7 @@ same folder (an advisory ``flock`` on the folder itself, so no lock file is left
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
@@ -139,7 +140,11 @@ def folder_lock(folder: Path) -> Iterator[None]:
         return
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:   # a file system without locks (some network ones): renames still hold
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.EBADF):
+                raise
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
