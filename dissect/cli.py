@@ -13,9 +13,12 @@ User errors print one line, ``dissect: error: ...``, and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .version import __version__
@@ -86,10 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
     r.add_argument("--workers", type=int, default=None, help="image decoding processes")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    r.add_argument("--nonfinite", choices=["error", "invalid"], default=d.nonfinite,
+                   help="activations that are NaN or infinite: 'error' stops the run naming the layer, "
+                   "units and images (default); 'invalid' reports those units as invalid")
     r.add_argument("--out", default="site", help="site folder (default: site)")
     r.add_argument("--cache-dir", default=None, help="cache folder (default: $DISSECT_CACHE "
                    "or ~/.cache/dissect)")
     r.add_argument("--force", action="store_true", help="recompute, ignoring cached results")
+    r.add_argument("--hash-files", action="store_true", help="identify the probe files in cache keys "
+                   "by a SHA-256 of their content (default: by size and modification time)")
     r.add_argument("--reproducible", action="store_true",
                    help="omit the run date so identical inputs give byte-identical sites")
     r.add_argument("--notes", default=None, metavar="FILE.md",
@@ -230,7 +238,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                                quantile_space=args.quantile_space or DissectConfig.quantile_space,
                                iou_threshold=args.iou_threshold, top_k=args.top_k,
                                batch_size=args.batch_size, num_workers=args.workers,
-                               device=args.device)
+                               device=args.device, nonfinite=args.nonfinite)
         run_report(ReportOptions(
             model=args.model or list(DEFAULT_MODELS), weights=args.weights, layers=args.layer,
             input_size=args.input_size, kind=args.kind, z_dim=args.z_dim,
@@ -240,7 +248,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             generator_quantile_space=args.quantile_space, interventions=_generator_config(args),
             out=args.out, reproducible=args.reproducible, notes=args.notes, zip_path=args.zip,
             thumb_height=args.thumb_height, jpeg_quality=args.jpeg_quality,
-            cache_dir=args.cache_dir, force=args.force, progress=not args.quiet,
+            cache_dir=args.cache_dir, force=args.force, hash_files=args.hash_files, progress=not args.quiet,
             command=" ".join(["dissect"] + [shlex.quote(a) for a in argv])))
     elif args.command == "data" and args.dataset == "toyworld":
         from .data.toyworld_probe import write_toyworld
@@ -288,9 +296,20 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+#: Errors of the machine, not of dissect: a full disk, a read-only or forbidden folder.
+_SYSTEM_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _terminate(signum, frame):
+    """SIGTERM ends the run as Ctrl-C does, so that temporary files and folders are removed."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main else None
     try:
         return run(args, argv)
     except DissectError as e:
@@ -299,9 +318,19 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `dissect layers vgg16 | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:
+        if e.errno not in _SYSTEM_ERRNOS:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"dissect: error: {e.strerror or e}{where}; nothing half-written was left in place",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("dissect: interrupted; nothing half-written was left in place", file=sys.stderr)
         return 130
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

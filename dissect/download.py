@@ -12,7 +12,6 @@ import hashlib
 import http.client
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -20,6 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
+from dissect.atomic import clean_leftovers, fresh_dir, temp_path
 from dissect.errors import DissectError
 
 CHUNK = 1 << 20
@@ -63,8 +63,9 @@ def download(
     dest.parent.mkdir(parents=True, exist_ok=True)
     if hint is None:
         hint = f"check the network connection, or fetch the file by hand and save it as {dest}"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
+    clean_leftovers(dest.parent, dest.stem)   # what killed downloads of this file left
+    tmp = temp_path(dest)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         h = hashlib.sha256()
         received = 0
@@ -130,7 +131,7 @@ def unzip(zip_path: str | os.PathLike, dest_dir: str | os.PathLike) -> Path:
     if dest_dir.exists():
         raise DissectError(f"cannot extract {zip_path.name}: {dest_dir} already exists; remove it to extract again")
     dest_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.", suffix=".part", dir=dest_dir.parent))
+    tmp = fresh_dir(dest_dir.parent, dest_dir.name, "tmp")
     try:
         try:
             with zipfile.ZipFile(zip_path) as zf:

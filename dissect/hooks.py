@@ -15,7 +15,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from .errors import unknown_choice
+from .errors import DissectError, unknown_choice
 
 
 def get_module(model: nn.Module, path: str) -> nn.Module:
@@ -56,7 +56,9 @@ class Trace:
     def _hook(self, name: str):
         def hook(module, inputs, output):
             if not isinstance(output, torch.Tensor):
-                raise TypeError(f"layer {name!r} returned {type(output).__name__}, not a tensor")
+                raise DissectError(f"layer {name!r} returns a {type(output).__name__}, not one tensor; "
+                                   "choose a layer that returns a feature map, e.g. one of its "
+                                   "submodules (see `dissect layers MODEL`)")
             out = output.detach() if self.detach else output
             self.outputs[name] = out.clone()
             if self.stop and len(self.outputs) == len(self.layers):

@@ -83,6 +83,7 @@ class ReportOptions:
     as one archive), ``thumb_height`` and ``jpeg_quality``.
 
     Run: ``cache_dir`` (default :func:`default_cache_dir`), ``force`` (recompute),
+    ``hash_files`` (cache keys by the probe files' content hash, not their size and time),
     ``progress`` (bars and the closing summary), ``command`` (recorded as provenance).
     """
 
@@ -112,6 +113,7 @@ class ReportOptions:
     jpeg_quality: int = 85
     cache_dir: str | os.PathLike | None = None
     force: bool = False
+    hash_files: bool = False
     progress: bool = True
     command: str | None = None
 
@@ -136,7 +138,7 @@ class ReportOptions:
             raise DissectError(f"jpeg_quality must be an integer from 1 to 95, got {self.jpeg_quality!r}")
         if self.zip_path is not None and Path(self.zip_path).is_dir():
             raise DissectError(f"--zip {self.zip_path} is a folder; give a file name such as site.zip")
-        check_out_dir(Path(self.out))
+        check_out_dir(Path(self.out), writable=True)
         if self.segmenter and ":" not in self.segmenter and self.segmenter not in list_segmenters():
             raise unknown_choice("segmenter", self.segmenter, list_segmenters(), hint="or package.module:callable")
         models = self.models
@@ -267,11 +269,13 @@ def _dissect(loaded: LoadedModel, paths: list[tuple[str, str | None]], dataset, 
     return Dissection(paths, stats, layer_results, run_dir)
 
 
-def _cache_parts(loaded: LoadedModel, dataset, **more: Any) -> dict:
+def _cache_parts(loaded: LoadedModel, dataset, hash_files: bool = False, **more: Any) -> dict:
     """What identifies a dissection's inputs (its cache key): the weights, the model, the
-    probe set's tables and files, and which of its images are used."""
+    probe set's tables and files (by size and time, or ``hash_files`` by content), and which
+    of its images are used."""
     return {"weights_sha256": loaded.weights_sha256, "model": loaded.name,
-            "data_sha256": dataset.index.sha256(), "data_files": dataset.index.files_fingerprint(),
+            "data_sha256": dataset.index.sha256(),
+            "data_files": dataset.index.files_fingerprint(content=hash_files),
             "indices": cache_key(dataset.indices), **more}
 
 
@@ -323,7 +327,7 @@ def _classifier_run(loaded: LoadedModel, opts: ReportOptions) -> tuple[dict, Pat
                             opts.data_size, opts.data_seed, opts.split, opts.progress, opts.segmenter,
                             opts.segmenter_weights, config.batch_size, resolve_device(config.device))
     dataset = probe.dataset
-    parts = _cache_parts(loaded, dataset, input_size=loaded.input_size)
+    parts = _cache_parts(loaded, dataset, opts.hash_files, input_size=loaded.input_size)
     run = _dissect(loaded, paths, dataset, config, opts, parts)
     unread = sorted({s for p, _ in run.paths for s in run.stats[p].skipped})
     skipped = probe.skipped + unread  # an image folder's unreadable images, then the probe set's
@@ -349,7 +353,7 @@ def _generator_run(loaded: LoadedModel, opts: ReportOptions) -> tuple[dict, Path
                                  batch_size=config.batch_size, device=resolve_device(config.device),
                                  progress=opts.progress, segmenter_weights=opts.segmenter_weights)
     dataset, seg = probe.dataset, probe.segmenter
-    parts = _cache_parts(loaded, dataset, kind="generator")
+    parts = _cache_parts(loaded, dataset, opts.hash_files, kind="generator")
     run = _dissect(loaded, paths, dataset, config, opts, parts)
     probe_info = _probe_section(
         dataset, parts, name="generated", path=str(probe.path), num_images=len(dataset),

@@ -17,6 +17,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dissect.atomic import is_temp_name
 from dissect.errors import DissectError
 
 #: The timestamp of every archive entry (the earliest a zip file can hold).
@@ -38,13 +39,14 @@ class SiteSize:
 
 
 def _site_files(root: Path, exclude: Path | None = None) -> list[Path]:
-    """Every regular file under ``root`` (symlinks are not followed), sorted by posix path."""
+    """Every regular file under ``root`` (symlinks are not followed; dissect's temporary files
+    and folders, :func:`dissect.atomic.is_temp_name`, left out), sorted by posix path."""
     files = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+        dirnames[:] = sorted(d for d in dirnames if not is_temp_name(d))
         for name in filenames:
             p = Path(dirpath, name)
-            if p.is_symlink() or not p.is_file():
+            if is_temp_name(name) or p.is_symlink() or not p.is_file():
                 continue
             if exclude is not None and p.resolve() == exclude:
                 continue

@@ -1,12 +1,14 @@
 """The Broden reader against a hand-written fixture in the published layout."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from dissect.data.broden import (BrodenDataset, BrodenIndex, collate, decode_label_png, display_name,
-                                 fetch_broden)
+                                 fetch_broden, make_loader)
 from dissect.errors import DissectError
 from dissect.stats import IoUTally
 
@@ -221,3 +223,67 @@ def test_damaged_tables_are_one_line_errors(broden, file, old, new, expect):
     with pytest.raises(DissectError) as err:
         BrodenIndex(broden)
     assert expect in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+# ------------------------------------------------------------------ label numbers inside PNGs (issue 15)
+@pytest.mark.parametrize("number", [999, 40000, 65535])
+def test_undefined_pixel_label_numbers_are_one_line_errors(broden, number):
+    """A label PNG holding a number label.csv does not define (999), or one of 32768 and more
+    that an int16 cast would wrap negative, stops the run naming the PNG, with or without
+    loader workers; it is never tallied as another label."""
+    write_png_labels(broden / "images" / "ade20k" / "b_object.png", [[0, number], [2, 2]])
+    ds = BrodenDataset(broden, input_size=4)
+    assert ds[0]["ok"] is True
+    item = ds[1]
+    assert item["ok"] is False and "b_object.png" in item["fatal"] and str(number) in item["fatal"]
+    for workers in (0, 1):
+        with pytest.raises(DissectError) as err:
+            for _ in make_loader(ds, batch_size=2, num_workers=workers):
+                pass
+        msg = str(err.value)
+        assert "\n" not in msg and "b_object.png" in msg and f"number(s) {number}" in msg, msg
+
+
+def test_large_defined_label_numbers_are_tallied_exactly(broden):
+    """Label 40000 (R=64, G=156), defined in label.csv, is read and tallied as 40000 through
+    the whole dissection (no int16 wrap), and a defined label without a category is no error."""
+    from dissect.experiments.dissection import DissectConfig, dissect_layers
+
+    with open(broden / "label.csv", "a") as f:
+        f.write("40000,bigthing,object(1),1,0.25,\n777,uncategorized,,0,0,\n")
+    with open(broden / "c_object.csv", "a") as f:
+        f.write("3,40000,bigthing,1,0.25\n")
+    write_png_labels(broden / "images" / "ade20k" / "b_object.png", [[40000, 40000], [777, 2]])
+    idx = BrodenIndex(broden)
+    assert idx.num_labels == 40001 and 40000 in idx.labels and 777 not in idx.labels
+    assert decode_label_png(broden / "images" / "ade20k" / "b_object.png").tolist() == [[40000, 40000], [777, 2]]
+
+    class Dark(torch.nn.Module):   # one unit: the image's darkness, b.jpg (20) above a.jpg (200)
+        def forward(self, x):
+            return -x[:, :1, ::2, ::2]
+
+    ds = BrodenDataset(idx, input_size=4)
+    stats = dissect_layers(torch.nn.Sequential(Dark()), ["0"], ds,
+                           DissectConfig(quantile=0.25, top_k=1, num_workers=0, batch_size=2),
+                           progress=False)["0"]
+    # the dark image b is the unit's top image; its label pixels are counted as 40000
+    assert stats.tally["label_pixels"][40000].item() == 2
+    assert stats.tally["label_pixels"][777].item() == 1
+    assert (stats.tally["label_pixels"] < 0).sum() == 0
+
+
+def test_content_fingerprint_catches_what_size_and_time_miss(broden):
+    """An edit that keeps a file's size and restores its modification time escapes the
+    default (stat) fingerprint, never the content one (--hash-files)."""
+    idx = BrodenIndex(broden)
+    stat_before, content_before = idx.files_fingerprint(), idx.files_fingerprint(content=True)
+    assert stat_before != content_before   # the two identities never collide
+    png = broden / "images" / "ade20k" / "a_object.png"
+    st = png.stat()
+    write_png_labels(png, [[2, 300], [2, 2]])     # one pixel changed: same size here
+    assert png.stat().st_size == st.st_size
+    os.utime(png, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert idx.files_fingerprint() == stat_before
+    assert idx.files_fingerprint(content=True) != content_before
+    os.utime(png, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))
+    assert idx.files_fingerprint() != stat_before

@@ -14,12 +14,13 @@ import json
 import os
 import shutil
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from dissect.atomic import clean_leftovers, fresh_dir, folder_lock
 
 
 def default_label_size(image_size: int) -> int:
@@ -59,25 +60,42 @@ def save_label_png(path: Path, labels: np.ndarray) -> None:
 def write_dir_atomically(out: Path, write, manifest_name: str, manifest: dict) -> Path:
     """Write a data folder at ``out`` in one piece: ``write(tmp)`` fills a temporary folder
     beside it, the manifest goes in last, then the folder is swapped in (an old one moved
-    away and deleted). On any error the temporary folder is removed and ``out`` is as it was."""
+    away and deleted). On any error the temporary folder is removed and ``out`` is as it was.
+
+    Runs that write the same folder at once take turns (:func:`dissect.atomic.folder_lock` on
+    its parent): the second finds the first one's folder, with the same manifest, and reuses
+    it. Temporary folders left by killed runs are removed first."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        write(tmp)
-        with open(tmp / manifest_name, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=1)
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, trash / "old")
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with folder_lock(out.parent):
+        clean_leftovers(out.parent, out.name, locked=True)
+        if manifest_matches(out, manifest_name, manifest):
+            return out   # written meanwhile by another run
+        tmp = fresh_dir(out.parent, out.name, "tmp")
+        try:
+            write(tmp)
+            with open(tmp / manifest_name, "w", encoding="utf-8") as f:
+                json.dump(manifest, f, indent=1)
+            if out.exists():
+                trash = fresh_dir(out.parent, out.name, "old")
+                os.replace(out, trash / "old")
+                os.replace(tmp, out)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return out
+
+
+def manifest_matches(out: Path, manifest_name: str, manifest: dict) -> bool:
+    """Whether ``out`` is a finished data folder written with ``manifest``."""
+    try:
+        with open(Path(out) / manifest_name, encoding="utf-8") as f:
+            return json.load(f) == manifest and (Path(out) / "index.csv").is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _fmt(x: float) -> str:

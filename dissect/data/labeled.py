@@ -196,10 +196,21 @@ def labeled_from_broden(index: BrodenIndex | str | os.PathLike, class_names: Seq
                        list(class_names or []), msgs)
 
 
+def _inside(path: Path, real_root: str) -> bool:
+    """Whether ``path`` resolves (through every symbolic link) inside the folder ``real_root``."""
+    return os.path.realpath(path).startswith(real_root + os.sep)
+
+
 def _folder_classes(root: Path) -> dict[str, list[Path]]:
+    """Class folders of ``root`` and their images; anything that a symbolic link leads out of
+    ``root`` (a class folder, an image) is left out, never read."""
+    real_root = os.path.realpath(root)
     out = {}
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not _inside(d, real_root):
+            continue
+        files = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                       and _inside(p, real_root))
         out[d.name] = files
     return out
 

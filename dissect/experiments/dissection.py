@@ -12,7 +12,6 @@ changes speed, never results.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,11 +24,13 @@ from tqdm.auto import tqdm
 
 from dissect.version import __version__
 
+from ..atomic import atomic_save, clean_leftovers
 from ..cache import cache_key
 from ..data.broden import BrodenDataset, make_loader, warn_bad
 from ..devices import resolve_device
 from ..errors import DissectError
 from ..hooks import Trace
+from ..stats.finite import NONFINITE_POLICIES, FiniteCheck
 from ..stats.iou import IoUTally
 from ..stats.quantile import TopQuantile
 from ..stats.topk import TopK
@@ -52,6 +53,7 @@ class DissectConfig:
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     activation_cache_mb: int = 2048  # keep pass-1 activations for pass 2 up to this size
     tile_size: int = 0               # unit image tile size in px (0: label size, >= 96)
+    nonfinite: str = "error"         # NaN/inf activations: "error" stops, "invalid" reports the units
 
     def validate(self) -> None:
         if not 0.0 < self.quantile < 0.5:
@@ -64,11 +66,13 @@ class DissectConfig:
             raise DissectError(f"--top-k must be at least 1, got {self.top_k}")
         if self.batch_size < 1:
             raise DissectError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.nonfinite not in NONFINITE_POLICIES:
+            raise DissectError(f"--nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, not {self.nonfinite!r}")
 
     def stats_key(self) -> dict:
         """The fields that change the tallied statistics (the cache key)."""
         return {"quantile": self.quantile, "quantile_space": self.quantile_space,
-                "top_k": self.top_k}
+                "top_k": self.top_k, **({"nonfinite": self.nonfinite} if self.nonfinite != "error" else {})}
 
 
 @dataclass
@@ -86,6 +90,7 @@ class LayerStats:
     top_maps: torch.Tensor
     num_images: int
     skipped: list[str] = field(default_factory=list)
+    invalid: list[int] = field(default_factory=list)   # units with non-finite activations
 
     def __post_init__(self) -> None:
         self._ious: dict[tuple, torch.Tensor] = {}   # iou() per label set; not part of the state
@@ -99,6 +104,7 @@ class LayerStats:
             t = IoUTally(self.shape[0], primary_category.numel(), primary_category, num_categories)
             t.load_state_dict(self.tally)
             self._ious[key] = t.iou()
+            self._ious[key][self.invalid] = 0.0   # an invalid unit matches no concept
         return self._ious[key].clone()
 
     def to_state(self) -> dict:
@@ -142,8 +148,8 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
                 try:
                     results[layer] = LayerStats.from_state(
                         torch.load(paths[layer], map_location="cpu", weights_only=True))
-                except (OSError, RuntimeError, KeyError, TypeError, EOFError):
-                    results.pop(layer, None)  # a damaged cache entry is recomputed
+                except Exception:  # any damaged entry (truncated, unpicklable, old) is recomputed
+                    results.pop(layer, None)
     todo = [layer for layer in layers if layer not in results]
     if not todo:
         return results
@@ -172,6 +178,7 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
         topk[layer] = TopK(c, config.top_k, (h, w), device=device)
     pass1 = dataset if keep else _view(dataset, with_labels=False)
     skipped: list[str] = []
+    finite = FiniteCheck(config.nonfinite, lambda i: index.records[dataset.indices[i]].image)
     t0 = time.time()
     with torch.no_grad():
         for batch in tqdm(make_loader(pass1, config.batch_size, config.num_workers),
@@ -181,7 +188,8 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
             warn_bad(batch["bad"])
             if len(batch["index"]) == 0:
                 continue
-            acts = _forward(model, todo, batch["image"].to(device))
+            acts = finite.check(_forward(model, todo, batch["image"].to(device), _batch_name(dataset, batch)),
+                                batch["index"])
             for layer, a in acts.items():
                 q_in = F.interpolate(a, size=(sh, sw), mode="bilinear", align_corners=False) if upsampled else a
                 quant[layer].add(q_in.transpose(0, 1).reshape(a.shape[1], -1))
@@ -190,6 +198,8 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
                 small = batch["pixel_labels"].to(torch.int16) if index.num_labels < 2 ** 15 else batch["pixel_labels"]
                 cached.append(({k: v.cpu() for k, v in acts.items()},
                                {"pixel_labels": small, "image_labels": batch["image_labels"]}))
+    if len(set(skipped)) >= n:
+        raise DissectError(f"none of the {n} probe images could be read (the first: {skipped[0]})")
     thresholds = {layer: quant[layer].thresholds() for layer in todo}
     t1 = time.time()
 
@@ -206,7 +216,8 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
             return
         for batch in make_loader(dataset, config.batch_size, config.num_workers):
             if len(batch["index"]):
-                yield _forward(model, todo, batch["image"].to(device)), batch
+                yield finite.check(_forward(model, todo, batch["image"].to(device), _batch_name(dataset, batch)),
+                                   batch["index"]), batch
 
     with torch.no_grad():
         for acts, batch in tqdm(batches(), desc="dissect: IoU", unit="batch",
@@ -228,13 +239,12 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
             minimum=quant[layer].min.cpu(), maximum=quant[layer].max.cpu(),
             tally=tallies[layer].state_dict(), top_values=tk.values.cpu(),
             top_indices=tk.indices.cpu(), top_maps=tk.maps.cpu(),
-            num_images=n - len(skipped), skipped=sorted(set(skipped)))
+            num_images=n - len(skipped), skipped=sorted(set(skipped)), invalid=finite.units(layer))
         results[layer] = stats
         if layer in paths:
             paths[layer].parent.mkdir(parents=True, exist_ok=True)
-            tmp = paths[layer].with_suffix(".tmp")
-            torch.save(stats.to_state(), tmp)
-            os.replace(tmp, paths[layer])
+            clean_leftovers(paths[layer].parent)   # temporary files of killed runs
+            atomic_save(paths[layer], lambda tmp: torch.save(stats.to_state(), tmp))
     if progress:
         tqdm.write(f"dissect: {n} images, {len(todo)} layer(s) in {time.time() - t0:.1f}s "
                    f"(thresholds {t1 - t0:.1f}s, IoU {time.time() - t1:.1f}s)"
@@ -266,9 +276,22 @@ def _view(dataset: BrodenDataset, **flags) -> BrodenDataset:
     return view
 
 
-def _forward(model, layers, x) -> dict[str, torch.Tensor]:
-    with Trace(model, layers, stop=True) as tr:
-        model(x)
+def _batch_name(dataset: BrodenDataset, batch: dict) -> str:
+    """The images of a batch, for an error message: ``images 64-127 (a.jpg, b.jpg, ...)``."""
+    pos = batch["index"].tolist()
+    names = [dataset.index.records[dataset.indices[i]].image for i in pos[:3]]
+    return f"the batch of images {pos[0]}-{pos[-1]} ({', '.join(names)}{', ...' if len(pos) > 3 else ''})"
+
+
+def _forward(model, layers, x, where: str = "an example input") -> dict[str, torch.Tensor]:
+    try:
+        with Trace(model, layers, stop=True) as tr:
+            model(x)
+    except DissectError:
+        raise
+    except Exception as e:   # a model that fails on real data: name the images
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise DissectError(f"the model failed on {where}: {type(e).__name__}: {first}") from e
     missing = [layer for layer in layers if layer not in tr.outputs]
     if missing:
         raise DissectError(f"layer(s) {missing} did not run in the model's forward pass")
@@ -290,15 +313,20 @@ def summarize_layer(stats: LayerStats, dataset: BrodenDataset, config: DissectCo
     iou = stats.iou(prim, len(cats)).numpy()                 # [units, labels]
     tally = stats.tally
     active = (tally["active"] / max(tally["pixels"], 1)).numpy()
-    dead = (stats.maximum <= stats.minimum).numpy()
+    invalid = np.zeros(iou.shape[0], dtype=bool)
+    invalid[list(stats.invalid)] = True              # non-finite activations: no statistic holds
+    dead = (stats.maximum <= stats.minimum).numpy() & ~invalid
     valid = np.zeros(iou.shape[1], dtype=bool)
     valid[list(index.labels)] = True
     iou = np.where(valid[None, :], iou, 0.0)
-    iou[dead] = 0.0
+    iou[dead | invalid] = 0.0
     primcat = prim.numpy()
 
     units = []
     for k in range(iou.shape[0]):
+        if invalid[k]:
+            units.append(_invalid_unit(k, stats, dataset))
+            continue
         row = iou[k]
         # best first; ties go to the lower label number, so results are deterministic
         order = np.lexsort((np.arange(row.size), -row))
@@ -339,7 +367,7 @@ def summarize_layer(stats: LayerStats, dataset: BrodenDataset, config: DissectCo
         det_by_cat[u["category"]] += 1
         uniq_by_cat[u["category"]].add(u["label"])
     edges = [round(i * 0.02, 2) for i in range(0, 26)]
-    best_ious = np.array([u["iou"] for u in units])
+    best_ious = np.array([u["iou"] for u in units if not u.get("invalid")])
     counts, _ = np.histogram(np.clip(best_ious, 0, 0.5 - 1e-9), bins=edges)
     concept_counts: dict[str, dict[str, int]] = {}
     for u in detectors:
@@ -358,13 +386,25 @@ def summarize_layer(stats: LayerStats, dataset: BrodenDataset, config: DissectCo
                                for g, c in concept_counts.items()},
             "iou_histogram": {"edges": edges, "counts": counts.tolist()},
             "dead_units": int(dead.sum()),
-            "mean_active_fraction": _s(float(active[~dead].mean()) if (~dead).any() else 0.0),
+            "invalid_units": int(invalid.sum()),
+            "mean_active_fraction": _s(float(active[~dead & ~invalid].mean()) if (~dead & ~invalid).any() else 0.0),
         },
         "units": units,
     }
 
 
-def _s(x: float) -> float:
+def _invalid_unit(k: int, stats: LayerStats, dataset: BrodenDataset) -> dict:
+    """The record of a unit with non-finite activations (``--nonfinite invalid``): no
+    threshold, IoU, label or activation is reported, since none of them is defined."""
+    return {"unit": k, "label": None, "category": None, "iou": None, "detector": False,
+            "threshold": None, "active_fraction": None, "max_activation": None, "dead": False,
+            "invalid": True, "top_concepts": [], "top_by_category": {},
+            "top_images": [{"index": int(i), "image": dataset.index.records[dataset.indices[int(i)]].image,
+                            "max_activation": None} for i in stats.top_indices[k].tolist()]}
+
+
+def _s(x: float) -> float | None:
+    """``x`` in 6 significant digits; None (JSON null) when it is not finite, never 0.0."""
     if not math.isfinite(x):
-        return 0.0
+        return None
     return float(f"{x:.6g}")

@@ -18,6 +18,7 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_save, clean_leftovers
 from ..data.broden import BrodenDataset
 from .dissection import LayerStats
 
@@ -75,6 +76,7 @@ def render_unit_strips(stats: LayerStats, dataset: BrodenDataset, out_dir: Path,
     tile = tile_size or max(96, min(sh, 224))
     folder = out_dir / "units" / layer_slug
     folder.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(folder)   # temporary images of killed runs (another live run's are kept)
     images: dict[int, np.ndarray] = {}
 
     def get(i: int) -> np.ndarray:
@@ -82,7 +84,7 @@ def render_unit_strips(stats: LayerStats, dataset: BrodenDataset, out_dir: Path,
             try:
                 im = dataset.load_rgb(i).resize((tile, tile), Image.BICUBIC)
                 images[i] = np.asarray(im, dtype=np.float32)
-            except (OSError, ValueError):
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
                 images[i] = np.full((tile, tile, 3), 128, np.float32)
         return images[i]
 
@@ -94,7 +96,9 @@ def render_unit_strips(stats: LayerStats, dataset: BrodenDataset, out_dir: Path,
         tiles = [highlight(get(i), (maps[k, j] > stats.thresholds[k]).numpy())
                  for j, i in enumerate(stats.top_indices[k].tolist())]
         rel = f"units/{layer_slug}/unit-{k:04d}.jpg"
-        Image.fromarray(_row(tiles)).save(out_dir / rel, quality=quality, optimize=True)
+        # Whole files only: another run sharing the cache may be reading this strip.
+        strip = Image.fromarray(_row(tiles))
+        atomic_save(out_dir / rel, lambda tmp: strip.save(tmp, "JPEG", quality=quality, optimize=True))
         rels.append(rel)
     return rels
 
@@ -159,9 +163,11 @@ def write_strip(out_dir: Path, stem: str, before: Tensor, after: Tensor, masks: 
 
     rb, ra = _row(decorate(before)), _row(decorate(after))
     png = f"{stem}.png"
-    Image.fromarray(_stack([rb, ra])).save(out_dir / png, optimize=True)
+    both = Image.fromarray(_stack([rb, ra]))
+    atomic_save(out_dir / png, lambda tmp: both.save(tmp, "PNG", optimize=True))
     seq = [rb, ra] if frames is None else [_row(decorate(f)) for f in frames]
     gif = f"{stem}.gif"
     durations = [STRIP_FRAME_MS] * len(seq)
-    iio.imwrite(out_dir / gif, np.stack(seq), extension=".gif", duration=durations, loop=0)
+    atomic_save(out_dir / gif, lambda tmp: iio.imwrite(tmp, np.stack(seq), extension=".gif",
+                                                       duration=durations, loop=0))
     return png, gif

@@ -22,7 +22,8 @@ from markupsafe import Markup
 from dissect.errors import DissectError
 from dissect.site import views
 from dissect.site.context import ModelContext, index_context
-from dissect.site.folder import MARKER, OWNED, copy_tree, existing_models, fresh_dir, swap
+from dissect.atomic import clean_leftovers, folder_lock, fresh_dir, is_temp_name
+from dissect.site.folder import MARKER, OWNED, copy_tree, existing_models, site_target, swap
 from dissect.site.format import unit_file, unit_label
 from dissect.site.images import write_strip
 from dissect.site.kinds import layer_pages
@@ -187,8 +188,9 @@ def write_site(
     Raises :class:`DissectError` when ``out_dir`` is a non-empty folder that is not a
     dissect site (nothing is touched then), or when the results cannot be rendered.
     """
-    out = Path(out_dir)
-    existing = existing_models(out)
+    named = Path(out_dir)
+    out = site_target(named)  # a symbolic link keeps pointing at the site: it is built at its target
+    existing_models(named)     # the check of --out, before anything is prepared
     version = __version__
 
     prepared: list[tuple[dict[str, Any], Path]] = []
@@ -215,8 +217,23 @@ def write_site(
 
     notes = views.render_notes(notes_md)
     env = environment()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = fresh_dir(out.parent, f".{out.name}.building-")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # One run at a time builds and swaps a site in this folder; leftovers of killed runs go.
+        with folder_lock(out.parent):
+            clean_leftovers(out.parent, out.name, locked=True)
+            _build_and_swap(env, out, prepared, seen, version, reproducible, thumb_height, jpeg_quality, notes)
+    except OSError as exc:
+        raise DissectError(f"cannot write the site at {named}: {exc.strerror or exc}"
+                           f"{f' ({exc.filename})' if exc.filename else ''}; "
+                           "the previous site, if any, is unchanged") from exc
+    return named
+
+
+def _build_and_swap(env, out: Path, prepared, seen, version, reproducible, thumb_height, jpeg_quality,
+                    notes) -> None:
+    existing = existing_models(out)
+    tmp = fresh_dir(out.parent, out.name, "building")
     try:
         for r, run_dir in prepared:
             _build_model(
@@ -226,7 +243,7 @@ def write_site(
         kept = [s for s in existing if s not in seen]
         if out.is_dir():
             for entry in sorted(out.iterdir()):
-                if entry.name in OWNED or entry.name in seen:
+                if entry.name in OWNED or entry.name in seen or is_temp_name(entry.name):
                     continue
                 copy_tree(entry, tmp / entry.name)
 
@@ -254,4 +271,3 @@ def write_site(
         raise
 
     swap(tmp, out)
-    return out

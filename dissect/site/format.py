@@ -40,7 +40,10 @@ def layer_title(layer: dict[str, Any]) -> str:
 
 
 def unit_label(unit: dict[str, Any]) -> str:
-    """A unit's concept label, ``none`` for a dead or unlabeled unit."""
+    """A unit's concept label, ``invalid`` for a unit with non-finite activations, ``none``
+    for a dead or unlabeled unit."""
+    if unit.get("invalid"):
+        return "invalid"
     return "none" if unit.get("dead") or not unit.get("label") else unit["label"]
 
 

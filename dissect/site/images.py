@@ -86,14 +86,17 @@ def write_strip(
     try:
         with Image.open(source) as img:
             img.load()
-            if img.format == "JPEG":
-                shutil.copyfile(source, full)
-            else:
-                _save_jpeg(img, full, jpeg_quality)
-            size = img.size
-            small = _thumbnail(img.convert("RGB"), thumb_height)
+            is_jpeg = img.format == "JPEG"
+            rgb = img.convert("RGB")
     except (OSError, ValueError) as exc:
         raise DissectError(f"cannot read unit image {source}: {exc}") from exc
+    # Writing errors (a full disk, a read-only folder) are the caller's, not the image's.
+    if is_jpeg:
+        shutil.copyfile(source, full)
+    else:
+        _save_jpeg(rgb, full, jpeg_quality)
+    size = rgb.size
+    small = _thumbnail(rgb, thumb_height)
     _save_jpeg(small, thumb, jpeg_quality)
     rel = dest_dir.name
     return (

@@ -289,6 +289,7 @@ def layer_page(ctx: ModelContext, layer: dict[str, Any], images: dict[int, Any])
             "iou_raw": repr(float(u.get("iou") or 0.0)),
             "detector": bool(u.get("detector")),
             "dead": bool(u.get("dead")),
+            "invalid": bool(u.get("invalid")),
             "search": " ".join(dict.fromkeys(c.lower() for c in concepts)),
             "thumb": thumb,
             "alt": f"unit {u['unit']} top images: {label}",
@@ -302,6 +303,7 @@ def layer_page(ctx: ModelContext, layer: dict[str, Any], images: dict[int, Any])
             "detectors": fmt_num(det),
             "unique": fmt_num(len({c["label"] for c in cards if c["detector"]})),
             "dead": fmt_num(sum(1 for c in cards if c["dead"])),
+            "invalid": sum(1 for c in cards if c["invalid"]),
             "shape": fmt_shape(layer.get("activation_shape")),
         },
         "iou_threshold": fmt_num(ctx.iou_threshold),
@@ -349,6 +351,7 @@ def unit_page(
             "iou": fmt_iou(u.get("iou", 0.0)),
             "detector": bool(u.get("detector")),
             "dead": bool(u.get("dead")),
+            "invalid": bool(u.get("invalid")),
             "strip": img["full"],
             "alt": f"unit {u['unit']} top {len(u.get('top_images', []))} images, region where it fires highlighted: {label}",
         },
@@ -358,6 +361,8 @@ def unit_page(
             {"key": "active fraction P(S_k > T_k)", "value": f"{fmt_num(af)} vs q = {fmt_num(q)}{ratio}"},
             {"key": "max activation", "value": fmt_num(u.get("max_activation"))},
             {"key": "dead (activation never varies)", "value": "yes" if u.get("dead") else "no"},
+            *([{"key": "invalid", "value": "yes: non-finite activations (NaN or infinity); "
+                "no threshold, IoU or label is defined"}] if u.get("invalid") else []),
         ],
         "top_concepts": [
             {"name": t["name"], "category": t.get("category"), "cls": ctx.cat_class(t.get("category")),
