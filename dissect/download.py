@@ -385,3 +385,12 @@ def ensure_files(files: Sequence[RemoteFile], progress: bool = True, offline: bo
         lines += [f"  {f.missing_line()} [{why}]" for f, why in failed]
         raise DissectError("\n".join(lines))
     return [f.target for f in files]
+
+
+def format_bytes(n: int) -> str:
+    """A size for people: ``528 MB``, ``1.1 GB``, ``12 kB`` (powers of 1000)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
+    return f"{n} B"

@@ -293,6 +293,7 @@ def layer_page(ctx: ModelContext, layer: dict[str, Any], images: dict[int, Any])
             "unique": fmt_num(len({c["label"] for c in cards if c["detector"]})),
             "dead": fmt_num(sum(1 for c in cards if c["dead"])),
             "shape": fmt_shape(layer.get("activation_shape")),
+            "reading": layer.get("reading") or "",
         },
         "iou_threshold": fmt_num(ctx.iou_threshold),
         "categories": [
