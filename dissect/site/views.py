@@ -250,6 +250,8 @@ def model_page(ctx: ModelContext, layer_slugs: list[str], notes: Markup | None,
         "created": created,
         "reproducible": ctx.reproducible or created is None,
         "skipped": list(probe.get("skipped") or []),
+        # a classifier's ablation that could not run at all (no labeled images): one line
+        "ablation_note": (r.get("ablation") or {}).get("error"),
     }
 
 
