@@ -21,6 +21,7 @@ import os
 from typing import Any
 
 from dissect.data.catalog import data_files, published_name
+from dissect.data.generated import segmenter_for
 from dissect.download import RemoteFile
 from dissect.models.registry import ModelSpec, get_model_spec, is_registered
 from dissect.models.weights import weights_files
@@ -55,24 +56,19 @@ def ablation_probe(data: str) -> bool:
     return published_name(data) is None
 
 
-def default_segmenter_name(spec: ModelSpec | None) -> str | None:
-    """The segmenter of a registered generator, as the report picks it (None: not known
-    before the model is loaded)."""
-    if spec is None:
-        return None
-    if spec.segmenter:
-        return spec.segmenter
-    return "toy" if spec.input_size == 64 else "deeplabv3_resnet50"
-
-
 def model_files(model: Any, opts: Any) -> list[RemoteFile]:
     """What one model of a report (``opts``: a ReportOptions) needs from the network."""
     name = model if isinstance(model, str) else None
-    spec = get_model_spec(name) if name is not None and (is_registered(name) or ":" not in name) else None
-    files = list(weights_files(spec, opts.weights)) if name is not None else []
-    kind = spec.kind if spec is not None else (opts.kind or "classifier")
+    if name is not None:   # a name: its weights are still to be read
+        spec = get_model_spec(name) if is_registered(name) or ":" not in name else None
+        files = list(weights_files(spec, opts.weights))
+    else:                  # a LoadedModel (or nn.Module) holds its weights already
+        spec, files = getattr(model, "spec", None), []
+    kind = spec.kind if spec is not None else getattr(model, "kind", None) or opts.kind or "classifier"
     if kind == "generator":
-        seg = opts.segmenter or default_segmenter_name(spec)
+        # (a generator without a registration: its output size, hence its segmenter, is
+        # known only once it runs; its segmenter downloads then)
+        seg = opts.segmenter or (segmenter_for(spec, spec.input_size) if spec is not None else None)
         files += segmenter_files(seg) if seg else []
         return files
     data = opts.data or default_data_name(spec)

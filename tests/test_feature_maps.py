@@ -22,6 +22,7 @@ from dissect.experiments.ablation import AblationRunner
 from dissect.feature_maps import MapLayout, infer_layout
 from dissect.hooks import Trace, ablate
 from dissect.models.loading import from_module, load_model
+from dissect.models.registry import get_model_spec
 
 
 def _tiny_vit(num_classes: int = 6, image_size: int = 32) -> torch.nn.Module:
@@ -162,3 +163,12 @@ def test_modern_families_dissect_end_to_end(tmp_path: Path) -> None:
             assert abl["error"] is None
             (entry,) = abl["layers"].values()
             assert "class token" in entry["method"] and "error" not in entry
+
+
+def test_default_layer_of_a_model_you_hold_can_be_a_token_layer() -> None:
+    vit = from_module(_tiny_vit(), name="mine", input_size=32)
+    assert vit.default_layers == ["encoder"]                # its last output read as a map
+    conv = from_module(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()), input_size=16)
+    assert conv.default_layers == ["1"]
+    spec = get_model_spec("vit_b_16")   # the last block but one: the last one's patch tokens reach no output
+    assert spec.aliases[spec.default_layer] == "encoder.layers.encoder_layer_10"

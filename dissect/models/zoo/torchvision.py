@@ -151,7 +151,9 @@ VITS = {"vit_b_16": ("ViT_B_16", 12, "ViT-B/16")}
 for _arch, (_enum, _depth, _title) in VITS.items():
     _register_torchvision(
         _arch, _enum,
-        default_layer=f"block{_depth}",
+        # the last block but one: the last block's patch tokens never reach the head (only
+        # its class token does), so ablating them would change nothing
+        default_layer=f"block{_depth - 1}",
         aliases={f"block{i}": f"encoder.layers.encoder_layer_{i - 1}" for i in range(1, _depth + 1)},
         head="heads.head",
         description=f"{_title} (Dosovitskiy et al. 2021), ImageNet; blocks' patch tokens read as a 14x14 map",
