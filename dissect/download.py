@@ -306,6 +306,8 @@ def fetch_file(rf: RemoteFile, progress: bool = True, timeout: float = 60.0) -> 
     corrupt archive is deleted, so that the next try downloads it afresh."""
     if rf.is_present():
         return rf.target
+    if offline_mode() and not (rf.unpack_to is not None and rf.dest.is_file()):
+        raise DissectError(f"{rf.missing_line()} [offline (DISSECT_OFFLINE)]")
     if not (rf.dest.is_file() and checksum_problem(rf.dest, rf.sha256, rf.hash_prefix, rf.md5) is None):
         hint = f"save a copy as {rf.dest}" + (f", {rf.instead}" if rf.instead else "")
         download(rf.url, rf.dest, sha256=rf.sha256, hash_prefix=rf.hash_prefix, md5=rf.md5,

@@ -318,3 +318,18 @@ def test_fetch_on_the_login_node_then_report_offline(server, broden_zip, tmp_pat
     # an unknown segmenter is a one-line error that lists the nearest names
     assert cli.main(["fetch", "toygan", "--segmenter", "deeplab_resnet50"]) == 2
     assert "deeplabv3_resnet50" in capsys.readouterr().err
+
+
+def test_models_listing_says_source_size_and_cache(server, hub: Path, capsys, monkeypatch) -> None:
+    from dissect.models import catalog as model_catalog
+    assert cli.main(["models"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "torchvision:VGG16_Weights.IMAGENET1K_V1  [553 MB, not cached]" in rows["vgg16"]
+    assert "[1.2 MB, built in]" in rows["toy"]
+    (hub / "resnet18-f37072fd.pth").parent.mkdir(parents=True, exist_ok=True)
+    (hub / "resnet18-f37072fd.pth").write_bytes(b"x")
+    assert model_catalog.weights_status("resnet18") == ("torchvision:ResNet18_Weights.IMAGENET1K_V1", "47 MB", "cached")
+    spec = ModelSpec(name="tiny-places", builder=lambda n: torch.nn.Linear(1000, n), num_classes=365,
+                     default_weights=f"url:{server.url}/tiny_places365-0bafbc55.pth")
+    monkeypatch.setattr(model_catalog, "get_model_spec", lambda name: spec)
+    assert model_catalog.weights_status("tiny-places") == (spec.default_weights, "0.4M parameters", "not cached")

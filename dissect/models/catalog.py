@@ -1,11 +1,26 @@
 """``dissect models``: every registered model with its weights' source, size and whether
-they are already on this machine (no download, no model built, no checkpoint read)."""
+they are already on this machine (no download, no checkpoint read; a model whose download
+size is unknown is built on PyTorch's ``meta`` device, without memory, to count its
+parameters)."""
 
 from __future__ import annotations
 
+import torch
+
 from dissect.download import format_bytes
-from dissect.models.registry import get_model_spec, list_models
+from dissect.models.registry import ModelSpec, get_model_spec, list_models
 from dissect.models.weights import WEIGHTS_DIR, weights_files
+
+
+def parameter_count(spec: ModelSpec) -> int | None:
+    """The number of parameters of ``spec``'s architecture, built on the ``meta`` device
+    (None where its builder cannot run there)."""
+    try:
+        with torch.device("meta"):
+            module = spec.builder(spec.num_classes)
+        return sum(p.numel() for p in module.parameters())
+    except Exception:  # a builder may compute on tensors, which meta tensors cannot give back
+        return None
 
 
 def weights_status(name: str) -> tuple[str, str, str]:
@@ -23,7 +38,12 @@ def weights_status(name: str) -> tuple[str, str, str]:
     rf = files[0]
     on_disk = rf.dest.is_file()
     size = rf.size or (rf.dest.stat().st_size if on_disk else None)
-    return source, format_bytes(size) if size else "size unknown", "cached" if on_disk else "not cached"
+    if size:
+        shown = format_bytes(size)
+    else:
+        count = parameter_count(spec)
+        shown = f"{count / 1e6:.1f}M parameters" if count else "size unknown"
+    return source, shown, "cached" if on_disk else "not cached"
 
 
 def model_rows() -> list[str]:
