@@ -3,7 +3,8 @@
 ``dissect report``           dissect a model and write (or update) the report site
 ``dissect data toyworld``    write a toy-world probe set in Broden format
 ``dissect data broden``      download and unpack Broden
-``dissect models``           list registered models
+``dissect fetch MODEL``      download everything a report on MODEL needs (for offline runs)
+``dissect models``           list registered models: weights source, size, cached or not
 ``dissect layers MODEL``     list a model's layer names (paper aliases first)
 ``dissect train toy-classifier``  retrain the shipped toy classifier
 
@@ -265,14 +266,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         from .download import ensure_files, format_bytes
         from .pipeline import DEFAULT_MODELS, ReportOptions
         from .requirements import INSTEAD, report_files
-        if args.segmenter is not None:
-            from .segmenters.registry import segmenter_files
         opts = ReportOptions(model=args.model or list(DEFAULT_MODELS), weights=args.weights,
                              data=args.data, ablation_data=args.ablation_data,
                              segmenter=args.segmenter, cache_dir=args.cache_dir)
         files = report_files(opts)
-        if args.segmenter is not None:  # also for a classifier (``--data DIR --segmenter NAME``)
-            files += [f for f in segmenter_files(args.segmenter) if f not in files]
         if args.list:
             for f in files:
                 state = "present" if f.is_present() else "missing"

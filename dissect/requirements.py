@@ -73,6 +73,8 @@ def model_files(model: Any, opts: Any) -> list[RemoteFile]:
         return files
     data = opts.data or default_data_name(spec)
     files += data_files(data, opts.cache)
+    if opts.segmenter:  # a classifier's images labeled by a segmenter (--data DIR --segmenter NAME)
+        files += segmenter_files(opts.segmenter)
     if opts.ablation is not False:
         ablation = opts.ablation_data if opts.ablation_data is not None else default_ablation_data(spec)
         files += data_files(os.fspath(ablation) if ablation is not None else None, opts.cache)
