@@ -38,13 +38,18 @@ CHUNK = 1 << 20
 USER_AGENT = "dissect/0.1 (python-urllib)"
 
 
-def sha256_file(path: str | os.PathLike, chunk_size: int = CHUNK) -> str:
-    """SHA-256 hex digest of a file, read in chunks."""
-    h = hashlib.sha256()
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk_size: int = CHUNK) -> str:
+    """Hex digest of a file by ``algorithm`` (a :mod:`hashlib` name), read in chunks."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while chunk := f.read(chunk_size):
             h.update(chunk)
     return h.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = CHUNK) -> str:
+    """SHA-256 hex digest of a file, read in chunks."""
+    return file_digest(path, "sha256", chunk_size)
 
 
 def _reason(exc: BaseException) -> str:
@@ -57,11 +62,7 @@ def _reason(exc: BaseException) -> str:
 
 def md5_file(path: str | os.PathLike, chunk_size: int = CHUNK) -> str:
     """MD5 hex digest of a file (the checksum Broden's and Places' archives are published with)."""
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path, "md5", chunk_size)
 
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}
