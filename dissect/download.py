@@ -235,9 +235,10 @@ def unpack_archive(zip_path: str | os.PathLike, target: str | os.PathLike, inner
                    expect: str | None = None) -> Path:
     """Unpack ``zip_path`` into the new folder ``target``, atomically (see :func:`unzip`).
 
-    ``inner``: the archive's one top folder (``broden1_224/``), whose contents become
-    ``target``; an archive without it is taken as it is. ``expect``: a file that must be in
-    the result (``index.csv``), else nothing is left behind and a DissectError says so.
+    ``inner``: the archive's top folder (``broden1_224/``), whose contents become ``target``;
+    an archive whose only top entry is another folder is unwrapped the same way, and one with
+    several top entries is taken as it is. ``expect``: a file that must be in the result
+    (``index.csv``), else nothing is left behind and a DissectError says so.
     """
     zip_path, target = Path(zip_path), Path(target)
     staging = target.parent / f".{target.name}.unpacked"
@@ -245,7 +246,13 @@ def unpack_archive(zip_path: str | os.PathLike, target: str | os.PathLike, inner
         shutil.rmtree(staging)
     unzip(zip_path, staging)
     try:
-        root = staging / inner if inner and (staging / inner).is_dir() else staging
+        top = list(staging.iterdir())
+        if inner and (staging / inner).is_dir():
+            root = staging / inner
+        elif len(top) == 1 and top[0].is_dir():
+            root = top[0]
+        else:
+            root = staging
         if expect and not (root / expect).is_file():
             raise DissectError(f"{zip_path} holds no {(inner + '/') if inner else ''}{expect}: not the "
                                f"archive expected for {target.name}; delete it, or unzip it by hand")

@@ -333,3 +333,15 @@ def test_models_listing_says_source_size_and_cache(server, hub: Path, capsys, mo
                      default_weights=f"url:{server.url}/tiny_places365-0bafbc55.pth")
     monkeypatch.setattr(model_catalog, "get_model_spec", lambda name: spec)
     assert model_catalog.weights_status("tiny-places") == (spec.default_weights, "0.4M parameters", "not cached")
+
+
+def test_archives_with_another_top_folder_or_none_unpack_to_the_classes(tmp_path: Path) -> None:
+    from dissect.download import unpack_archive
+    for i, prefix in enumerate(["val/", "", "places_val/"]):
+        archive = tmp_path / f"a{i}.zip"
+        with zipfile.ZipFile(archive, "w") as zf:
+            zf.writestr(f"{prefix}beach/0.jpg", b"1")
+            zf.writestr(f"{prefix}forest/0.jpg", b"2")
+        out = unpack_archive(archive, tmp_path / f"out{i}", inner="places_val")
+        assert sorted(p.name for p in out.iterdir()) == ["beach", "forest"]
+        assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
