@@ -31,6 +31,7 @@ from dissect.data import catalog
 from dissect.data.toyworld_probe import write_toyworld
 from dissect.download import RemoteFile, download, ensure_files, fetch_file, partial_path
 from dissect.errors import DissectError
+from dissect.experiments.ablation import AblationConfig
 from dissect.models import weights as weights_mod
 from dissect.models.registry import ModelSpec
 from dissect.models.weights import checkpoint_dir, resolve_weights
@@ -255,6 +256,7 @@ def test_report_defaults_to_broden_and_skips_ablation_without_data(server, brode
     assert "--ablation-data DIR" in (out / "resnet18" / "index.html").read_text()
 
 
+@pytest.mark.slow
 def test_places_val_is_fetched_and_used_for_the_ablation(server, tmp_path: Path, monkeypatch) -> None:
     scenes = ["forest", "village", "street", "beach", "lake", "field"]
     data = _places_zip(tmp_path, scenes)
@@ -262,7 +264,8 @@ def test_places_val_is_fetched_and_used_for_the_ablation(server, tmp_path: Path,
     _publish(monkeypatch, "places_val", f"{server.url}/places_val.zip", data)
     out = tmp_path / "site"
     dissect.report(model="toy", data="toyworld", data_size=16, ablation_data="places_val", out=out,
-                   cache_dir=tmp_path / "cache", progress=False, reproducible=True, layers=["conv4_2"])
+                   cache_dir=tmp_path / "cache", progress=False, reproducible=True, layers=["conv4_2"],
+                   ablation=AblationConfig(attack=False, top_n=(1, 2, "all")))
     abl = json.loads((out / "toy" / "results.json").read_text())["ablation"]
     assert abl["error"] is None and abl["data"]["path"].endswith(os.path.join("places", "places_val"))
     assert (tmp_path / "cache" / "places" / "places_val" / "forest" / "0000.jpg").is_file()
