@@ -308,13 +308,15 @@ class RemoteFile:
         return f"{self.what}: {self.url} ({self.checksum()}); {where}" + (f", {self.instead}" if self.instead else "")
 
 
-def fetch_file(rf: RemoteFile, progress: bool = True, timeout: float = 60.0) -> Path:
+def fetch_file(rf: RemoteFile, progress: bool = True, timeout: float = 60.0, offline: bool | None = None) -> Path:
     """``rf``'s target, downloaded (resumed, checked) and unpacked if it is not in place yet.
     A file whose checksum does not match (a truncated or changed copy) is fetched again; a
-    corrupt archive is deleted, so that the next try downloads it afresh."""
+    corrupt archive is deleted, so that the next try downloads it afresh. ``offline``
+    (default: :func:`offline_mode`): only unpack an archive already downloaded."""
     if rf.is_present():
         return rf.target
-    if offline_mode() and not (rf.unpack_to is not None and rf.dest.is_file()):
+    offline = offline_mode() if offline is None else offline
+    if offline and not (rf.unpack_to is not None and rf.dest.is_file()):
         raise DissectError(f"{rf.missing_line()} [offline (DISSECT_OFFLINE)]")
     if not (rf.dest.is_file() and checksum_problem(rf.dest, rf.sha256, rf.hash_prefix, rf.md5) is None):
         hint = f"save a copy as {rf.dest}" + (f", {rf.instead}" if rf.instead else "")
@@ -379,14 +381,15 @@ def ensure_files(files: Sequence[RemoteFile], progress: bool = True, offline: bo
     if missing:
         ok = {} if offline else reachable_hosts([u for f in missing for u in (f.url, *f.mirrors)])
         for f in missing:
-            if offline:
+            local = f.unpack_to is not None and f.dest.is_file()   # a zip to unpack: no network
+            if offline and not local:
                 failed.append((f, "offline (DISSECT_OFFLINE)"))
                 continue
-            if not any(ok.get(_host(u), False) for u in (f.url, *f.mirrors)):
+            if not local and not any(ok.get(_host(u), False) for u in (f.url, *f.mirrors)):
                 failed.append((f, "cannot reach " + ", ".join(sorted({h[0] for u in (f.url, *f.mirrors) if (h := _host(u))}))))
                 continue
             try:
-                fetch_file(f, progress)
+                fetch_file(f, progress, offline=offline)
             except DissectError as exc:
                 failed.append((f, str(exc)))
     if failed:

@@ -342,3 +342,13 @@ def test_archives_with_another_top_folder_or_none_unpack_to_the_classes(tmp_path
         out = unpack_archive(archive, tmp_path / f"out{i}", inner="places_val")
         assert sorted(p.name for p in out.iterdir()) == ["beach", "forest"]
         assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+def test_a_zip_put_in_place_by_hand_is_unpacked_offline(broden_zip, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("DISSECT_OFFLINE", "1")
+    _publish(monkeypatch, "broden1_224", f"{UNREACHABLE}/broden1_224.zip", broden_zip)
+    rf = catalog.data_file("broden1_224", tmp_path)
+    rf.dest.parent.mkdir(parents=True)
+    rf.dest.write_bytes(broden_zip)          # copied from the login node to where the message said
+    (folder,) = ensure_files([rf], progress=False)
+    assert (folder / "index.csv").is_file()
