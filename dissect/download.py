@@ -316,9 +316,11 @@ def fetch_file(rf: RemoteFile, progress: bool = True, timeout: float = 60.0, off
     if rf.is_present():
         return rf.target
     offline = offline_mode() if offline is None else offline
-    if offline and not (rf.unpack_to is not None and rf.dest.is_file()):
-        raise DissectError(f"{rf.missing_line()} [offline (DISSECT_OFFLINE)]")
-    if not (rf.dest.is_file() and checksum_problem(rf.dest, rf.sha256, rf.hash_prefix, rf.md5) is None):
+    problem = checksum_problem(rf.dest, rf.sha256, rf.hash_prefix, rf.md5) if rf.dest.is_file() else "missing"
+    if problem:
+        if offline:
+            why = "" if problem == "missing" else f"the copy there fails its checksum ({problem}); "
+            raise DissectError(f"{rf.missing_line()} [{why}offline (DISSECT_OFFLINE)]")
         hint = f"save a copy as {rf.dest}" + (f", {rf.instead}" if rf.instead else "")
         download(rf.url, rf.dest, sha256=rf.sha256, hash_prefix=rf.hash_prefix, md5=rf.md5,
                  mirrors=rf.mirrors, progress=progress, hint=hint, timeout=timeout)
