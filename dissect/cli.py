@@ -3,7 +3,8 @@
 ``dissect report``           dissect a model and write (or update) the report site
 ``dissect data toyworld``    write a toy-world probe set in Broden format
 ``dissect data broden``      download and unpack Broden
-``dissect models``           list registered models
+``dissect fetch MODEL``      download everything a report on MODEL needs (for offline runs)
+``dissect models``           list registered models: weights source, size, cached or not
 ``dissect layers MODEL``     list a model's layer names (paper aliases first)
 ``dissect train toy-classifier``  retrain the shipped toy classifier
 
@@ -66,9 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--layer", action="append", default=[], metavar="NAME",
                    help="layer to dissect (dotted named_modules() path or alias like conv5_3); "
                    "repeatable (default: the model's last conv block)")
-    r.add_argument("--data", default="toyworld", help="probe set: 'toyworld' (generated), "
-                   "'broden' (downloaded), a Broden-format folder, or a folder of images (labeled "
-                   "by --segmenter) (default: toyworld)")
+    r.add_argument("--data", default=None, help="probe set: 'toyworld' (generated), "
+                   "'broden1_224' or 'broden1_227' (downloaded; 'broden' is broden1_224), a "
+                   "Broden-format folder, or a folder of images (labeled by --segmenter) (default: the "
+                   "model's own; Broden for a real classifier, toyworld for the toys)")
     r.add_argument("--data-size", type=_positive_int, default=None, metavar="N",
                    help="number of probe images (toyworld: images generated, default 2000 at "
                    "64 px, 400 larger; other data: the first N)")
@@ -152,7 +154,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--url", default=None, help="another URL (or file:// path) for the zip")
     b.add_argument("--sha256", default=None, help="expected SHA-256 of the zip")
 
-    sub.add_parser("models", help="list registered models")
+    fp = sub.add_parser("fetch", help="download everything a report will need (weights, data, "
+                        "segmenter), e.g. on a cluster's login node for offline compute nodes")
+    fp.add_argument("model", nargs="*", help="registered model name(s) (default: the toy models)")
+    fp.add_argument("--weights", default=None, help="a weights choice other than the model's own")
+    fp.add_argument("--data", default=None, help="probe set name (default: the model's own)")
+    fp.add_argument("--ablation-data", default=None, metavar="NAME", help="ablation set name, "
+                    "e.g. places_val (default: the model's own)")
+    fp.add_argument("--segmenter", default=None, help="a generator's segmenter (default: the model's own)")
+    fp.add_argument("--cache-dir", default=None, help="cache folder (default: $DISSECT_CACHE "
+                    "or ~/.cache/dissect); weights go to torch hub's checkpoints folder ($TORCH_HOME)")
+    fp.add_argument("--list", action="store_true", help="only list the files, their URLs, "
+                    "checksums and places, and whether each is there")
+    fp.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    sub.add_parser("models", help="list registered models: weights source, size, cached or not")
     lp = sub.add_parser("layers", help="list a model's layer names")
     lp.add_argument("model")
 
@@ -258,13 +274,28 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         from .data.broden import fetch_broden
         path = fetch_broden(Path(args.out), args.variant, url=args.url, sha256=args.sha256)
         print(f"dissect: Broden is in {path}")
+    elif args.command == "fetch":
+        from .download import ensure_files, format_bytes
+        from .pipeline import DEFAULT_MODELS, ReportOptions
+        from .requirements import INSTEAD, report_files
+        opts = ReportOptions(model=args.model or list(DEFAULT_MODELS), weights=args.weights,
+                             data=args.data, ablation_data=args.ablation_data,
+                             segmenter=args.segmenter, cache_dir=args.cache_dir)
+        files = report_files(opts)
+        if args.list:
+            for f in files:
+                state = "present" if f.is_present() else "missing"
+                print(f"{state:8s} {f.missing_line()}")
+            return 0
+        paths = ensure_files(files, progress=not args.quiet, instead=INSTEAD)
+        for f, path in zip(files, paths):
+            size = f" ({format_bytes(f.size)})" if f.size else ""
+            print(f"dissect: {f.what}{size}: {path}")
+        print(f"dissect: {len(files)} file(s) in place" + ("" if files else " (nothing to download)"))
     elif args.command == "models":
-        from .models.registry import get_model_spec, list_models
-        for name in list_models():
-            spec = get_model_spec(name)
-            default = spec.default_layer
-            default = ", ".join(default) if isinstance(default, tuple) else default
-            print(f"{name:16s} {spec.input_size:4d}px  default layer(s): {default}")
+        from .models.catalog import model_rows
+        for row in model_rows():
+            print(row)
     elif args.command == "layers":
         from .models.loading import layer_names, load_model
         loaded = load_model(args.model, weights="none", progress=False)

@@ -1,7 +1,9 @@
 """Addressing and intercepting the modules of a model.
 
 :class:`Trace` records the outputs of named modules during a forward pass; :class:`Intervene`
-replaces or edits them (ablation, insertion). Both register on ``__enter__`` and remove
+replaces or edits them (ablation, insertion). Both see a layer's output as a map of units
+``[N, C, H, W]`` whatever the layer's own layout (token sequences, channels-last; see
+:mod:`dissect.feature_maps`), and an edit is written back in the layer's layout. Both register on ``__enter__`` and remove
 every handle on ``__exit__``, even when an exception flies, and both nest.
 :func:`split_tail` cuts a model after a layer, so that the rest of the network can run on
 edited activations without the part before the layer.
@@ -16,6 +18,7 @@ import torch.fx
 from torch import nn
 
 from .errors import DissectError, unknown_choice
+from .feature_maps import MapLayout, infer_layout
 
 
 def get_module(model: nn.Module, path: str) -> nn.Module:
@@ -40,17 +43,20 @@ class Trace:
     With ``stop=True`` the forward pass is cut short (by :class:`StopForward`, caught on
     exit) once all traced layers have produced output, which saves the rest of the network.
     Outputs are cloned so that a later in-place op (``ReLU(inplace=True)``) cannot change
-    them.
+    them. They are read as maps ``[N, C, H, W]`` (``tr.layouts[name]`` says how, see
+    :mod:`dissect.feature_maps`); ``maps=False`` keeps them as the layer gave them.
     """
 
     def __init__(self, model: nn.Module, layers: Iterable[str], stop: bool = False,
-                 detach: bool = True):
+                 detach: bool = True, maps: bool = True):
         self.model = model
         self.layers = list(layers)
         self.modules = [get_module(model, name) for name in self.layers]
         self.stop = stop
         self.detach = detach
+        self.maps = maps
         self.outputs: dict[str, torch.Tensor] = {}
+        self.layouts: dict[str, MapLayout] = {}
         self._handles: list = []
 
     def _hook(self, name: str):
@@ -60,7 +66,9 @@ class Trace:
                                    "choose a layer that returns a feature map, e.g. one of its "
                                    "submodules (see `dissect layers MODEL`)")
             out = output.detach() if self.detach else output
-            self.outputs[name] = out.clone()
+            layout = infer_layout(out.shape) if self.maps else MapLayout("other")
+            self.layouts[name] = layout
+            self.outputs[name] = layout.to_map(out).clone()
             if self.stop and len(self.outputs) == len(self.layers):
                 raise StopForward()
         return hook
@@ -91,8 +99,10 @@ class Trace:
 class Intervene:
     """Edit a layer's output during the forward pass.
 
-    ``edit(output) -> new_output`` is applied to the layer's output; everything after the
-    layer runs as usual. Use :func:`ablate` and :func:`set_units` for the common cases.
+    ``edit(output) -> new_output`` is applied to the layer's output read as a map ``[N, C,
+    H, W]`` (:mod:`dissect.feature_maps`), and the result is written back in the layer's own
+    layout (a class token kept as it was); everything after the layer runs as usual. Use
+    :func:`ablate` and :func:`set_units` for the common cases.
     """
 
     def __init__(self, model: nn.Module, layer: str, edit: Callable[[torch.Tensor], torch.Tensor]):
@@ -101,8 +111,14 @@ class Intervene:
         self.edit = edit
         self._handle = None
 
+    def _hook(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+        layout = infer_layout(output.shape)
+        if layout.identity:
+            return self.edit(output)
+        return layout.from_map(self.edit(layout.to_map(output)), output)
+
     def __enter__(self) -> "Intervene":
-        self._handle = self.module.register_forward_hook(lambda m, i, o: self.edit(o))
+        self._handle = self.module.register_forward_hook(self._hook)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:

@@ -34,9 +34,11 @@ import torch
 from torch import nn
 
 from dissect.cache import cache_key, default_cache_dir
+from dissect.data.catalog import labeled_data_path
 from dissect.data.generated import open_generated_probe
 from dissect.data.probe import open_probe_data
 from dissect.devices import resolve_device
+from dissect.download import ensure_files
 from dissect.errors import DissectError, unknown_choice
 from dissect.experiments.ablation import AblationConfig, ablation_for_report
 from dissect.experiments.dissection import DissectConfig, dissect_layers, summarize_layer
@@ -44,6 +46,7 @@ from dissect.experiments.generator import GeneratorExperimentConfig, generator_f
 from dissect.experiments.strips import render_unit_strips
 from dissect.models.loading import LoadedModel, from_module, load_model, resolve_layer
 from dissect.publish import format_size_report, site_size, zip_site
+from dissect.requirements import INSTEAD, ablation_probe, default_ablation_data, default_data_name, report_files
 from dissect.segmenters.registry import list_segmenters
 from dissect.site.build import write_site
 from dissect.site.folder import check_out_dir
@@ -63,9 +66,10 @@ class ReportOptions:
     ``package.module:callable``, an ``nn.Module`` or a :class:`LoadedModel`; ``weights``,
     ``layers``, ``input_size``, ``kind`` and ``z_dim`` apply to a single model.
 
-    Probe set (classifiers): ``data`` (``toyworld``, ``broden``, a Broden folder, or a folder
-    of images labeled by ``segmenter``),
-    ``data_size``, ``data_seed`` and ``split``. A generator's probe set is ``data_size``
+    Probe set (classifiers): ``data`` (``toyworld``, ``broden1_224``, ``broden1_227``, a
+    Broden folder, or a folder of images labeled by ``segmenter``; default: the model's own,
+    Broden for a real classifier, the toy world for the toys), ``data_size``, ``data_seed``
+    and ``split``. A generator's probe set is ``data_size``
     latents (default 1000) of seed ``data_seed`` labeled by ``segmenter``.
     ``segmenter_weights``: the segmenter's weights (a file, or a folder for ``upp``).
 
@@ -74,7 +78,9 @@ class ReportOptions:
     ``generator_quantile`` / ``generator_quantile_space`` say otherwise).
 
     Experiments: ``ablation`` (True, False or an :class:`AblationConfig`) on
-    ``ablation_data`` (default: the probe set's scene labels) for classifiers;
+    ``ablation_data`` (a class-per-folder directory, a Broden folder or ``places_val``;
+    default: the model's own, e.g. ``places_val``, else the probe set's scene labels, none
+    for Broden) for classifiers;
     ``interventions`` (True, False or a :class:`GeneratorExperimentConfig`) for generators.
     Problems with a classifier's ablation data are reported on its page, never fatal.
 
@@ -93,7 +99,7 @@ class ReportOptions:
     input_size: int | None = None
     kind: str | None = None
     z_dim: int | None = None
-    data: str = "toyworld"
+    data: str | None = None  # None: the model's own (requirements.default_data_name)
     data_size: int | None = None
     data_seed: int = 1
     split: str | None = None
@@ -193,6 +199,7 @@ def run_report(opts: ReportOptions) -> Path:
     t0 = time.time()
     opts.validate()
     notes_md = opts.read_notes()
+    ensure_files(report_files(opts), opts.progress, instead=INSTEAD)  # offline: fail before any work
     loaded_all = [opts.load(m) for m in opts.models]
     slugs = [slugify(m.name, "model") for m in loaded_all]
     if len(set(slugs)) != len(slugs):
@@ -323,7 +330,8 @@ def _results(loaded: LoadedModel, layer_results: list[dict], probe: dict, config
 def _classifier_run(loaded: LoadedModel, opts: ReportOptions) -> tuple[dict, Path]:
     config = opts.config_for(loaded.kind)
     paths = layer_paths(loaded, opts.layers)
-    probe = open_probe_data(opts.data, loaded.input_size, loaded.mean, loaded.std, opts.cache,
+    data = opts.data or default_data_name(loaded.spec)
+    probe = open_probe_data(data, loaded.input_size, loaded.mean, loaded.std, opts.cache,
                             opts.data_size, opts.data_seed, opts.split, opts.progress, opts.segmenter,
                             opts.segmenter_weights, config.batch_size, resolve_device(config.device))
     dataset = probe.dataset
@@ -333,16 +341,19 @@ def _classifier_run(loaded: LoadedModel, opts: ReportOptions) -> tuple[dict, Pat
     skipped = probe.skipped + unread  # an image folder's unreadable images, then the probe set's
     labeled_by = {"segmenter": probe.segmenter.provenance()} if probe.segmenter is not None else {}
     probe_info = _probe_section(
-        dataset, parts, name=probe.name, path=str(opts.data), num_images=len(dataset) - len(unread),
+        dataset, parts, name=probe.name, path=str(data), num_images=len(dataset) - len(unread),
         num_skipped=len(skipped), skipped=skipped[:100], split=opts.split,
-        seed=opts.data_seed if opts.data == "toyworld" else None, **labeled_by)
+        seed=opts.data_seed if data == "toyworld" else None, **labeled_by)
     results = _results(loaded, run.layer_results, probe_info, config, dataset, opts)
     if opts.ablation is not False:
         acfg = opts.ablation if isinstance(opts.ablation, AblationConfig) else AblationConfig(
             device=config.device, num_workers=config.num_workers)
+        ablation_data = opts.ablation_data if opts.ablation_data is not None else \
+            default_ablation_data(loaded.spec)
         results["ablation"] = ablation_for_report(
-            loaded, run.layer_results, probe.path,
-            None if opts.ablation_data is None else str(opts.ablation_data), acfg, progress=opts.progress)
+            loaded, run.layer_results, probe.path if ablation_probe(data) else None,
+            None if ablation_data is None else labeled_data_path(str(ablation_data), opts.cache),
+            acfg, progress=opts.progress)
     return results, run.run_dir
 
 

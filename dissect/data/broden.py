@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +21,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..atomic import clean_leftovers, folder_lock
+from ..download import fetch_file
 from ..errors import DissectError
+from .catalog import data_file
 
 # written into a probe set generated and labeled by a segmenter (dissect.data.generated)
 GENERATED_MANIFEST = "generated.json"
@@ -446,70 +446,14 @@ def make_loader(dataset: BrodenDataset, batch_size: int = 64, num_workers: int |
 
 
 # ---------------------------------------------------------------------- download
-BRODEN_URLS = {
-    "broden1_224": "http://netdissect.csail.mit.edu/data/broden1_224.zip",
-    "broden1_227": "http://netdissect.csail.mit.edu/data/broden1_227.zip",
-}
-
-
-# MD5 of the published archive, as the NetDissect release scripts check it.
-BRODEN_MD5 = {"broden1_224": "be13c292eaef3300da03f8d0e48eab1c"}
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fetch_broden(dest_dir: str | os.PathLike, name: str = "broden1_224", url: str | None = None,
                  sha256: str | None = None, progress: bool = True) -> Path:
-    """Download and unpack Broden into ``dest_dir/<name>`` (reused when already there).
-
-    ``url`` may be a ``file://`` URL to a local copy of the zip.
-    """
-    dest_dir = Path(dest_dir)
-    target = dest_dir / name
-    if (target / "index.csv").is_file():
-        return target
-    if url is None:
-        if name not in BRODEN_URLS:
-            raise DissectError(f"unknown Broden variant {name!r}; valid: {', '.join(BRODEN_URLS)}")
-        url = BRODEN_URLS[name]
-    with folder_lock(dest_dir):   # runs sharing a cache fetch it once; the others wait, then reuse it
-        clean_leftovers(dest_dir, name, locked=True)
-        if (target / "index.csv").is_file():
-            return target
-        return _fetch_locked(dest_dir, name, url, sha256, progress)
-
-
-def _fetch_locked(dest_dir: Path, name: str, url: str, sha256: str | None, progress: bool) -> Path:
-    from ..download import download, unzip
-
-    target = dest_dir / name
-    zip_path = dest_dir / f"{name}.zip"
-    if not zip_path.is_file():
-        download(url, zip_path, sha256=sha256, progress=progress)
-        known = BRODEN_MD5.get(name) if sha256 is None and url == BRODEN_URLS.get(name) else None
-        if known and _md5(zip_path) != known:
-            zip_path.unlink()
-            raise DissectError(f"{url} downloaded with a wrong checksum (MD5 is not {known}); "
-                               "try again, or download it yourself and pass --url file:///PATH")
-    staging = dest_dir / f".{name}.unpacked"
-    if staging.exists():
-        shutil.rmtree(staging)
-    unzip(zip_path, staging)
-    # the published archive holds one top folder, broden1_224/; accept one without it too
-    inner = staging / name if (staging / name / "index.csv").is_file() else staging
-    if not (inner / "index.csv").is_file():
-        shutil.rmtree(staging)
-        raise DissectError(f"{zip_path} holds no {name}/index.csv; is it a Broden archive? "
-                           "Unzip it by hand and pass --data FOLDER")
-    os.replace(inner, target)
-    shutil.rmtree(staging, ignore_errors=True)
-    return target
+    """Download and unpack Broden into ``dest_dir/<name>`` (reused when already there): the
+    published zip (:mod:`dissect.data.catalog`: MD5-checked, resumed, a mirror tried, unpacked
+    atomically), or ``url`` (e.g. ``file:///path/broden1_224.zip``) checked by ``sha256``."""
+    if name not in ("broden1_224", "broden1_227"):
+        raise DissectError(f"unknown Broden variant {name!r}; valid: broden1_224, broden1_227")
+    return fetch_file(data_file(name, dest_dir, url=url, sha256=sha256, root=dest_dir), progress)
 
 
 def warn_bad(bad: list[tuple[str, str]]) -> None:

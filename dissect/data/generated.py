@@ -49,13 +49,18 @@ def probe_manifest(loaded, segmenter, n: int, seed: int, z_dim: int) -> dict:
 
 
 def default_segmenter_name(loaded) -> str:
-    """The segmenter that labels a generator's outputs unless one is named: the model's own
-    (its spec's ``segmenter``), else the toy segmenter for 64 px outputs, else torchvision's
-    DeepLabV3."""
-    spec = loaded.spec
+    """The segmenter that labels a generator's outputs unless one is named (see
+    :func:`segmenter_for`)."""
+    return segmenter_for(loaded.spec, loaded.input_size)
+
+
+def segmenter_for(spec, output_size: int) -> str:
+    """The segmenter of a generator with registration ``spec`` (or None) and outputs of
+    ``output_size`` px: the spec's own ``segmenter``, else the toy segmenter for 64 px
+    outputs, else torchvision's DeepLabV3."""
     if spec is not None and spec.segmenter:
         return spec.segmenter
-    return "toy" if loaded.input_size == 64 else "deeplabv3_resnet50"
+    return "toy" if output_size == 64 else "deeplabv3_resnet50"
 
 
 @dataclass

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from dissect.data.broden import BrodenDataset, BrodenIndex, fetch_broden
+from dissect.data.broden import BrodenDataset, BrodenIndex
+from dissect.data.catalog import fetch_data
 from dissect.data.segmented import is_image_folder, open_segmented_probe
 from dissect.data.toyworld_probe import write_toyworld
 from dissect.errors import DissectError
@@ -56,8 +57,7 @@ def open_probe_data(data: str, input_size: int, mean: Sequence[float], std: Sequ
         write_toyworld(path, n=n, seed=seed, image_size=input_size, progress=progress)
         name = "toyworld"
     elif data in BRODEN_NAMES:
-        variant = "broden1_227" if data == "broden1_227" else "broden1_224"
-        path = fetch_broden(cache_dir / "broden", variant, progress=progress)
+        path = fetch_data(data, cache_dir, progress=progress)
         name = path.name
     elif is_image_folder(Path(data).expanduser()):
         labeled = open_segmented_probe(data, input_size, cache_dir, segmenter, segmenter_weights, size,

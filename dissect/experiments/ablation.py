@@ -547,7 +547,9 @@ def ablation_for_report(loaded, layers: Sequence[dict], probe_root: str | os.Pat
         dev = resolve_device(config.device)
         source = data if data is not None else probe_root
         if source is None:
-            raise DissectError("no labeled images for ablation; pass --ablation-data FOLDER")
+            raise DissectError("no class-labeled images for this model's classes (the probe set's "
+                               "scenes are not its classes); pass --ablation-data DIR with one folder "
+                               "of images per class, DIR/<class>/*.jpg, to run the ablation")
         labeled = open_labeled_data(source, loaded.class_names, loaded.input_size, loaded.mean,
                                     loaded.std, category=config.category, rank_split=config.rank_split,
                                     eval_split=config.eval_split)

@@ -91,6 +91,7 @@ class LayerStats:
     num_images: int
     skipped: list[str] = field(default_factory=list)
     invalid: list[int] = field(default_factory=list)   # units with non-finite activations
+    reading: str = ""   # how the output was read as maps (feature_maps.MapLayout.describe)
 
     def __post_init__(self) -> None:
         self._ious: dict[tuple, torch.Tensor] = {}   # iou() per label set; not part of the state
@@ -155,7 +156,7 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
         return results
 
     model = model.to(device).eval()
-    shapes = _layer_shapes(model, todo, dataset, device)
+    shapes, readings = _layer_shapes(model, todo, dataset, device)
     for layer, shape in shapes.items():
         if len(shape) != 3 or shape[1] * shape[2] < 1:
             raise DissectError(f"layer {layer!r} has output shape {list(shape)}, without spatial "
@@ -239,7 +240,8 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
             minimum=quant[layer].min.cpu(), maximum=quant[layer].max.cpu(),
             tally=tallies[layer].state_dict(), top_values=tk.values.cpu(),
             top_indices=tk.indices.cpu(), top_maps=tk.maps.cpu(),
-            num_images=n - len(skipped), skipped=sorted(set(skipped)), invalid=finite.units(layer))
+            num_images=n - len(skipped), skipped=sorted(set(skipped)), invalid=finite.units(layer),
+            reading=readings[layer])
         results[layer] = stats
         if layer in paths:
             paths[layer].parent.mkdir(parents=True, exist_ok=True)
@@ -298,10 +300,15 @@ def _forward(model, layers, x, where: str = "an example input") -> dict[str, tor
     return {layer: tr.outputs[layer].float() for layer in layers}
 
 
-def _layer_shapes(model, layers, dataset, device) -> dict[str, tuple]:
-    with torch.no_grad():
-        acts = _forward(model, layers, dataset.example_input(device))
-    return {layer: tuple(a.shape[1:]) for layer, a in acts.items()}
+def _layer_shapes(model, layers, dataset, device) -> tuple[dict[str, tuple], dict[str, str]]:
+    """Each layer's map shape ``(C, H, W)`` and how its output is read as maps."""
+    with torch.no_grad(), Trace(model, layers, stop=True) as tr:
+        model(dataset.example_input(device))
+    missing = [layer for layer in layers if layer not in tr.outputs]
+    if missing:
+        raise DissectError(f"layer(s) {missing} did not run in the model's forward pass")
+    return ({layer: tuple(tr.outputs[layer].shape[1:]) for layer in layers},
+            {layer: tr.layouts[layer].describe() for layer in layers})
 
 
 # --------------------------------------------------------------------- summaries
@@ -377,6 +384,7 @@ def summarize_layer(stats: LayerStats, dataset: BrodenDataset, config: DissectCo
         "name": stats.layer,
         "num_units": int(iou.shape[0]),
         "activation_shape": list(stats.shape),
+        "reading": stats.reading,
         "summary": {
             "detectors": len(detectors),
             "unique_concepts": len({u["label"] for u in detectors}),

@@ -11,6 +11,10 @@ The network is split after the layer with :func:`~dissect.hooks.split_tail`, so 
 costs only the part after the layer. Where the graph cannot be split, every re-run is a full
 forward pass of the inputs with the layer's output edited by an
 :class:`~dissect.hooks.Intervene` hook instead: the results are the same, only slower.
+
+Activations are maps ``[N, C, H, W]`` (:mod:`dissect.feature_maps`); the tail is given them
+back in the layer's own layout (channels-last, tokens). A layer with a class token is always
+re-run by full forward passes, which keep each image's own class token.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import DissectError
+from ..feature_maps import MapLayout
 from ..hooks import Intervene, Trace, split_tail
 
 
@@ -37,19 +42,25 @@ class LayerRunner:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.layer = layer
+        self.layout: MapLayout | None = None   # known after the first layer_output
         if tail_from is not None:
-            self.tail, self.method = tail_from.tail, tail_from.method
+            self.tail, self.method, self.layout = tail_from.tail, tail_from.method, tail_from.layout
         else:
             tail, self.method = split_tail(self.model, layer)
             self.tail = tail.to(self.device) if tail is not None else None
 
     def layer_output(self, inputs: Tensor, stop: bool = True) -> Tensor:
-        """The layer's output for ``inputs`` (on the runner's device), as float32; ``stop``
-        cuts the forward pass short once the layer has run."""
+        """The layer's output for ``inputs`` (on the runner's device) as a float32 map;
+        ``stop`` cuts the forward pass short once the layer has run."""
         with Trace(self.model, [self.layer], stop=stop) as tr:
             self.model(inputs)
         if self.layer not in tr.outputs:
             raise DissectError(f"layer {self.layer!r} did not run in the model's forward pass")
+        if self.layout is None:
+            self.layout = tr.layouts[self.layer]
+            if self.layout.class_tokens and self.tail is not None:
+                self.tail = None
+                self.method = "full forward (the layer's class token is kept from each image's own pass)"
         return tr[self.layer].float()
 
     def rerun(self, edited: Tensor | None, inputs: Tensor | None = None,
@@ -63,7 +74,7 @@ class LayerRunner:
         needs). Call it under ``torch.no_grad()`` or ``torch.inference_mode()``.
         """
         if self.tail is not None:
-            return self.tail(edited)
+            return self.tail(self.layout.from_map(edited) if self.layout is not None else edited)
         if edit is None:
             def edit(output: Tensor) -> Tensor:
                 return edited.to(output.device, output.dtype)

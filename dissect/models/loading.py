@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from dissect.errors import DissectError, unknown_choice
+from dissect.feature_maps import infer_layout
 from dissect.models.latents import output_range
 from dissect.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, get_model_spec, is_registered
 from dissect.models.weights import apply_state_dict, default_class_names, resolve_weights, state_dict_sha256
@@ -195,14 +196,18 @@ def _load_callable(target: str, weights: str | None, num_classes: int | None, in
 
 
 def spatial_layers(module: nn.Module, dummy: Tensor, what: str = "") -> list[tuple[str, tuple[int, ...]]]:
-    """``(dotted path, output shape)`` of every module whose output, on ``dummy``, is a 4-D
-    tensor with more than one spatial position, in the order they finish."""
+    """``(dotted path, map shape)`` of every module whose output, on ``dummy``, read as a map
+    (:mod:`dissect.feature_maps`: a 4-D map, channels-last, or a token sequence), has more
+    than one spatial position, in the order they finish."""
     order: list[tuple[str, tuple[int, ...]]] = []
 
     def make_hook(path: str) -> Callable[..., None]:
         def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
-            if isinstance(out, Tensor) and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1:
-                order.append((path, tuple(out.shape[1:])))
+            layout = infer_layout(out.shape) if isinstance(out, Tensor) and out.dim() in (3, 4) else None
+            if layout is not None and layout.kind != "other":
+                shape = tuple(layout.to_map(out).shape[1:])
+                if shape[-1] * shape[-2] > 1:
+                    order.append((path, shape))
 
         return hook
 
@@ -230,8 +235,8 @@ def spatial_layers(module: nn.Module, dummy: Tensor, what: str = "") -> list[tup
 
 
 def find_last_spatial_layer(module: nn.Module, input_size: int = 224) -> str | None:
-    """Dotted path of the last module to finish, on a dummy input, whose output is a 4-D
-    tensor with more than one spatial position; None if there is none."""
+    """Dotted path of the last module to finish, on a dummy input, whose output is a map
+    with more than one spatial position (see :func:`spatial_layers`); None if there is none."""
     order = spatial_layers(module, torch.zeros(1, 3, input_size, input_size))
     return order[-1][0] if order else None
 

@@ -9,8 +9,11 @@ Weights choices (``--weights``), resolved by :func:`resolve_weights`:
   ``torch.hub.get_dir()/checkpoints`` and checked against the hash in the file name; or the
   weights that ship inside the package, in :data:`WEIGHTS_DIR`, for built-in models);
 * ``"none"``: random initialization;
-* ``"torchvision:ENUM"`` (e.g. ``torchvision:ResNet50_Weights.IMAGENET1K_V2``) or
-  ``"builtin:NAME"``;
+* ``"torchvision:ENUM"`` (e.g. ``torchvision:ResNet50_Weights.IMAGENET1K_V2``),
+  ``"builtin:NAME"``, or ``"url:URL"`` (a published checkpoint, e.g. the Places365 models
+  of ``https://dissect.csail.mit.edu/models/``: downloaded like torchvision's, resumed after
+  an interruption, and refused and fetched again when its SHA-256 does not start with the
+  hex after the last ``-`` of its file name);
 * a file path: a state dict in ``.safetensors``, ``.pth``, ``.pt`` or ``.bin``, optionally
   wrapped in ``{"state_dict": ...}`` or ``{"model": ...}``, ``module.`` prefixes stripped.
   Class names are read from a ``.json`` file beside it (``{"class_names": [...]}``) if any.
@@ -18,6 +21,7 @@ Weights choices (``--weights``), resolved by :func:`resolve_weights`:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -32,7 +36,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from dissect.download import download, sha256_file
+from dissect.download import RemoteFile, fetch_file, sha256_file, verified_sha256
 from dissect.errors import DissectError
 from dissect.models.registry import ModelSpec
 
@@ -200,22 +204,46 @@ def fetch_torchvision_weights(enum_name: str, progress: bool = True) -> Path:
 def fetch_torchvision_checkpoint(enum_name: str, progress: bool = True) -> tuple[Path, str]:
     """``(path, SHA-256 of the file)`` of torchvision weights ``enum_name``, as
     :func:`fetch_torchvision_weights` finds or downloads them."""
-    weights = torchvision_weights(enum_name)
-    url = weights.url
+    rf = torchvision_file(enum_name)
+    path = fetch_file(rf, progress)
+    return path, verified_sha256(path)
+
+
+def hub_file(url: str, what: str, size: int | None = None, instead: str = "") -> RemoteFile:
+    """The checkpoint at ``url`` as torch hub keeps it: in :func:`checkpoint_dir`, under its
+    own file name, checked against the SHA-256 prefix in that name (``name-<hex>.pth``)."""
     filename = os.path.basename(urllib.parse.urlparse(url).path)
-    dest = checkpoint_dir() / filename
+    if not filename:
+        raise DissectError(f"weights URL {url!r} names no file")
     match = HASH_REGEX.search(filename)
-    prefix = match.group(1) if match else None
-    if dest.is_file():
-        digest = sha256_file(dest)
-        if prefix is None or digest.startswith(prefix):
-            return dest, digest
-    hint = (
-        f"pass --weights FILE (a copy of {filename}; or save it as {dest}) "
-        f"or --weights none for random weights"
-    )
-    download(url, dest, hash_prefix=prefix, progress=progress, hint=hint)
-    return dest, sha256_file(dest)
+    dest = checkpoint_dir() / filename
+    instead = instead or f"or pass --weights FILE (a copy of {filename}), or --weights none for random weights"
+    return RemoteFile(what=what, url=url, dest=dest, hash_prefix=match.group(1) if match else None,
+                      size=size, instead=instead)
+
+
+def torchvision_file(enum_name: str) -> RemoteFile:
+    """torchvision weights ``enum_name`` as a :class:`RemoteFile` (size from its metadata)."""
+    weights = torchvision_weights(enum_name)
+    megabytes = weights.meta.get("_file_size")
+    size = int(megabytes * 2 ** 20) if isinstance(megabytes, (int, float)) else None
+    return hub_file(weights.url, f"torchvision weights {enum_name}", size)
+
+
+def weights_files(spec: ModelSpec | None, weights: str | None) -> list[RemoteFile]:
+    """The files that the weights choice ``weights`` of model ``spec`` needs from the network
+    (none for a file, built-in weights or random ones)."""
+    if weights is None:
+        weights = spec.default_weights if spec is not None else None
+    if not weights:
+        return []
+    name = spec.name if spec is not None else "the model"
+    if weights.startswith("torchvision:"):
+        rf = torchvision_file(weights.removeprefix("torchvision:"))
+        return [dataclasses.replace(rf, what=f"weights of {name} ({rf.what})")]
+    if weights.startswith("url:"):
+        return [hub_file(weights.removeprefix("url:"), f"weights of {name}")]
+    return []
 
 
 # --------------------------------------------------------------------------- weights sources
@@ -247,6 +275,10 @@ def resolve_weights(spec: ModelSpec | None, model_name: str, weights: str | None
         path, digest = fetch_torchvision_checkpoint(enum_name, progress)
         categories = torchvision_weights(enum_name).meta.get("categories")
         return WeightsSource(f"torchvision:{enum_name}", read_state_dict(path), digest, list(categories) if categories else None)
+    if weights.startswith("url:"):
+        path = fetch_file(weights_files(spec, weights)[0], progress)
+        names = list(spec.class_names) if spec is not None and spec.class_names else None
+        return WeightsSource(f"url:{path.name}", read_state_dict(path), verified_sha256(path), names)
     if weights.startswith("builtin:"):
         stem = weights.removeprefix("builtin:")
         path = WEIGHTS_DIR / f"{stem}.safetensors"
@@ -270,4 +302,4 @@ def default_class_names(spec: ModelSpec) -> list[str] | None:
         return list(categories) if categories else None
     if src.startswith("builtin:"):
         return read_class_names(WEIGHTS_DIR / f"{src.removeprefix('builtin:')}.json")
-    return None
+    return list(spec.class_names) if spec.class_names else None

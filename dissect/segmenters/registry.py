@@ -14,6 +14,7 @@ import hashlib
 import json
 from typing import Callable
 
+from dissect.download import RemoteFile
 from dissect.errors import DissectError, unknown_choice
 from dissect.models.loading import import_user_module
 from dissect.segmenters.base import Segmenter, as_segmenter
@@ -22,19 +23,34 @@ SegmenterFactory = Callable[[str | None, bool], Segmenter]
 
 _FACTORIES: dict[str, SegmenterFactory] = {}
 _DESCRIPTIONS: dict[str, str] = {}
+_FILES: dict[str, Callable[[], list[RemoteFile]]] = {}
 
 
-def register_segmenter(name: str, description: str = "") -> Callable[[SegmenterFactory], SegmenterFactory]:
-    """Decorator: register the decorated ``factory(weights, progress)`` as segmenter ``name``."""
+def register_segmenter(name: str, description: str = "",
+                       files: Callable[[], list[RemoteFile]] | None = None) -> Callable[[SegmenterFactory], SegmenterFactory]:
+    """Decorator: register the decorated ``factory(weights, progress)`` as segmenter ``name``.
+
+    ``files()``: the :class:`~dissect.download.RemoteFile` records its default weights need
+    from the network (for ``dissect fetch`` and a report's offline check); none by default."""
 
     def decorate(factory: SegmenterFactory) -> SegmenterFactory:
         if name in _FACTORIES:
             raise ValueError(f"a segmenter named {name!r} is already registered")
         _FACTORIES[name] = factory
         _DESCRIPTIONS[name] = description
+        if files is not None:
+            _FILES[name] = files
         return factory
 
     return decorate
+
+
+def segmenter_files(name: str) -> list[RemoteFile]:
+    """What segmenter ``name`` needs from the network (none for ``package.module:callable``);
+    an unknown name lists the nearest ones."""
+    if name not in _FACTORIES and ":" not in name:
+        raise unknown_choice("segmenter", name, list_segmenters(), hint="or package.module:callable")
+    return list(_FILES[name]()) if name in _FILES else []
 
 
 def list_segmenters() -> dict[str, str]:

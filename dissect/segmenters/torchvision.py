@@ -14,7 +14,7 @@ from torch import Tensor
 
 from dissect.download import sha256_file
 from dissect.errors import DissectError
-from dissect.models.weights import fetch_torchvision_checkpoint, read_state_dict, torchvision_weights
+from dissect.models.weights import fetch_torchvision_checkpoint, read_state_dict, torchvision_file, torchvision_weights
 from dissect.segmenters.base import Segmenter
 from dissect.segmenters.color import COLOR_NAMES, color_layer
 from dissect.segmenters.registry import register_segmenter
@@ -79,7 +79,8 @@ class TorchvisionSegmenter(Segmenter):
 
 
 def _register(arch: str) -> None:
-    @register_segmenter(arch, description=f"torchvision's {arch} (the 20 Pascal VOC objects) plus colors")
+    @register_segmenter(arch, description=f"torchvision's {arch} (the 20 Pascal VOC objects) plus colors",
+                        files=lambda: [torchvision_file(TORCHVISION_SEGMENTERS[arch])])
     def factory(weights: str | None, progress: bool) -> TorchvisionSegmenter:
         return TorchvisionSegmenter(arch, weights, progress)
 

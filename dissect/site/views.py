@@ -260,6 +260,8 @@ def model_page(ctx: ModelContext, layer_slugs: list[str], notes: Markup | None,
         "created": created,
         "reproducible": ctx.reproducible or created is None,
         "skipped": list(probe.get("skipped") or []),
+        # a classifier's ablation that could not run at all (no labeled images): one line
+        "ablation_note": (r.get("ablation") or {}).get("error"),
     }
 
 
@@ -305,6 +307,7 @@ def layer_page(ctx: ModelContext, layer: dict[str, Any], images: dict[int, Any])
             "dead": fmt_num(sum(1 for c in cards if c["dead"])),
             "invalid": sum(1 for c in cards if c["invalid"]),
             "shape": fmt_shape(layer.get("activation_shape")),
+            "reading": layer.get("reading") or "",
         },
         "iou_threshold": fmt_num(ctx.iou_threshold),
         "categories": [

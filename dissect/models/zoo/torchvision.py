@@ -1,5 +1,8 @@
 """torchvision's ImageNet classifiers: VGG, AlexNet, ResNet, GoogLeNet, Inception v3,
-DenseNet-161 and MobileNetV2, with the paper's layer names as aliases.
+DenseNet-161 and MobileNetV2, with the paper's layer names as aliases; and the modern
+families, ViT, Swin, ConvNeXt, EfficientNet and RegNet, with their blocks and stages as
+aliases (a ViT block's tokens and Swin's channels-last maps are read as maps by
+:mod:`dissect.feature_maps`).
 
 Every model is built randomly initialized by torchvision (``weights=None``); its default
 weights are torchvision's ``<Enum>_Weights.IMAGENET1K_V1``, fetched by
@@ -140,3 +143,33 @@ def _densenet_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
 def densenet161(num_classes: int) -> nn.Module:
     """DenseNet-161 (torchvision's layout, final ReLU not in place), randomly initialized."""
     return _DenseNet(growth_rate=48, block_config=(6, 12, 36, 24), num_init_features=96, num_classes=num_classes)
+
+
+# ----------------------------------------------------------------------------- modern families
+
+VITS = {"vit_b_16": ("ViT_B_16", 12, "ViT-B/16")}
+for _arch, (_enum, _depth, _title) in VITS.items():
+    _register_torchvision(
+        _arch, _enum,
+        # the last block but one: the last block's patch tokens never reach the head (only
+        # its class token does), so ablating them would change nothing
+        default_layer=f"block{_depth - 1}",
+        aliases={f"block{i}": f"encoder.layers.encoder_layer_{i - 1}" for i in range(1, _depth + 1)},
+        head="heads.head",
+        description=f"{_title} (Dosovitskiy et al. 2021), ImageNet; blocks' patch tokens read as a 14x14 map",
+    )
+
+_STAGES = {f"stage{i}": f"features.{2 * i - 1}" for i in range(1, 5)}  # stages between downsamplings
+_register_torchvision("swin_t", "Swin_T", default_layer="stage4", aliases=_STAGES, head="head",
+                      description="Swin-T (Liu et al. 2021), ImageNet; channels-last stages transposed")
+_register_torchvision("convnext_tiny", "ConvNeXt_Tiny", default_layer="stage4", aliases=_STAGES,
+                      head="classifier.2", description="ConvNeXt-T (Liu et al. 2022), ImageNet")
+_register_torchvision(
+    "efficientnet_b0", "EfficientNet_B0",
+    default_layer="head_conv",
+    aliases={**{f"stage{i}": f"features.{i}" for i in range(1, 8)}, "head_conv": "features.8"},
+    head="classifier.1", description="EfficientNet-B0 (Tan & Le 2019), ImageNet",
+)
+_register_torchvision("regnet_y_400mf", "RegNet_Y_400MF", default_layer="block4",
+                      aliases={f"block{i}": f"trunk_output.block{i}" for i in range(1, 5)}, head="fc",
+                      description="RegNetY-400MF (Radosavovic et al. 2020), ImageNet")
