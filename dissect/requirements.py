@@ -69,11 +69,11 @@ def model_files(model: Any, opts: Any) -> list[RemoteFile]:
         # (a generator without a registration: its output size, hence its segmenter, is
         # known only once it runs; its segmenter downloads then)
         seg = opts.segmenter or (segmenter_for(spec, spec.input_size) if spec is not None else None)
-        files += segmenter_files(seg) if seg else []
+        files += segmenter_files(seg) if seg and not opts.segmenter_weights else []
         return files
     data = opts.data or default_data_name(spec)
     files += data_files(data, opts.cache)
-    if opts.segmenter:  # a classifier's images labeled by a segmenter (--data DIR --segmenter NAME)
+    if opts.segmenter and not opts.segmenter_weights:  # images labeled by a segmenter (--data DIR --segmenter NAME)
         files += segmenter_files(opts.segmenter)
     if opts.ablation is not False:
         ablation = opts.ablation_data if opts.ablation_data is not None else default_ablation_data(spec)

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
 from dissect.cache import default_cache_dir
-from dissect.download import download, sha256_file
+from dissect.download import RemoteFile, fetch_file, sha256_file
 from dissect.errors import DissectError
 from dissect.models.weights import apply_state_dict, read_state_dict
 from dissect.segmenters.base import Segmenter
@@ -206,20 +206,28 @@ def upp_cache_dir() -> Path:
     return default_cache_dir() / "segmenters" / UPP_DIRNAME
 
 
+def upp_files(folder: Path | None = None, names: Sequence[str] = UPP_FILES) -> list[RemoteFile]:
+    """The published files (default folder :func:`upp_cache_dir`) as download records, for
+    ``dissect fetch`` and a report's offline check. Unchecked: no checksum is published."""
+    folder = Path(folder) if folder is not None else upp_cache_dir()
+    return [RemoteFile(f"segmenter upp: {name}", UPP_URL + name, folder / name,
+                       instead="or pass --segmenter-weights DIR, a folder holding all three files")
+            for name in names]
+
+
 def fetch_upp_files(folder: Path | None = None, progress: bool = True,
                     names: Sequence[str] = UPP_FILES) -> Path:
     """The folder holding the three published files (default :func:`upp_cache_dir`), each
-    downloaded from :data:`UPP_URL` when missing. Unchecked: no checksum is published. When
-    some cannot be had, one error names each missing file, its URL and where it belongs."""
-    folder = Path(folder) if folder is not None else upp_cache_dir()
+    downloaded from :data:`UPP_URL` when missing. When some cannot be had, one error names
+    each missing file, its URL and where it belongs."""
+    records = upp_files(folder, names)
     missing = []
-    for name in names:
-        if (folder / name).is_file():
-            continue
+    for record in records:
         try:
-            download(UPP_URL + name, folder / name, progress=progress)
+            fetch_file(record, progress)
         except DissectError:
-            missing.append(name)
+            missing.append(record.dest.name)
+    folder = records[0].dest.parent
     if missing:
         listed = "; ".join(f"{name} from {UPP_URL}{name}" for name in missing)
         raise DissectError(f"segmenter upp: cannot download {listed}; save them in {folder} "
@@ -384,7 +392,7 @@ class UnifiedParsingSegmenter(Segmenter):
         return torch.stack([obj, part, mat, col], 1).to(images.device)
 
 
-@register_segmenter("upp", description="unified perceptual parsing (ResNet-50 UPerNet, Broden+ objects, "
+@register_segmenter("upp", files=upp_files, description="unified perceptual parsing (ResNet-50 UPerNet, Broden+ objects, "
                                        "parts and materials; the 2020 paper's) plus colors")
 def unified_parsing_segmenter(weights: str | None, progress: bool) -> UnifiedParsingSegmenter:
     """The published network (downloaded into the cache), the folder ``weights`` holding
