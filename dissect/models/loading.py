@@ -47,6 +47,7 @@ class LoadedModel:
     default_layers: list[str]  # dotted paths
     aliases: dict[str, str]
     z_dim: int | None = None  # generators: latent size (input is z, output an image batch)
+    declared_range: str | None = None  # generators: "tanh"/"unit" as declared (then clamped), None: checked
 
     def provenance(self) -> dict[str, Any]:
         """What a report records about the model (JSON-serializable)."""
@@ -130,7 +131,8 @@ def load_model(
         spec=spec,
         module=module,
         kind=spec.kind,
-        input_size=input_size or spec.input_size,
+        # a generator built to fit its weights knows its output size (e.g. a smaller ProGAN)
+        input_size=input_size or int(getattr(module, "output_size", 0) or spec.input_size),
         mean=tuple(spec.mean),
         std=tuple(spec.std),
         class_names=class_names,
@@ -140,6 +142,7 @@ def load_model(
         default_layers=[aliases.get(d, d) for d in ((default,) if isinstance(default, str) else (default or ()))],
         aliases=aliases,
         z_dim=int(getattr(module, "z_dim", None) or spec.z_dim) if spec.z_dim else None,
+        declared_range=spec.declared_range,
     )
 
 
@@ -236,7 +239,7 @@ def find_last_spatial_layer(module: nn.Module, input_size: int = 224) -> str | N
     return order[-1][0] if order else None
 
 
-def _generator_output_size(module: nn.Module, z_dim: int, name: str) -> int:
+def _generator_output_size(module: nn.Module, z_dim: int, name: str, declared_range: str | None = None) -> int:
     param = next(iter(module.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     with torch.no_grad():
@@ -246,7 +249,7 @@ def _generator_output_size(module: nn.Module, z_dim: int, name: str) -> int:
             raise DissectError(f"generator {name} failed on latents of size {z_dim} "
                                f"({type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}); "
                                "check --z-dim") from exc
-    output_range(out, f"generator {name}")
+    output_range(out, f"generator {name}", declared_range)
     return int(out.shape[-1])
 
 
@@ -275,11 +278,14 @@ def from_module(
     weights: str = "object",
     weights_file_sha256: str | None = None,
     z_dim: int | None = None,
+    declared_range: str | None = None,
 ) -> LoadedModel:
     """Wrap a model object you already hold (it is put in eval mode, otherwise unchanged).
 
     ``kind="generator"``: the module maps latents ``[N, z_dim]`` to images ``[N, 3, H, W]``
-    in [-1, 1] or [0, 1]; ``z_dim`` is then required. Without ``default_layers``, the
+    in [-1, 1] or [0, 1]; ``z_dim`` is then required. ``declared_range`` (``"tanh"`` or
+    ``"unit"``) says which, for a generator that overshoots it a little: its output is then
+    clamped rather than checked. Without ``default_layers``, the
     default is :func:`find_last_spatial_layer` (classifiers) or
     :func:`find_generator_layer` (generators).
     """
@@ -292,7 +298,7 @@ def from_module(
         if default_layers is None:
             found = find_generator_layer(module, z_dim)
             default_layers = [found] if found else []
-        input_size = _generator_output_size(module, z_dim, name)
+        input_size = _generator_output_size(module, z_dim, name, declared_range)
     if default_layers is None:
         found = find_last_spatial_layer(module, input_size)
         default_layers = [found] if found else []
@@ -311,6 +317,7 @@ def from_module(
         default_layers=list(default_layers),
         aliases=dict(aliases or {}),
         z_dim=z_dim if kind == "generator" else None,
+        declared_range=declared_range if kind == "generator" else None,
     )
 
 
