@@ -24,7 +24,9 @@ from torch import Tensor, nn
 from dissect.errors import DissectError, unknown_choice
 from dissect.models.latents import output_range
 from dissect.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, get_model_spec, is_registered
-from dissect.models.weights import apply_state_dict, default_class_names, resolve_weights, state_dict_sha256
+from dissect.models.lookalike import lookalike_hint
+from dissect.models.weights import (WeightsSource, apply_state_dict, default_class_names, resolve_weights,
+                                    state_dict_sha256)
 
 INIT_SEED = 0
 
@@ -115,7 +117,7 @@ def load_model(
     else:
         module = _seeded(lambda: spec.builder(n))
     if state is not None:
-        apply_state_dict(module, state, src.label, spec.name)
+        _apply_or_explain(module, state, src, spec.name, exclude=spec.name)
     _no_inplace(module)
     module.eval()
 
@@ -144,6 +146,19 @@ def load_model(
         z_dim=int(getattr(module, "z_dim", None) or spec.z_dim) if spec.z_dim else None,
         declared_range=spec.declared_range,
     )
+
+
+def _apply_or_explain(module: nn.Module, state: Mapping[str, Tensor], src: WeightsSource, name: str,
+                      exclude: str | None = None) -> None:
+    """:func:`apply_state_dict`; when the weights do not fit, its one-line error also names
+    the registered model whose layout they do fit, if any (other than ``exclude``)."""
+    try:
+        apply_state_dict(module, state, src.label, name)
+    except DissectError as exc:
+        hint = lookalike_hint(src.state or state, exclude)
+        if not hint:
+            raise
+        raise DissectError(f"{exc}{hint}") from exc
 
 
 def import_user_module(module_name: str) -> Any:
@@ -183,7 +198,7 @@ def _load_callable(target: str, weights: str | None, num_classes: int | None, in
         raise DissectError(f"{target}() returned a {type(net).__name__}, not a torch.nn.Module")
     src = resolve_weights(None, target, weights, progress)
     if src.state is not None:
-        apply_state_dict(net, src.state, src.label, target)
+        _apply_or_explain(net, src.state, src, target)
     _no_inplace(net)
     return from_module(
         net,

@@ -1,0 +1,67 @@
+"""Which registered model a state dict belongs to: for the error a wrong checkpoint gets.
+
+:func:`closest_models` compares a state dict's keys and shapes with those of every
+registered model, built on PyTorch's ``meta`` device (shapes only: no memory, no
+initialization cost), so that "these weights do not fit vgg16-places365" can go on with
+"they look like the weights of vgg16".
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import Tensor
+
+from dissect.models.registry import ModelSpec, get_model_spec, list_models
+
+MIN_SCORE = 0.5  # the fraction of keys (with their shapes) two layouts must share to look alike
+
+
+def _shapes(state: Mapping[str, Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items() if not k.endswith(".num_batches_tracked")}
+
+
+def _layout(spec: ModelSpec, state: Mapping[str, Tensor]) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+    """(the model's key shapes, the state's key shapes as the model would read them)."""
+    fixed = dict(state)
+    if spec.ignore_keys:
+        fixed = {k: v for k, v in fixed.items() if not k.startswith(spec.ignore_keys)}
+    if spec.fix_state_dict is not None:
+        fixed = spec.fix_state_dict(fixed)
+    with torch.device("meta"):
+        module = spec.builder_for_state(fixed) if spec.builder_for_state else spec.builder(spec.num_classes)
+    return _shapes(module.state_dict()), _shapes(fixed)
+
+
+def closest_models(state: Mapping[str, Tensor], exclude: str | None = None) -> list[str]:
+    """The registered models (other than ``exclude``) whose layout ``state`` fits best, best
+    first and tied ones together: keys with the same shape, as a fraction of the larger of
+    the two key sets (a different number of classes still counts its other layers); empty
+    when none shares at least :data:`MIN_SCORE` of its keys."""
+    scores: dict[str, float] = {}
+    for name in list_models():
+        if name == exclude:
+            continue
+        try:
+            own, theirs = _layout(get_model_spec(name), state)
+        except Exception:  # a builder that cannot run on the meta device, or on this state: skip it
+            continue
+        if not own or not theirs:
+            continue
+        same = sum(1 for k, shape in own.items() if theirs.get(k) == shape)
+        named = sum(1 for k in own if k in theirs)
+        scores[name] = (same + 0.5 * (named - same)) / max(len(own), len(theirs))
+    best = max(scores.values(), default=0.0)
+    if best < MIN_SCORE:
+        return []
+    return [name for name, score in scores.items() if score == best]
+
+
+def lookalike_hint(state: Mapping[str, Tensor], exclude: str | None = None) -> str:
+    """``"; they look like the weights of model X (--model X)"``, or "" when none does."""
+    names = closest_models(state, exclude)
+    if not names:
+        return ""
+    more = f" (or {len(names) - 1} more of the same layout)" if len(names) > 1 else ""
+    return f"; they look like the weights of model {names[0]}{more} (--model {names[0]})"
