@@ -8,6 +8,7 @@ initialization cost), so that "these weights do not fit vgg16-places365" can go 
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Mapping
 
 import torch
@@ -22,6 +23,15 @@ def _shapes(state: Mapping[str, Tensor]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in state.items() if not k.endswith(".num_batches_tracked")}
 
 
+@lru_cache(maxsize=None)
+def _default_layout(name: str) -> dict[str, tuple[int, ...]]:
+    """The key shapes of registered model ``name`` as its builder makes it (cached: a
+    model's default layout does not change)."""
+    spec = get_model_spec(name)
+    with torch.device("meta"):
+        return _shapes(spec.builder(spec.num_classes).state_dict())
+
+
 def _layout(spec: ModelSpec, state: Mapping[str, Tensor]) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
     """(the model's key shapes, the state's key shapes as the model would read them)."""
     fixed = dict(state)
@@ -29,9 +39,10 @@ def _layout(spec: ModelSpec, state: Mapping[str, Tensor]) -> tuple[dict[str, tup
         fixed = {k: v for k, v in fixed.items() if not k.startswith(spec.ignore_keys)}
     if spec.fix_state_dict is not None:
         fixed = spec.fix_state_dict(fixed)
+    if spec.builder_for_state is None:
+        return _default_layout(spec.name), _shapes(fixed)
     with torch.device("meta"):
-        module = spec.builder_for_state(fixed) if spec.builder_for_state else spec.builder(spec.num_classes)
-    return _shapes(module.state_dict()), _shapes(fixed)
+        return _shapes(spec.builder_for_state(fixed).state_dict()), _shapes(fixed)
 
 
 def closest_models(state: Mapping[str, Tensor], exclude: str | None = None) -> list[str]:
