@@ -239,9 +239,9 @@ def test_vgg16_places365_file_loads_and_dissects(places_files, capsys, tmp_path)
 
 @pytest.mark.slow
 def test_resnet152_places365_file_loads_and_dissects(places_files, capsys, tmp_path):
-    path = places_files("resnet152-places365")  # 7x7 average pool: the input must be 224
-    check_loads_like_direct_build("resnet152-places365", path, 224)
-    dissect_offline(capsys, tmp_path, "resnet152-places365", path, 224, 2, ("7", "layer4", 2048))
+    path = places_files("resnet152-places365")  # smaller than 224 px: the pool is adaptive
+    check_loads_like_direct_build("resnet152-places365", path, 112)
+    dissect_offline(capsys, tmp_path, "resnet152-places365", path, 112, 4, ("7", "layer4", 2048))
 
 
 # ----------------------------------------------------------------------------- Progressive GAN

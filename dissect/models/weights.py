@@ -272,6 +272,8 @@ def resolve_weights(spec: ModelSpec | None, model_name: str, weights: str | None
 
 def default_class_names(spec: ModelSpec) -> list[str] | None:
     """Class names of the spec's default weights, without downloading anything."""
+    if spec.class_names is not None:
+        return list(spec.class_names)
     src = spec.default_weights or ""
     if src.startswith("torchvision:"):
         categories = torchvision_weights(src.removeprefix("torchvision:")).meta.get("categories")

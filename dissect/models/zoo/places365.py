@@ -11,11 +11,13 @@ follow the layouts of the code that converted them (davidbau/dissect ``experimen
 * ``alexnet-places365``: the Caffe AlexNet, a flat sequence ``conv1 relu1 pool1 lrn1 conv2
   ... conv5 relu5 pool5 flatten fc6 relu6 dropout6 fc7 relu7 dropout7 fc8`` with local
   response normalization and grouped convolutions (conv2, conv4, conv5 in two groups);
-  input 227 x 227 (fc6 reads pool5's 6 x 6 map).
+  input 227 x 227 (fc6 reads pool5's 6 x 6 map). One module more than Caffe's, without
+  weights: an adaptive average pool to 6 x 6 before ``flatten``, as torchvision's AlexNet
+  has, the identity at 227 px, so that other input sizes run too.
 * ``resnet152-places365``: a Torch7 ResNet-152 converted to PyTorch, a sequence of indexed
   children ``0`` conv, ``1`` batch norm, ``2`` ReLU, ``3`` max-pool, ``4 .. 7`` the four
-  stages (``layer1 .. layer4``), ``8`` a 7 x 7 average pool, ``9`` flatten, ``10.1`` the
-  linear layer; each bottleneck block is ``ConcatTable(residual, shortcut)``, ``CAddTable``,
+  stages (``layer1 .. layer4``), ``8`` a 7 x 7 average pool (here an adaptive pool to 1 x 1:
+  the same at 224 px, and other input sizes run too), ``9`` flatten, ``10.1`` the linear layer; each bottleneck block is ``ConcatTable(residual, shortcut)``, ``CAddTable``,
   ``ReLU`` (keys ``4.0.0.0.0.weight`` ... ``4.0.0.1.0.weight``); input 224 x 224.
 
 Aliases name the layers as the papers do (``conv5_3``, ``conv5``, ``layer4``); as in Caffe,
@@ -144,6 +146,7 @@ class CaffeAlexNet(nn.Sequential):
             ("conv5", nn.Conv2d(w[4], w[5], kernel_size=3, padding=1, groups=g[4])),
             ("relu5", nn.ReLU()),
             ("pool5", nn.MaxPool2d(kernel_size=3, stride=2)),
+            ("avgpool", nn.AdaptiveAvgPool2d(6)),  # not in Caffe's: the identity at 227 px
             ("flatten", nn.Flatten()),
             ("fc6", nn.Linear(w[5] * 6 * 6, w[6])),
             ("relu6", nn.ReLU()),
@@ -226,7 +229,8 @@ def torch7_resnet(blocks: Sequence[int] = RESNET152_BLOCKS, num_classes: int = N
     return nn.Sequential(
         nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
         *stages,
-        nn.AvgPool2d(7, 1), nn.Flatten(), nn.Sequential(nn.Identity(), nn.Linear(cin, num_classes)),
+        # Torch7's 7x7 average pool, as the 1x1 adaptive pool that equals it at 224 px
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Sequential(nn.Identity(), nn.Linear(cin, num_classes)),
     )
 
 
