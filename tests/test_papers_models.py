@@ -10,9 +10,11 @@ functional forward written out below), and a dissection end to end, offline.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +26,7 @@ from dissect.errors import DissectError
 from dissect.models import get_model_spec, load_model, output_range, to_unit
 from dissect.models.lookalike import closest_models
 from dissect.models.weights import resolve_weights
+from dissect.models.zoo.places365 import CATEGORIES_FILE
 
 
 def run_cli(capsys, *args):
@@ -137,6 +140,11 @@ def test_places365_class_names_are_the_365_scenes():
     assert len(names) == 365 == len(set(names))
     assert (names[0], names[24], names[364]) == ("airfield", "athletic_field/outdoor", "zen_garden")
     assert all(get_model_spec(n).class_names == names for n in PLACES)
+    # the list ships as package data: `pip install .` must carry it
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["dissect.models.zoo"]
+    assert any(fnmatch.fnmatch(CATEGORIES_FILE.name, p) for p in patterns)
 
 
 def test_papers_layer_names_are_aliases():
