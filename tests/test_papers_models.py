@@ -382,3 +382,25 @@ def test_unknown_weights_scheme_is_one_clear_line():
     spec = get_model_spec("vgg16-places365")
     with pytest.raises(DissectError, match=r"does not know the weights source 'nosuch:'.*--weights FILE"):
         resolve_weights(spec, spec.name, "nosuch:vgg16_places365-0bafbc55.pth", progress=False)
+
+
+def test_a_held_generator_may_declare_its_range():
+    """from_module: a generator that overshoots [-1, 1] is refused unless it declares its range
+    (then it is clamped); a range that does not exist is refused."""
+    from dissect.models import from_module
+
+    class Overshoot(torch.nn.Module):
+        def __init__(self, scale):
+            super().__init__()
+            self.scale = scale
+            self.up = torch.nn.ConvTranspose2d(4, 3, 8)
+
+        def forward(self, z):
+            return self.scale * torch.tanh(100 * self.up(z[:, :, None, None]))
+
+    with pytest.raises(DissectError, match="images must be in"):
+        from_module(Overshoot(1.2), name="over", kind="generator", z_dim=4)
+    loaded = from_module(Overshoot(1.2), name="over", kind="generator", z_dim=4, declared_range="tanh")
+    assert (loaded.declared_range, loaded.input_size) == ("tanh", 8)
+    with pytest.raises(DissectError, match="declares the output range 'bytes'"):
+        from_module(Overshoot(1.2), name="over", kind="generator", z_dim=4, declared_range="bytes")
