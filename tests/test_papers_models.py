@@ -376,6 +376,10 @@ def test_lookalike_finds_the_family_of_published_layouts():
     places = {k: torch.empty(s, device="meta") for k, s in published_layout("resnet152-places365").items()}
     assert closest_models(places, exclude="resnet152") == ["resnet152-places365"]
     assert closest_models({"w": torch.zeros(3)}) == []
+    # weights that fit the model they were given to (another number of classes, say) name
+    # no other; a near layout (VGG-19 shares most of VGG-16's first layers) is no lookalike
+    ten = meta(lambda: torchvision.models.vgg16(num_classes=10)).state_dict()
+    assert closest_models(ten, exclude="vgg16") == [] and "vgg19" not in closest_models(ten)
 
 
 def test_unknown_weights_scheme_is_one_clear_line():

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from dissect.models.registry import ModelSpec, get_model_spec, list_models
 
-MIN_SCORE = 0.5  # the fraction of keys (with their shapes) two layouts must share to look alike
+MIN_SCORE = 0.9  # the fraction of keys (with their shapes) two layouts must share to look alike
 
 
 def _shapes(state: Mapping[str, Tensor]) -> dict[str, tuple[int, ...]]:
@@ -46,14 +46,13 @@ def _layout(spec: ModelSpec, state: Mapping[str, Tensor]) -> tuple[dict[str, tup
 
 
 def closest_models(state: Mapping[str, Tensor], exclude: str | None = None) -> list[str]:
-    """The registered models (other than ``exclude``) whose layout ``state`` fits best, best
-    first and tied ones together: keys with the same shape, as a fraction of the larger of
-    the two key sets (a different number of classes still counts its other layers); empty
-    when none shares at least :data:`MIN_SCORE` of its keys."""
+    """The registered models (other than ``exclude``) whose layout ``state`` fits best, tied
+    ones together: keys with the same shape, as a fraction of the larger of the two key sets
+    (a key of another shape, e.g. another number of classes, counts half); empty when none
+    shares at least :data:`MIN_SCORE`, or when ``exclude`` (the model the weights were
+    given to) fits as well (then the layout is right, and something else is wrong)."""
     scores: dict[str, float] = {}
     for name in list_models():
-        if name == exclude:
-            continue
         try:
             own, theirs = _layout(get_model_spec(name), state)
         except Exception:  # a builder that cannot run on the meta device, or on this state: skip it
@@ -63,8 +62,9 @@ def closest_models(state: Mapping[str, Tensor], exclude: str | None = None) -> l
         same = sum(1 for k, shape in own.items() if theirs.get(k) == shape)
         named = sum(1 for k in own if k in theirs)
         scores[name] = (same + 0.5 * (named - same)) / max(len(own), len(theirs))
+    own_score = scores.pop(exclude, 0.0) if exclude else 0.0
     best = max(scores.values(), default=0.0)
-    if best < MIN_SCORE:
+    if best < MIN_SCORE or own_score >= best:
         return []
     return [name for name, score in scores.items() if score == best]
 
