@@ -356,6 +356,25 @@ def test_progan_dissects_end_to_end_offline(progan_files, capsys, tmp_path):
     assert res["params"]["quantile"] == 0.01
 
 
+@pytest.mark.slow
+def test_progan_interventions_use_the_papers_concepts(progan_files, tmp_path):
+    """progan-church's own experiments (trees removed, doors inserted) run on its clamped
+    output, here labeled by the toy segmenter (which knows both concepts)."""
+    from dissect import report
+    from dissect.experiments.dissection import DissectConfig
+    from dissect.experiments.generator import GeneratorExperimentConfig
+
+    report(model="progan-church", weights=str(progan_files["new"]), segmenter="toy", data_size=24,
+           out=tmp_path / "site", cache_dir=tmp_path / "cache", config=DissectConfig(top_k=2), progress=False,
+           interventions=GeneratorExperimentConfig(samples=8, insert_samples=2, curve_samples=1, top_n=(1, 4),
+                                                   units=4, random_draws=1, strip_samples=2, region=4))
+    res = json.loads((tmp_path / "site" / "progan-church" / "results.json").read_text())
+    layer = res["generator"]["layers"][0]
+    assert layer["layer"] == "layer4"
+    assert [a["concept"] for a in layer["ablation"]] == ["tree"] and [i["concept"] for i in layer["insertion"]] == ["door"]
+    assert layer["insertion"][0]["positions"] == 4  # 4x4 regions of the 8x8 map
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
