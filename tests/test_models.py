@@ -258,7 +258,7 @@ def test_unknown_layer_lists_nearest_first() -> None:
 
 def test_list_models_and_duplicates() -> None:
     assert {"toy", "vgg16", "resnet18", "resnet50", "resnet152", "alexnet", "googlenet", "densenet161"} <= set(list_models())
-    assert list_models("resnet*") == ["resnet101", "resnet152", "resnet18", "resnet50"]
+    assert list_models("resnet*") == ["resnet101", "resnet152", "resnet152-places365", "resnet18", "resnet50"]
     assert list_models("VGG1?") == ["vgg16", "vgg19"]
     with pytest.raises(ValueError, match="already registered"):
         add_model_spec(ModelSpec(name="vgg16", builder=lambda n: nn.Identity()))

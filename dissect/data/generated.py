@@ -129,7 +129,8 @@ def _write(root: Path, loaded, segmenter, n, seed, z_dim, batch_size, device, va
             latents[start:start + len(z)] = z.numpy()
             raw = gen(z.to(device))
             if value_range is None:
-                value_range = output_range(raw, f"generator {loaded.name}")
+                value_range = output_range(raw, f"generator {loaded.name}",
+                                           getattr(loaded, "declared_range", None))
             x = quantize(to_unit(raw.float(), value_range))
             lab = segmenter.segment(x).cpu().numpy()
             u8 = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

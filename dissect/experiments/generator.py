@@ -381,7 +381,7 @@ def generator_experiments(loaded, layer: str, iou: np.ndarray, seg: Segmenter, p
     cfg.validate()
     device = resolve_device(cfg.device)
     seg.to(device)
-    runner = GeneratorRunner(loaded.module, layer, device)
+    runner = GeneratorRunner(loaded.module, layer, device, value_range=getattr(loaded, "declared_range", None))
     z_dim = probe_latents.shape[1]
     n_needed = max(cfg.samples, cfg.insert_samples)
     z = sample_z(n_needed, cfg.seed, z_dim)
@@ -463,8 +463,9 @@ def generator_for_report(loaded, layers: Sequence[dict], stats: Mapping[str, Lay
     config = config or GeneratorExperimentConfig()
     experiments = loaded.spec.experiments if loaded.spec is not None else {}
     if config.ablate is None and config.insert is None and experiments:
-        config = replace(config, ablate=tuple(experiments.get("ablate", ())) or None,
-                         insert=tuple(experiments.get("insert", ())) or None)
+        known = {name for name, _ in seg.concepts}  # the spec's concepts, where this segmenter has them
+        config = replace(config, ablate=tuple(c for c in experiments.get("ablate", ()) if c in known) or None,
+                         insert=tuple(c for c in experiments.get("insert", ()) if c in known) or None)
     primary = dataset.index.primary_category_tensor()
     results = []
     for layer in intervention_layers(layers, list(config.layers) or list(experiments.get("layers", ()))):

@@ -25,7 +25,9 @@ from dissect.errors import DissectError, unknown_choice
 from dissect.feature_maps import infer_layout
 from dissect.models.latents import output_range
 from dissect.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, get_model_spec, is_registered
-from dissect.models.weights import apply_state_dict, default_class_names, resolve_weights, state_dict_sha256
+from dissect.models.lookalike import lookalike_hint
+from dissect.models.weights import (WeightsSource, apply_state_dict, default_class_names, resolve_weights,
+                                    state_dict_sha256)
 
 INIT_SEED = 0
 
@@ -48,6 +50,7 @@ class LoadedModel:
     default_layers: list[str]  # dotted paths
     aliases: dict[str, str]
     z_dim: int | None = None  # generators: latent size (input is z, output an image batch)
+    declared_range: str | None = None  # generators: "tanh"/"unit" as declared (then clamped), None: checked
 
     def provenance(self) -> dict[str, Any]:
         """What a report records about the model (JSON-serializable)."""
@@ -115,7 +118,7 @@ def load_model(
     else:
         module = _seeded(lambda: spec.builder(n))
     if state is not None:
-        apply_state_dict(module, state, src.label, spec.name)
+        _apply_or_explain(module, state, src, spec.name, exclude=spec.name)
     _no_inplace(module)
     module.eval()
 
@@ -131,7 +134,8 @@ def load_model(
         spec=spec,
         module=module,
         kind=spec.kind,
-        input_size=input_size or spec.input_size,
+        # a generator built to fit its weights knows its output size (e.g. a smaller ProGAN)
+        input_size=input_size or int(getattr(module, "output_size", 0) or spec.input_size),
         mean=tuple(spec.mean),
         std=tuple(spec.std),
         class_names=class_names,
@@ -141,7 +145,21 @@ def load_model(
         default_layers=[aliases.get(d, d) for d in ((default,) if isinstance(default, str) else (default or ()))],
         aliases=aliases,
         z_dim=int(getattr(module, "z_dim", None) or spec.z_dim) if spec.z_dim else None,
+        declared_range=spec.declared_range,
     )
+
+
+def _apply_or_explain(module: nn.Module, state: Mapping[str, Tensor], src: WeightsSource, name: str,
+                      exclude: str | None = None) -> None:
+    """:func:`apply_state_dict`; when the weights do not fit, its one-line error also names
+    the registered model whose layout they do fit, if any (other than ``exclude``)."""
+    try:
+        apply_state_dict(module, state, src.label, name)
+    except DissectError as exc:
+        hint = lookalike_hint(src.state or state, exclude)
+        if not hint:
+            raise
+        raise DissectError(f"{exc}{hint}") from exc
 
 
 def import_user_module(module_name: str) -> Any:
@@ -181,7 +199,7 @@ def _load_callable(target: str, weights: str | None, num_classes: int | None, in
         raise DissectError(f"{target}() returned a {type(net).__name__}, not a torch.nn.Module")
     src = resolve_weights(None, target, weights, progress)
     if src.state is not None:
-        apply_state_dict(net, src.state, src.label, target)
+        _apply_or_explain(net, src.state, src, target)
     _no_inplace(net)
     return from_module(
         net,
@@ -241,7 +259,7 @@ def find_last_spatial_layer(module: nn.Module, input_size: int = 224) -> str | N
     return order[-1][0] if order else None
 
 
-def _generator_output_size(module: nn.Module, z_dim: int, name: str) -> int:
+def _generator_output_size(module: nn.Module, z_dim: int, name: str, declared_range: str | None = None) -> int:
     param = next(iter(module.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     with torch.no_grad():
@@ -251,7 +269,7 @@ def _generator_output_size(module: nn.Module, z_dim: int, name: str) -> int:
             raise DissectError(f"generator {name} failed on latents of size {z_dim} "
                                f"({type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}); "
                                "check --z-dim") from exc
-    output_range(out, f"generator {name}")
+    output_range(out, f"generator {name}", declared_range)
     return int(out.shape[-1])
 
 
@@ -280,11 +298,14 @@ def from_module(
     weights: str = "object",
     weights_file_sha256: str | None = None,
     z_dim: int | None = None,
+    declared_range: str | None = None,
 ) -> LoadedModel:
     """Wrap a model object you already hold (it is put in eval mode, otherwise unchanged).
 
     ``kind="generator"``: the module maps latents ``[N, z_dim]`` to images ``[N, 3, H, W]``
-    in [-1, 1] or [0, 1]; ``z_dim`` is then required. Without ``default_layers``, the
+    in [-1, 1] or [0, 1]; ``z_dim`` is then required. ``declared_range`` (``"tanh"`` or
+    ``"unit"``) says which, for a generator that overshoots it a little: its output is then
+    clamped rather than checked. Without ``default_layers``, the
     default is :func:`find_last_spatial_layer` (classifiers) or
     :func:`find_generator_layer` (generators).
     """
@@ -297,7 +318,7 @@ def from_module(
         if default_layers is None:
             found = find_generator_layer(module, z_dim)
             default_layers = [found] if found else []
-        input_size = _generator_output_size(module, z_dim, name)
+        input_size = _generator_output_size(module, z_dim, name, declared_range)
     if default_layers is None:
         found = find_last_spatial_layer(module, input_size)
         default_layers = [found] if found else []
@@ -316,6 +337,7 @@ def from_module(
         default_layers=list(default_layers),
         aliases=dict(aliases or {}),
         z_dim=z_dim if kind == "generator" else None,
+        declared_range=declared_range if kind == "generator" else None,
     )
 
 

@@ -43,6 +43,7 @@ from dissect.models.registry import ModelSpec
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 WEIGHT_FILE_TYPES = (".safetensors", ".pth", ".pt", ".bin")
 HASH_REGEX = re.compile(r"-([a-f0-9]+)\.")  # torch.hub's convention: name-<sha256 prefix>.ext
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # "url:", "hf:" (not a drive letter "C:")
 
 
 # --------------------------------------------------------------------------- hashing
@@ -290,12 +291,21 @@ def resolve_weights(spec: ModelSpec | None, model_name: str, weights: str | None
             )
         return WeightsSource(f"builtin:{stem}", read_state_dict(path), sha256_file(path), read_class_names(path.with_suffix(".json")))
     path = Path(weights).expanduser()
+    scheme = _SCHEME.match(weights)
+    if scheme and not path.exists():
+        raise DissectError(
+            f"cannot get the weights {weights} of model {model_name}: this version of dissect does not "
+            f"know the weights source {scheme.group(0)!r}; download the file yourself and pass "
+            f"--weights FILE (or --weights none for random weights)"
+        )
     state = read_state_dict(path)
     return WeightsSource(f"file:{path.name}", state, sha256_file(path), read_class_names(path.with_suffix(".json")))
 
 
 def default_class_names(spec: ModelSpec) -> list[str] | None:
     """Class names of the spec's default weights, without downloading anything."""
+    if spec.class_names is not None:
+        return list(spec.class_names)
     src = spec.default_weights or ""
     if src.startswith("torchvision:"):
         categories = torchvision_weights(src.removeprefix("torchvision:")).meta.get("categories")

@@ -3,6 +3,6 @@
 Importing this package registers every family; a new family is one more module here.
 """
 
-from dissect.models.zoo import torchvision, toy
+from dissect.models.zoo import places365, proggan, torchvision, toy
 
-__all__ = ["torchvision", "toy"]
+__all__ = ["places365", "proggan", "torchvision", "toy"]
