@@ -312,4 +312,4 @@ def default_class_names(spec: ModelSpec) -> list[str] | None:
         return list(categories) if categories else None
     if src.startswith("builtin:"):
         return read_class_names(WEIGHTS_DIR / f"{src.removeprefix('builtin:')}.json")
-    return list(spec.class_names) if spec.class_names else None
+    return None
