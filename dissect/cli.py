@@ -5,7 +5,8 @@
 ``dissect data broden``      download and unpack Broden
 ``dissect models``           list registered models
 ``dissect layers MODEL``     list a model's layer names (paper aliases first)
-``dissect train toy-classifier``  retrain the shipped toy classifier
+``dissect train toy-classifier``  retrain the shipped toy classifier (``--snapshots``: its training snapshots)
+``dissect train toy-finetune``    fine-tune it on a changed task (the shipped fine-tuned weights)
 
 User errors print one line, ``dissect: error: ...``, and exit with status 2.
 """
@@ -30,6 +31,19 @@ def _positive_int(s: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
     return v
+
+
+def _int_list(text: str | None, flag: str) -> list[int] | None:
+    """``"0,47,94"`` -> ``[0, 47, 94]`` (None stays None); non-negative integers only."""
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise DissectError(f"{flag} takes comma-separated whole numbers, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise DissectError(f"{flag} takes comma-separated whole numbers >= 0, got {text!r}")
+    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--seed", type=int, default=0)
     tc.add_argument("--train-size", type=_positive_int, default=6000)
     tc.add_argument("--epochs", type=_positive_int, default=14)
+    tc.add_argument("--snapshots", default=None, metavar="STEP,STEP,...",
+                    help="also save float16 snapshots after these optimizer steps (0: the random "
+                    "init) and stop after the last one (the same run: same data order and schedule)")
+    tf = tsub.add_parser("toy-finetune", help="fine-tune the toy classifier on a changed task "
+                         "(which of six objects a scene shows)")
+    tf.add_argument("--out", default=None, help="folder for the weights (default: inside the package)")
+    tf.add_argument("--seed", type=int, default=0)
+    tf.add_argument("--train-size", type=_positive_int, default=3000)
+    tf.add_argument("--epochs", type=_positive_int, default=2)
     ts = tsub.add_parser("toy-segmenter", help="train the toy segmenter (objects and parts)")
     ts.add_argument("--out", default=None, help="folder for the weights (default: inside the package)")
     ts.add_argument("--seed", type=int, default=0)
@@ -279,7 +302,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     elif args.command == "train" and args.what == "toy-classifier":
         from .training.classifier import train_classifier
         train_classifier(out_dir=args.out, seed=args.seed, train_size=args.train_size,
-                         epochs=args.epochs)
+                         epochs=args.epochs, snapshots=_int_list(args.snapshots, "--snapshots"))
+    elif args.command == "train" and args.what == "toy-finetune":
+        from .training.finetune import finetune_classifier
+        finetune_classifier(out_dir=args.out, seed=args.seed, train_size=args.train_size, epochs=args.epochs)
     return 0
 
 
