@@ -68,8 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--segmenter", default=None, help="labels a generator's outputs: toy, color, "
                    "deeplabv3_resnet50, ... or package.module:callable (default: the model's own; "
                    "toy for 64 px outputs, else deeplabv3_resnet50)")
-    r.add_argument("--weights", default=None, help="weights: a .pth/.pt/.safetensors state_dict "
-                   "file, or 'none' for random init (default: the model's own weights)")
+    r.add_argument("--weights", action="append", default=None, help="weights: a .pth/.pt/.safetensors "
+                   "state_dict file, or 'none' for random init (default: the model's own weights); "
+                   "repeatable, or a quoted glob: several weights of one model, each a section of the "
+                   "site, compared on the site's comparison page")
+    r.add_argument("--snapshot-steps", default=None, metavar="STEP,STEP,...", help="the training step "
+                   "of each --weights, in order (default: read from the file names when they differ "
+                   "only in a number, e.g. ckpt-100.pth, ckpt-200.pth)")
+    r.add_argument("--rotate", default=None, metavar="T,T,...", help="rotation experiment: dissect "
+                   "the layer with its units rotated by R(t), from the identity (0) to a random "
+                   "rotation (1), e.g. 0,0.25,0.5,0.75,1")
+    r.add_argument("--rotate-layer", default=None, metavar="NAME",
+                   help="layer of the rotation experiment (default: the deepest dissected layer)")
+    r.add_argument("--rotate-seed", type=int, default=0, help="seed of the random rotation (default 0)")
+    r.add_argument("--no-shipped-comparisons", action="store_true", help="the toy classifier: do not "
+                   "add its shipped training snapshots and fine-tuned weights to the comparison page")
     r.add_argument("--layer", action="append", default=[], metavar="NAME",
                    help="layer to dissect (dotted named_modules() path or alias like conv5_3); "
                    "repeatable (default: the model's last conv block)")
@@ -243,6 +256,7 @@ def _ablation_config(args: argparse.Namespace):
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "report":
         from .experiments.dissection import DissectConfig
+        from .experiments.rotation import parse_rotations
         from .pipeline import DEFAULT_MODELS, ReportOptions, run_report
         config = DissectConfig(quantile=args.quantile or DissectConfig.quantile,
                                quantile_space=args.quantile_space or DissectConfig.quantile_space,
@@ -251,6 +265,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                                device=args.device)
         run_report(ReportOptions(
             model=args.model or list(DEFAULT_MODELS), weights=args.weights, layers=args.layer,
+            snapshot_steps=_int_list(args.snapshot_steps, "--snapshot-steps"),
+            rotate=parse_rotations(args.rotate) if args.rotate is not None else (),
+            rotate_layer=args.rotate_layer, rotate_seed=args.rotate_seed,
+            shipped_comparisons=not args.no_shipped_comparisons,
             input_size=args.input_size, kind=args.kind, z_dim=args.z_dim,
             data=args.data, data_size=args.data_size, data_seed=args.data_seed, split=args.split,
             config=config, ablation=_ablation_config(args), ablation_data=args.ablation_data,

@@ -145,8 +145,10 @@ def train_classifier(out_dir: str | Path | None = None, seed: int = 0, train_siz
         history.append({"epoch": epoch + 1, "loss": round(total / seen, 4), "heldout_accuracy": round(acc, 4)})
         if progress:
             tqdm.write(f"epoch {epoch + 1}: loss {total / seen:.4f}, held-out accuracy {acc:.4f}")
-        if step < steps and snap_steps and step >= snap_steps[-1]:
-            break  # a snapshot run that ends early never writes the final weights
+        if snap_steps and snap_steps[-1] < steps:
+            if step >= snap_steps[-1]:
+                break
+            continue  # a snapshot run that ends early never writes the final weights
         save_file({k: v.contiguous() for k, v in model.state_dict().items()},
                   str(out / "toy_classifier.safetensors"))
         if target is not None and acc >= target:
