@@ -367,9 +367,8 @@ def _comparisons(loaded: LoadedModel, opts: ReportOptions, comparison: dict | No
         members = [(load_model(loaded.name, weights=str(w.path), input_size=loaded.input_size, progress=False),
                     w.name, w.step, w.role) for w in shipped]
         section.update(version=COMPARISON_VERSION, group=loaded.name, order=0, step=final_step, role="model",
-                       members=members_for_report(members, path, alias, dataset, config,
-                                                  lambda m: {**parts, "weights_sha256": m.weights_sha256},
-                                                  opts.cache / "stats", force=opts.force, progress=opts.progress))
+                       members=members_for_report(members, path, alias, dataset, config, parts, opts.cache / "stats",
+                                                  force=opts.force, progress=opts.progress))
     if opts.rotate:
         rpath, ralias = resolve_layer(loaded, opts.rotate_layer) if opts.rotate_layer else (path, alias)
         section.setdefault("version", COMPARISON_VERSION)

@@ -58,6 +58,30 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
     return correct / len(x)
 
 
+def compare_with_shipped(history: list[dict], command: str, shipped_record: Path) -> dict | None:
+    """Whether this run's epochs match those of the shipped weights' run of the same command
+    (same loss and held-out accuracy per epoch): the snapshots' record says so, because
+    floating-point sums on another CPU or thread count can make a rerun drift."""
+    try:
+        record = json.loads(shipped_record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if record.get("command") != command:
+        return None
+    theirs = {h["epoch"]: h for h in record.get("history", [])}
+    pairs = [(h, theirs.get(h["epoch"])) for h in history]
+    same = bool(pairs) and all(t is not None and t["loss"] == h["loss"] and t["heldout_accuracy"] == h["heldout_accuracy"]
+                               for h, t in pairs)
+    return {"command": command, "same_epochs": same,
+            "epochs": [{"epoch": h["epoch"], "loss": h["loss"], "heldout_accuracy": h["heldout_accuracy"],
+                        "shipped_loss": t and t["loss"], "shipped_heldout_accuracy": t and t["heldout_accuracy"]}
+                       for h, t in pairs],
+            "note": "the snapshots are the shipped run's steps" if same else
+            "this rerun drifted from the shipped run (its epochs differ: torch on another CPU or thread count "
+            "sums differently): the snapshots share its seed, data, schedule and random init (step 0), not its "
+            "later weights"}
+
+
 def snapshot_file(step: int) -> str:
     """The file name of the training snapshot after ``step`` optimizer steps (the step is
     the last number in the name, as ``dissect report --weights 'DIR/*.safetensors'`` reads it)."""
@@ -155,12 +179,13 @@ def train_classifier(out_dir: str | Path | None = None, seed: int = 0, train_siz
             break
     command = f"dissect train toy-classifier --seed {seed} --train-size {train_size} --epochs {epochs}"
     if snap_steps:
+        shipped = compare_with_shipped(history, command, WEIGHTS_DIR / "toy_classifier.json")
         snap_record = {
             "model": "ToyClassifier", "weights_dtype": "float16",
             "command": command + " --snapshots " + ",".join(map(str, snap_steps)),
             "seed": seed, "train_size": train_size, "epochs": epochs, "batch_size": batch_size, "lr": lr,
             "steps_per_epoch": math.ceil(train_size / batch_size), "total_steps": steps,
-            "snapshots": snap_records, "epoch_history": history,
+            "snapshots": snap_records, "epoch_history": history, "shipped_run": shipped,
             "train_seconds": round(time.time() - t0), "tool_version": __version__,
             "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
             "platform": platform.platform(),
