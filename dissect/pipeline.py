@@ -39,7 +39,7 @@ from dissect.data.probe import open_probe_data
 from dissect.devices import resolve_device
 from dissect.errors import DissectError
 from dissect.experiments.ablation import AblationConfig, ablation_for_report
-from dissect.experiments.compare_runs import members_for_report, rotation_for_report
+from dissect.experiments.compare_runs import members_for_report, probe_subset, rotation_for_report
 from dissect.experiments.comparison import COMPARISON_VERSION
 from dissect.experiments.dissection import DissectConfig, dissect_layers, summarize_layer
 from dissect.experiments.generator import GeneratorExperimentConfig, generator_for_report
@@ -56,6 +56,9 @@ from dissect.version import __version__
 DEFAULT_MODELS = ("toy", "toygan")
 GENERATOR_QUANTILE = 0.01       # METHOD.md section 3: the 2020 default for generators
 GENERATOR_QUANTILE_SPACE = "upsampled"
+#: Images of the probe set on which the toy classifier's shipped snapshots and fine-tuned
+#: weights are compared (the first ones; the default report stays fast).
+SHIPPED_COMPARISON_IMAGES = 400
 
 
 @dataclass(frozen=True)
@@ -355,20 +358,27 @@ def _results(loaded: LoadedModel, layer_results: list[dict], probe: dict, config
 
 
 def _comparisons(loaded: LoadedModel, opts: ReportOptions, comparison: dict | None, run: Dissection,
-                 dataset, config: DissectConfig, parts: dict) -> dict | None:
+                 dataset, config: DissectConfig, parts: dict, **extra: Any) -> dict | None:
     """The results' ``comparison`` section: ``comparison`` (this weights' place among
     several), the shipped comparison weights of the toy classifier, the rotation experiment."""
     section = dict(comparison or {})
     path, alias = run.paths[-1]
-    shipped, final_step = ([], None)
+    shipped, final_step, note = ([], None, None)
     if opts.shipped_comparisons and comparison is None and loaded.weights == "builtin:toy_classifier":
-        shipped, final_step = toy_comparison_weights()
+        shipped, final_step, note = toy_comparison_weights()
     if shipped:
-        members = [(load_model(loaded.name, weights=str(w.path), input_size=loaded.input_size, progress=False),
-                    w.name, w.step, w.role) for w in shipped]
-        section.update(version=COMPARISON_VERSION, group=loaded.name, order=0, step=final_step, role="model",
-                       members=members_for_report(members, path, alias, dataset, config, parts, opts.cache / "stats",
-                                                  force=opts.force, progress=opts.progress))
+        # Cheap enough for the default report: the last layer, on the first images of the probe set,
+        # the trained model among them so that the whole series shares one probe set.
+        subset = probe_subset(dataset, SHIPPED_COMPARISON_IMAGES)
+        members = [(loaded, f"{loaded.name} (trained, step {final_step})", final_step, "model")] + [
+            (load_model(loaded.name, weights=str(w.path), input_size=loaded.input_size, progress=False),
+             w.name, w.step, w.role) for w in shipped]
+        section.update(version=COMPARISON_VERSION, group=loaded.name, order=0, step=None, role="model",
+                       members=members_for_report(
+                           members, path, alias, subset, config, _cache_parts(loaded, subset, **extra),
+                           opts.cache / "stats", force=opts.force, progress=opts.progress,
+                           probe={"num_images": len(subset)}),
+                       notes=[note] if note else [])
     if opts.rotate:
         rpath, ralias = resolve_layer(loaded, opts.rotate_layer) if opts.rotate_layer else (path, alias)
         section.setdefault("version", COMPARISON_VERSION)
@@ -398,7 +408,7 @@ def _classifier_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict |
         results["ablation"] = ablation_for_report(
             loaded, run.layer_results, probe.path,
             None if opts.ablation_data is None else str(opts.ablation_data), acfg, progress=opts.progress)
-    section = _comparisons(loaded, opts, comparison, run, dataset, config, parts)
+    section = _comparisons(loaded, opts, comparison, run, dataset, config, parts, input_size=loaded.input_size)
     if section:
         results["comparison"] = section
     return results, run.run_dir
@@ -424,7 +434,7 @@ def _generator_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict | 
             GeneratorExperimentConfig(device=config.device, batch_size=config.batch_size)
         results["generator"] = generator_for_report(loaded, run.layer_results, run.stats, dataset, seg,
                                                     run.run_dir, gcfg, progress=opts.progress)
-    section = _comparisons(loaded, opts, comparison, run, dataset, config, parts)
+    section = _comparisons(loaded, opts, comparison, run, dataset, config, parts, kind="generator")
     if section:
         results["comparison"] = section
     return results, run.run_dir

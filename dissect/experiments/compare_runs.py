@@ -55,19 +55,27 @@ def _dissect_side_by_side(nets: Sequence[nn.Module], path: str, dataset, config:
     return out
 
 
+def probe_subset(dataset, n: int):
+    """The first ``n`` images of ``dataset`` (all of them when it has fewer), as a dataset."""
+    subset = copy.copy(dataset)
+    subset.indices = list(dataset.indices[:n])
+    return subset
+
+
 def members_for_report(members: Sequence[tuple[LoadedModel, str, int | None, str]], path: str,
                        alias: str | None, dataset, config: DissectConfig, parts: dict, cache_dir: Path, *,
-                       force: bool = False, progress: bool = True) -> list[dict]:
+                       force: bool = False, progress: bool = True, probe: dict | None = None) -> list[dict]:
     """Each member ``(model, name, step, role)`` dissected at layer ``path`` on ``dataset``:
     the ``members`` of the results' ``comparison`` section. ``parts`` identifies the probe
-    set (the members' weights are added to it)."""
+    set (the members' weights are added to it); ``probe``: how ``dataset`` differs from the
+    model's probe set (e.g. ``{"num_images": 400}``)."""
     if not members:
         return []
     key = {**parts, "members": [m.weights_sha256 for m, _, _, _ in members]}
     summaries = _dissect_side_by_side([m.module for m, _, _, _ in members], path, dataset, config, key,
                                       cache_dir, force, progress)
     return [member_record(name, loaded.weights, loaded.weights_sha256, [{"alias": alias, **summary}],
-                          step=step, role=role)
+                          step=step, role=role, probe=probe)
             for (loaded, name, step, role), summary in zip(members, summaries)]
 
 

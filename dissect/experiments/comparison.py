@@ -73,25 +73,29 @@ def _layer_entry(layer: Record) -> Record:
 
 
 def member_record(name: str, weights: str, weights_sha256: str | None, layers: list[Record], *,
-                  step: int | None, role: str) -> Record:
-    """One member of a results' ``comparison`` section: weights dissected with the model, on
-    its probe set with its parameters, kept as per-unit labels only (no pages of its own)."""
+                  step: int | None, role: str, probe: Record | None = None) -> Record:
+    """One member of a results' ``comparison`` section: weights dissected with the model, with
+    its parameters, on its probe set or on the part of it that ``probe`` describes (the probe
+    fields that differ, e.g. ``num_images``), kept as per-unit labels only (no pages)."""
     return {"name": name, "weights": weights, "weights_sha256": weights_sha256, "step": step, "role": role,
-            "layers": [_layer_entry(layer) for layer in layers]}
+            "probe": dict(probe or {}), "layers": [_layer_entry(layer) for layer in layers]}
 
 
 def _runs(results: Record) -> list[Record]:
     """The runs a results dict holds: the model itself, then its comparison members."""
     comp = results.get("comparison") or {}
     slug = results["model"]["slug"]
-    group = comp.get("group") or results["model"].get("architecture") or results["model"]["name"]
-    own = {"name": results["model"]["name"], "model": slug, "href": f"{slug}/index.html",
+    group = comp.get("group") or results["model"]["name"]
+    key = comparable_key(results)
+    own = {"key": key, "name": results["model"]["name"], "model": slug, "href": f"{slug}/index.html",
            "weights": results["model"].get("weights"), "group": group, "step": comp.get("step"),
            "role": comp.get("role", "model"), "order": comp.get("order", 0),
            "layers": [_layer_entry(layer) for layer in results["layers"]]}
     runs = [own]
     for i, m in enumerate(comp.get("members") or []):
-        runs.append({"name": m["name"], "model": slug, "href": None, "weights": m.get("weights"),
+        mkey = {"probe": {**key["probe"], **{k: v for k, v in (m.get("probe") or {}).items() if k in key["probe"]}},
+                "params": key["params"]}
+        runs.append({"key": mkey, "name": m["name"], "model": slug, "href": None, "weights": m.get("weights"),
                      "group": group, "step": m.get("step"), "role": m.get("role", "weights"),
                      "order": comp.get("order", 0) + (i + 1) / 1000, "layers": m["layers"]})
     return runs
@@ -143,16 +147,18 @@ def build_comparison(all_results: list[Record]) -> Record | None:
     there is nothing to compare: no two comparable runs and no rotation experiment."""
     groups: list[Record] = []
     for results in all_results:
-        key = comparable_key(results)
         cats = list((results.get("probe") or {}).get("categories") or [])
-        for g in groups:
-            if g["key"] == key:
-                break
-        else:
-            g = {"key": key, "categories": [], "runs": []}
-            groups.append(g)
-        g["categories"] += [c for c in cats if c not in g["categories"]]
-        g["runs"] += _runs(results)
+        for run in _runs(results):
+            for g in groups:
+                if g["key"] == run["key"]:
+                    break
+            else:
+                g = {"key": run["key"], "categories": [], "runs": []}
+                groups.append(g)
+            g["categories"] += [c for c in cats if c not in g["categories"]]
+            g["runs"].append(run)
+            g.setdefault("notes", [])
+            g["notes"] += [n for n in (results.get("comparison") or {}).get("notes") or [] if n not in g["notes"]]
     rotations = [dict(r["comparison"]["rotation"], model=r["model"]["slug"], name=r["model"]["name"],
                       href=f"{r['model']['slug']}/index.html")
                  for r in all_results if (r.get("comparison") or {}).get("rotation")]
@@ -167,7 +173,8 @@ def build_comparison(all_results: list[Record]) -> Record | None:
                 for run in g["runs"] for layer in run["layers"]]
         out_groups.append({"key": g["key"], "categories": cats, "runs": [
             {k: run[k] for k in ("name", "model", "href", "weights", "group", "step", "role")} for run in g["runs"]],
-            "layers": bars, "series": _series(g["runs"], cats), "transitions": _transitions(g["runs"])})
+            "layers": bars, "series": _series(g["runs"], cats), "transitions": _transitions(g["runs"]),
+            "notes": g["notes"]})
     if not out_groups and not rotations:
         return None
     lone = [{"name": run["name"], "model": run["model"], "href": run["href"]}

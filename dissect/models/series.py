@@ -80,16 +80,23 @@ class ShippedWeights:
     role: str
 
 
-def toy_comparison_weights() -> tuple[list[ShippedWeights], int | None]:
-    """The toy classifier's shipped snapshots and its fine-tuned weights, with the step of the shipped trained weights (the end of the
-    snapshots' training run); ``([], None)`` when the files are missing."""
+def toy_comparison_weights() -> tuple[list[ShippedWeights], int | None, str | None]:
+    """The toy classifier's shipped snapshots and its fine-tuned weights, the step of the
+    shipped trained weights (the end of the snapshots' training run) and the record's note
+    on how the snapshot run relates to the shipped weights' run; ``([], None, None)`` when
+    the files are missing."""
     try:
         record = json.loads(TOY_SNAPSHOTS_RECORD.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return [], None
+        return [], None, None
     snaps = [s for s in record.get("snapshots", []) if (WEIGHTS_DIR / s["file"]).is_file()]
     out = [ShippedWeights(WEIGHTS_DIR / s["file"], f"toy @ step {s['step']}", int(s["step"]), "snapshot")
            for s in snaps]
     if TOY_FINETUNED.is_file():
         out.append(ShippedWeights(TOY_FINETUNED, "toy fine-tuned (object presence)", None, "finetuned"))
-    return out, record.get("total_steps")
+    shipped_run = record.get("shipped_run") or {}
+    note = None if shipped_run.get("same_epochs") or not shipped_run.get("note") else (
+        f"The training snapshots (steps {', '.join(str(s['step']) for s in snaps)}) come from a rerun of "
+        f"`{shipped_run.get('command')}`, the command that trained the shipped weights (step "
+        f"{record.get('total_steps')}); {shipped_run['note']}.")
+    return out, record.get("total_steps"), note

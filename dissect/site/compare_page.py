@@ -43,8 +43,11 @@ def _curve(xs: list[float], ys: dict[str, list[int]], cat_index: dict[str, int],
 
 
 def _sankey(tr: Record, cat_index: dict[str, int]) -> Record:
-    left = list(dict.fromkeys((lk["source"], lk["source_category"]) for lk in tr["links"]))
-    right = list(dict.fromkeys((lk["target"], lk["target_category"]) for lk in tr["links"]))
+    """The Sankey of the units with a label before or after (the units with none stay out of
+    the figure; the tables count them)."""
+    links = [lk for lk in tr["links"] if not (lk["source_category"] is None and lk["target_category"] is None)]
+    left = list(dict.fromkeys((lk["source"], lk["source_category"]) for lk in links))
+    right = list(dict.fromkeys((lk["target"], lk["target_category"]) for lk in links))
 
     def color(cat: str | None) -> str:
         return "#9aa0aa" if cat is None else PALETTE[cat_index.get(cat, 7)]
@@ -54,10 +57,10 @@ def _sankey(tr: Record, cat_index: dict[str, int]) -> Record:
             "type": "sankey", "arrangement": "snap",
             "node": {"label": [html.escape(n) for n, _ in left] + [html.escape(n) for n, _ in right],
                      "color": [color(c) for _, c in left + right], "pad": 8, "thickness": 14},
-            "link": {"source": [left.index((lk["source"], lk["source_category"])) for lk in tr["links"]],
-                     "target": [len(left) + right.index((lk["target"], lk["target_category"])) for lk in tr["links"]],
-                     "value": [lk["units"] for lk in tr["links"]],
-                     "color": ["rgba(120,130,150,0.35)"] * len(tr["links"])},
+            "link": {"source": [left.index((lk["source"], lk["source_category"])) for lk in links],
+                     "target": [len(left) + right.index((lk["target"], lk["target_category"])) for lk in links],
+                     "value": [lk["units"] for lk in links],
+                     "color": ["rgba(120,130,150,0.35)"] * len(links)},
         }],
         "layout": {**layout("", ""), "height": max(300, 14 * (len(left) + len(right)))},
     }
@@ -119,7 +122,7 @@ def _group_view(g: Record, gi: int, slugs: dict[tuple[str, str], str]) -> Record
         "categories": [{"name": c, "cls": _cls(cat_index, c)} for c in used],
         "unique_chart": _bars(g["layers"], used, cat_index, "unique_by_category", "unique detectors"),
         "units_chart": _bars(g["layers"], used, cat_index, "detectors_by_category", "detector units"),
-        "rows": rows, "series": series, "transitions": transitions,
+        "rows": rows, "series": series, "transitions": transitions, "notes": g.get("notes") or [],
     }
 
 
