@@ -238,7 +238,7 @@ def test_report_of_several_weights_and_its_comparison(tmp_path, toyworld_small):
     assert comp["schema"] == "dissect.comparison" and comp["version"] == 1
     (group,) = comp["groups"]
     own = {s: json.loads((out / s / "results.json").read_text())
-           for s in ("toy-classifier-step-00000", "toy-classifier")}
+           for s in ("toy_classifier_step_00000", "toy_classifier")}
     for row in group["layers"]:
         layer = next(layer for layer in own[row["model"]]["layers"] if (layer["alias"] or layer["name"]) == row["layer"])
         units, unique = _recount(layer)
@@ -247,7 +247,7 @@ def test_report_of_several_weights_and_its_comparison(tmp_path, toyworld_small):
     (series,) = group["series"]
     assert [p["step"] for p in series["points"]] == [0, 1316]
     (tr,) = group["transitions"]
-    a, b = (own[s]["layers"][0]["units"] for s in ("toy-classifier-step-00000", "toy-classifier"))
+    a, b = (own[s]["layers"][0]["units"] for s in ("toy_classifier_step_00000", "toy_classifier"))
     pairs = Counter((ua["label"] if ua["detector"] else NO_LABEL, ub["label"] if ub["detector"] else NO_LABEL)
                     for ua, ub in zip(a, b))
     assert {(lk["source"], lk["target"]): lk["units"] for lk in tr["links"]} == dict(pairs)
@@ -260,8 +260,8 @@ def test_report_of_several_weights_and_its_comparison(tmp_path, toyworld_small):
         drawn[(labels[s], labels[t])] += v
     assert drawn == Counter({k: v for k, v in pairs.items() if k != (NO_LABEL, NO_LABEL)})
     # rotation 0 is the unrotated layer
-    rot = own["toy-classifier"]["comparison"]["rotation"]
-    units, unique = _recount(own["toy-classifier"]["layers"][0])
+    rot = own["toy_classifier"]["comparison"]["rotation"]
+    units, unique = _recount(own["toy_classifier"]["layers"][0])
     assert rot["points"][0]["amount"] == 0.0
     assert {c: n for c, n in rot["points"][0]["unique_by_category"].items() if n} == dict(unique)
     assert rot["points"][0]["detectors"] == sum(units.values())
