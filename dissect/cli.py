@@ -6,7 +6,8 @@
 ``dissect fetch MODEL``      download everything a report on MODEL needs (for offline runs)
 ``dissect models``           list registered models: weights source, size, cached or not
 ``dissect layers MODEL``     list a model's layer names (paper aliases first)
-``dissect train toy-classifier``  retrain the shipped toy classifier
+``dissect train toy-classifier``  retrain the shipped toy classifier (``--snapshots``: its training snapshots)
+``dissect train toy-finetune``    fine-tune it on a changed task (the shipped fine-tuned weights)
 
 User errors print one line, ``dissect: error: ...``, and exit with status 2.
 """
@@ -36,6 +37,19 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _int_list(text: str | None, flag: str) -> list[int] | None:
+    """``"0,47,94"`` -> ``[0, 47, 94]`` (None stays None); non-negative integers only."""
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise DissectError(f"{flag} takes comma-separated whole numbers, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise DissectError(f"{flag} takes comma-separated whole numbers >= 0, got {text!r}")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .experiments.dissection import DissectConfig
     d = DissectConfig()
@@ -62,8 +76,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--segmenter-weights", default=None, metavar="PATH", help="the segmenter's weights: "
                    "a file, or for upp a folder holding encoder_epoch_40.pth, decoder_epoch_40.pth and "
                    "labels.json (default: its own, downloaded)")
-    r.add_argument("--weights", default=None, help="weights: a .pth/.pt/.safetensors state_dict "
-                   "file, or 'none' for random init (default: the model's own weights)")
+    r.add_argument("--weights", action="append", default=None, help="weights: a .pth/.pt/.safetensors "
+                   "state_dict file, or 'none' for random init (default: the model's own weights); "
+                   "repeatable, or a quoted glob: several weights of one model, each a section of the "
+                   "site, compared on the site's comparison page")
+    r.add_argument("--snapshot-steps", default=None, metavar="STEP,STEP,...", help="the training step "
+                   "of each --weights, in order (default: read from the file names when they differ "
+                   "only in a number, e.g. ckpt-100.pth, ckpt-200.pth)")
+    r.add_argument("--rotate", default=None, metavar="T,T,...", help="rotation experiment: dissect "
+                   "the layer with its units rotated by R(t), from the identity (0) to a random "
+                   "rotation (1), e.g. 0,0.25,0.5,0.75,1")
+    r.add_argument("--rotate-layer", default=None, metavar="NAME",
+                   help="layer of the rotation experiment (default: the deepest dissected layer)")
+    r.add_argument("--rotate-seed", type=int, default=0, help="seed of the random rotation (default 0)")
+    r.add_argument("--no-shipped-comparisons", action="store_true", help="the toy classifier: do not "
+                   "add its shipped training snapshots and fine-tuned weights to the comparison page")
     r.add_argument("--layer", action="append", default=[], metavar="NAME",
                    help="layer to dissect (dotted named_modules() path or alias like conv5_3); "
                    "repeatable (default: the model's last conv block)")
@@ -179,6 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--seed", type=int, default=0)
     tc.add_argument("--train-size", type=_positive_int, default=6000)
     tc.add_argument("--epochs", type=_positive_int, default=14)
+    tc.add_argument("--snapshots", default=None, metavar="STEP,STEP,...",
+                    help="also save float16 snapshots after these optimizer steps (0: the random "
+                    "init) and stop after the last one (the same run: same data order and schedule)")
+    tf = tsub.add_parser("toy-finetune", help="fine-tune the toy classifier on a changed task "
+                         "(which of six objects a scene shows)")
+    tf.add_argument("--out", default=None, help="folder for the weights (default: inside the package)")
+    tf.add_argument("--seed", type=int, default=0)
+    tf.add_argument("--train-size", type=_positive_int, default=3000)
+    tf.add_argument("--epochs", type=_positive_int, default=2)
     ts = tsub.add_parser("toy-segmenter", help="train the toy segmenter (objects and parts)")
     ts.add_argument("--out", default=None, help="folder for the weights (default: inside the package)")
     ts.add_argument("--seed", type=int, default=0)
@@ -249,6 +285,7 @@ def _ablation_config(args: argparse.Namespace):
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "report":
         from .experiments.dissection import DissectConfig
+        from .experiments.rotation import parse_rotations
         from .pipeline import DEFAULT_MODELS, ReportOptions, run_report
         config = DissectConfig(quantile=args.quantile or DissectConfig.quantile,
                                quantile_space=args.quantile_space or DissectConfig.quantile_space,
@@ -257,6 +294,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                                device=args.device, nonfinite=args.nonfinite)
         run_report(ReportOptions(
             model=args.model or list(DEFAULT_MODELS), weights=args.weights, layers=args.layer,
+            snapshot_steps=_int_list(args.snapshot_steps, "--snapshot-steps"),
+            rotate=parse_rotations(args.rotate) if args.rotate is not None else (),
+            rotate_layer=args.rotate_layer, rotate_seed=args.rotate_seed,
+            shipped_comparisons=not args.no_shipped_comparisons,
             input_size=args.input_size, kind=args.kind, z_dim=args.z_dim,
             data=args.data, data_size=args.data_size, data_seed=args.data_seed, split=args.split,
             config=config, ablation=_ablation_config(args), ablation_data=args.ablation_data,
@@ -323,7 +364,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     elif args.command == "train" and args.what == "toy-classifier":
         from .training.classifier import train_classifier
         train_classifier(out_dir=args.out, seed=args.seed, train_size=args.train_size,
-                         epochs=args.epochs)
+                         epochs=args.epochs, snapshots=_int_list(args.snapshots, "--snapshots"))
+    elif args.command == "train" and args.what == "toy-finetune":
+        from .training.finetune import finetune_classifier
+        finetune_classifier(out_dir=args.out, seed=args.seed, train_size=args.train_size, epochs=args.epochs)
     return 0
 
 

@@ -41,10 +41,14 @@ from dissect.devices import resolve_device
 from dissect.download import ensure_files
 from dissect.errors import DissectError, unknown_choice
 from dissect.experiments.ablation import AblationConfig, ablation_for_report
+from dissect.experiments.compare_runs import members_for_report, probe_subset, rotation_for_report
+from dissect.experiments.comparison import COMPARISON_VERSION
 from dissect.experiments.dissection import DissectConfig, dissect_layers, summarize_layer
 from dissect.experiments.generator import GeneratorExperimentConfig, generator_for_report
+from dissect.experiments.rotation import ROTATION_SEED
 from dissect.experiments.strips import render_unit_strips
 from dissect.models.loading import LoadedModel, from_module, load_model, resolve_layer
+from dissect.models.series import expand_weights, steps_from_names, toy_comparison_weights, weights_section_name
 from dissect.publish import format_size_report, site_size, zip_site
 from dissect.requirements import INSTEAD, ablation_probe, default_ablation_data, default_data_name, report_files
 from dissect.segmenters.registry import list_segmenters
@@ -56,6 +60,9 @@ from dissect.version import __version__
 DEFAULT_MODELS = ("toy", "toygan")
 GENERATOR_QUANTILE = 0.01       # METHOD.md section 3: the 2020 default for generators
 GENERATOR_QUANTILE_SPACE = "upsampled"
+#: Images of the probe set on which the toy classifier's shipped snapshots and fine-tuned
+#: weights are compared (the first ones; the default report stays fast).
+SHIPPED_COMPARISON_IMAGES = 400
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,13 @@ class ReportOptions:
     Models: ``model`` is one model or a sequence of them, each a registered name,
     ``package.module:callable``, an ``nn.Module`` or a :class:`LoadedModel`; ``weights``,
     ``layers``, ``input_size``, ``kind`` and ``z_dim`` apply to a single model.
+
+    Comparisons (``docs/compare.md``): ``weights`` may be a list (globs expanded), each
+    weights a section of the site named by its file, with training steps from
+    ``snapshot_steps`` or read from the file names; ``rotate`` (amounts from 0 to 1) runs the
+    rotation experiment on ``rotate_layer`` (default: the deepest dissected layer) with the
+    random rotation of ``rotate_seed``; ``shipped_comparisons`` adds, for the toy classifier
+    with its own weights, its shipped training snapshots and fine-tuned weights.
 
     Probe set (classifiers): ``data`` (``toyworld``, ``broden1_224``, ``broden1_227``, a
     Broden folder, or a folder of images labeled by ``segmenter``; default: the model's own,
@@ -94,7 +108,12 @@ class ReportOptions:
     """
 
     model: Any = DEFAULT_MODELS
-    weights: str | None = None
+    weights: str | Sequence[str] | None = None
+    snapshot_steps: Sequence[int] | None = None
+    rotate: Sequence[float] = ()
+    rotate_layer: str | None = None
+    rotate_seed: int = ROTATION_SEED
+    shipped_comparisons: bool = True
     layers: Sequence[str] = ()
     input_size: int | None = None
     kind: str | None = None
@@ -150,9 +169,37 @@ class ReportOptions:
         models = self.models
         if not models:
             raise DissectError("no model to report on; pass --model NAME")
-        if len(models) > 1 and (self.layers or self.weights is not None):
-            raise DissectError("--layer and --weights apply to one model: add --model NAME "
+        if len(models) > 1 and (self.layers or self.weights is not None or self.rotate):
+            raise DissectError("--layer, --weights and --rotate apply to one model: add --model NAME "
                                f"(this run reports {len(models)} models: {', '.join(map(str, models))})")
+        weights = self.weights_list
+        if self.snapshot_steps is not None and len(self.snapshot_steps) != len(weights):
+            raise DissectError(f"--snapshot-steps gives {len(self.snapshot_steps)} steps for "
+                               f"{len(weights)} --weights; give one step per weights file")
+        if any(not 0.0 <= t <= 1.0 for t in self.rotate):
+            raise DissectError(f"--rotate amounts go from 0 (no rotation) to 1 (a random rotation), got {list(self.rotate)}")
+
+    @property
+    def weights_list(self) -> list[str]:
+        """The ``weights`` choices, globs expanded ([] for the model's own)."""
+        if self.weights is None:
+            return []
+        return expand_weights([self.weights] if isinstance(self.weights, str) else list(self.weights))
+
+    def load_all(self, model: Any) -> list[tuple[LoadedModel, dict | None]]:
+        """``model`` loaded once per weights, each with its results' ``comparison`` section
+        (None for a single model)."""
+        weights = self.weights_list
+        if len(weights) < 2:
+            return [(self.load(model, weights[0] if weights else None), None)]
+        steps = list(self.snapshot_steps) if self.snapshot_steps is not None else steps_from_names(weights)
+        out = []
+        for i, w in enumerate(weights):
+            loaded = dataclasses.replace(self.load(model, w), name=weights_section_name(w))
+            step = steps[i] if steps else None
+            out.append((loaded, {"version": COMPARISON_VERSION, "group": str(model), "order": i, "step": step,
+                                 "role": "snapshot" if step is not None else "weights"}))
+        return out
 
     def read_notes(self) -> str | None:
         if self.notes is None:
@@ -176,14 +223,14 @@ class ReportOptions:
             else GENERATOR_QUANTILE_SPACE)
         return dataclasses.replace(config, quantile=quantile, quantile_space=space)
 
-    def load(self, model: Any) -> LoadedModel:
-        """``model`` as a :class:`LoadedModel` (loading it by name if needed)."""
+    def load(self, model: Any, weights: str | None = None) -> LoadedModel:
+        """``model`` as a :class:`LoadedModel` (loading it by name if needed, with ``weights``)."""
         if isinstance(model, LoadedModel):
             return model
         if isinstance(model, nn.Module):
             return from_module(model, name=type(model).__name__, input_size=self.input_size or 224,
                                kind=self.kind or "classifier", z_dim=self.z_dim)
-        return load_model(str(model), weights=self.weights, input_size=self.input_size,
+        return load_model(str(model), weights=weights, input_size=self.input_size,
                           progress=self.progress, kind=self.kind, z_dim=self.z_dim)
 
 
@@ -200,15 +247,15 @@ def run_report(opts: ReportOptions) -> Path:
     opts.validate()
     notes_md = opts.read_notes()
     ensure_files(report_files(opts), opts.progress, instead=INSTEAD)  # offline: fail before any work
-    loaded_all = [opts.load(m) for m in opts.models]
-    slugs = [slugify(m.name, "model") for m in loaded_all]
+    loaded_all = [pair for m in opts.models for pair in opts.load_all(m)]
+    slugs = [slugify(m.name, "model") for m, _ in loaded_all]
     if len(set(slugs)) != len(slugs):
         raise DissectError(f"two models share the name {slugs}; report them one at a time")
     runs, summaries = [], []
-    for loaded in loaded_all:
+    for loaded, comparison in loaded_all:
         t_model = time.time()
         run = _generator_run if loaded.kind == "generator" else _classifier_run
-        results, run_dir = run(loaded, opts)
+        results, run_dir = run(loaded, opts, comparison)
         seconds = time.time() - t_model
         results["provenance"]["seconds"] = None if opts.reproducible else round(seconds, 1)
         runs.append((results, run_dir))
@@ -327,7 +374,38 @@ def _results(loaded: LoadedModel, layer_results: list[dict], probe: dict, config
     }
 
 
-def _classifier_run(loaded: LoadedModel, opts: ReportOptions) -> tuple[dict, Path]:
+def _comparisons(loaded: LoadedModel, opts: ReportOptions, comparison: dict | None, run: Dissection,
+                 dataset, config: DissectConfig, parts: dict, **extra: Any) -> dict | None:
+    """The results' ``comparison`` section: ``comparison`` (this weights' place among
+    several), the shipped comparison weights of the toy classifier, the rotation experiment."""
+    section = dict(comparison or {})
+    path, alias = run.paths[-1]
+    shipped, final_step, note = ([], None, None)
+    if opts.shipped_comparisons and comparison is None and loaded.weights == "builtin:toy_classifier":
+        shipped, final_step, note = toy_comparison_weights()
+    if shipped:
+        # Cheap enough for the default report: the last layer, on the first images of the probe set,
+        # the trained model among them so that the whole series shares one probe set.
+        subset = probe_subset(dataset, SHIPPED_COMPARISON_IMAGES)
+        members = [(loaded, f"{loaded.name} (trained, step {final_step})", final_step, "model")] + [
+            (load_model(loaded.name, weights=str(w.path), input_size=loaded.input_size, progress=False),
+             w.name, w.step, w.role) for w in shipped]
+        section.update(version=COMPARISON_VERSION, group=loaded.name, order=0, step=None, role="model",
+                       members=members_for_report(
+                           members, path, alias, subset, config, _cache_parts(loaded, subset, **extra),
+                           opts.cache / "stats", force=opts.force, progress=opts.progress,
+                           probe={"num_images": len(subset)}),
+                       notes=[note] if note else [])
+    if opts.rotate:
+        rpath, ralias = resolve_layer(loaded, opts.rotate_layer) if opts.rotate_layer else (path, alias)
+        section.setdefault("version", COMPARISON_VERSION)
+        section["rotation"] = rotation_for_report(loaded, rpath, ralias, dataset, config, opts.rotate,
+                                                  opts.rotate_seed, parts, opts.cache / "stats",
+                                                  force=opts.force, progress=opts.progress)
+    return section or None
+
+
+def _classifier_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict | None = None) -> tuple[dict, Path]:
     config = opts.config_for(loaded.kind)
     paths = layer_paths(loaded, opts.layers)
     data = opts.data or default_data_name(loaded.spec)
@@ -354,10 +432,13 @@ def _classifier_run(loaded: LoadedModel, opts: ReportOptions) -> tuple[dict, Pat
             loaded, run.layer_results, probe.path if ablation_probe(data) else None,
             None if ablation_data is None else labeled_data_path(str(ablation_data), opts.cache),
             acfg, progress=opts.progress)
+    section = _comparisons(loaded, opts, comparison, run, dataset, config, parts, input_size=loaded.input_size)
+    if section:
+        results["comparison"] = section
     return results, run.run_dir
 
 
-def _generator_run(loaded: LoadedModel, opts: ReportOptions) -> tuple[dict, Path]:
+def _generator_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict | None = None) -> tuple[dict, Path]:
     config = opts.config_for(loaded.kind)
     paths = layer_paths(loaded, opts.layers)
     probe = open_generated_probe(loaded, opts.cache, opts.segmenter, opts.data_size, opts.data_seed,
@@ -377,4 +458,7 @@ def _generator_run(loaded: LoadedModel, opts: ReportOptions) -> tuple[dict, Path
             GeneratorExperimentConfig(device=config.device, batch_size=config.batch_size)
         results["generator"] = generator_for_report(loaded, run.layer_results, run.stats, dataset, seg,
                                                     run.run_dir, gcfg, progress=opts.progress)
+    section = _comparisons(loaded, opts, comparison, run, dataset, config, parts, kind="generator")
+    if section:
+        results["comparison"] = section
     return results, run.run_dir

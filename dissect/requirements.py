@@ -61,7 +61,8 @@ def model_files(model: Any, opts: Any) -> list[RemoteFile]:
     name = model if isinstance(model, str) else None
     if name is not None:   # a name: its weights are still to be read
         spec = get_model_spec(name) if is_registered(name) or ":" not in name else None
-        files = list(weights_files(spec, opts.weights))
+        choices = getattr(opts, "weights_list", None) or [None]   # each --weights, or the default
+        files = [f for w in choices for f in weights_files(spec, w)]
     else:                  # a LoadedModel (or nn.Module) holds its weights already
         spec, files = getattr(model, "spec", None), []
     kind = spec.kind if spec is not None else getattr(model, "kind", None) or opts.kind or "classifier"

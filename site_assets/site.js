@@ -136,7 +136,40 @@
     });
   }
 
-  function init() { initCharts(); initGrid(); initPager(); }
+  // ---- table.sortable: a click (or Enter) on a column head sorts the rows by it, again reverses
+  function initSortable() {
+    var tables = document.querySelectorAll("table.sortable");
+    Array.prototype.forEach.call(tables, function (table) {
+      var heads = table.tHead ? table.tHead.rows[0].cells : [];
+      var body = table.tBodies[0];
+      Array.prototype.forEach.call(heads, function (th, col) {
+        th.tabIndex = 0;
+        th.classList.add("sort-head");
+        function sort() {
+          var asc = th.getAttribute("aria-sort") !== "ascending";
+          Array.prototype.forEach.call(heads, function (h) { h.removeAttribute("aria-sort"); });
+          th.setAttribute("aria-sort", asc ? "ascending" : "descending");
+          var rows = Array.prototype.slice.call(body.rows);
+          var key = function (row) {
+            var cell = row.cells[col];
+            var v = cell.hasAttribute("data-sort") ? cell.getAttribute("data-sort") : cell.textContent.trim();
+            var n = Number(v.replace(/,/g, ""));
+            return v !== "" && !isNaN(n) ? n : v.toLowerCase();
+          };
+          rows.sort(function (a, b) {
+            var x = key(a), y = key(b);
+            var c = (typeof x === typeof y) ? (x < y ? -1 : x > y ? 1 : 0) : (typeof x === "number" ? -1 : 1);
+            return asc ? c : -c;
+          });
+          rows.forEach(function (r) { body.appendChild(r); });
+        }
+        th.addEventListener("click", sort);
+        th.addEventListener("keydown", function (e) { if (e.key === "Enter") sort(); });
+      });
+    });
+  }
+
+  function init() { initCharts(); initGrid(); initPager(); initSortable(); }
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
   else init();
 })();

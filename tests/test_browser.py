@@ -332,13 +332,51 @@ def test_screenshots_and_first_paint(browser, site):
 def test_hostile_strings_do_not_run(browser, site):
     sb = SiteBrowser(browser, site.resolve().as_uri() + "/", site)
     try:
-        for rel in ["index.html", "toy-hostile/index.html", "toy-hostile/features.3/index.html",
+        compare = ["compare.html"] if (site / "compare.html").is_file() else []
+        for rel in ["index.html", *compare, "toy-hostile/index.html", "toy-hostile/features.3/index.html",
                     "toy-hostile/features.3/unit-0002.html", "toy/index.html"]:
             v = sb.visit(rel)
             assert not v.problems, v.problems
         text = sb.page.text_content("body")
         assert "What we found" in text  # the notes are there, their script and image are not
         assert sb.page.eval_on_selector_all(".notes script, .notes img", "els => els.length") == 0
+        _assert_clean(sb.problems)
+    finally:
+        sb.close()
+
+
+def test_compare_page(browser, site):
+    """The comparison page: the toy's shipped snapshots and fine-tuned weights (added to every
+    report of the toy classifier) drawn as bars, a curve and a Sankey, the note that names the
+    runs it could not compare, and a table that sorts by a click or Enter on a column head."""
+    if not (site / "compare.html").is_file():
+        pytest.skip("the toy classifier's comparison weights are not shipped")
+    sb = SiteBrowser(browser, site.resolve().as_uri() + "/", site)
+    try:
+        sb.visit("index.html")
+        assert sb.page.get_attribute("#compare-link", "href") == "compare.html"
+        v = sb.visit("compare.html")
+        assert not v.problems, v.problems
+        assert v.info["charts"] >= 4
+        assert sb.page.eval_on_selector_all("[id^=chart-sankey] g.sankey", "els => els.length") >= 1
+        assert sb.page.eval_on_selector_all("[id^=chart-series] .scatterlayer .trace", "els => els.length") >= 1
+        note = sb.page.text_content("#not-comparable")
+        assert 'a"b<c>' in note and "probe.index_sha256" in note
+        counts = sb.page.text_content("[id$=-counts]")
+        assert "units kept its label" in counts and "units changed label" in counts
+        table = "table.sortable[id$=-table]"
+        col = sb.page.eval_on_selector_all(f"{table} thead th", "ths => ths.map(t => t.textContent.trim())").index("Unique")
+
+        def column():
+            return sb.page.eval_on_selector_all(
+                f"{table} tbody tr", f"rows => rows.map(r => Number(r.cells[{col}].textContent.replace(/,/g, '')))")
+
+        sb.page.click(f"{table} thead th:nth-child({col + 1})")
+        assert column() == sorted(column()) and sb.page.get_attribute(
+            f"{table} thead th:nth-child({col + 1})", "aria-sort") == "ascending"
+        sb.page.focus(f"{table} thead th:nth-child({col + 1})")
+        sb.page.keyboard.press("Enter")
+        assert column() == sorted(column(), reverse=True)
         _assert_clean(sb.problems)
     finally:
         sb.close()

@@ -29,9 +29,12 @@ def test_wheel_carries_templates_assets_and_weights(tmp_path):
         assert f"dissect/_site_assets/{a.name}" in names
     assert "dissect/models/weights/toy_classifier.safetensors" in names
     assert "dissect/models/weights/toy_classifier.json" in names
-    for model in ("toy_generator", "toy_segmenter"):
+    for model in ("toy_generator", "toy_segmenter", "toy_finetuned"):
         assert f"dissect/models/weights/{model}.safetensors" in names
         assert f"dissect/models/weights/{model}.json" in names
+    # the toy classifier's training snapshots, for the comparison page
+    assert "dissect/models/weights/toy_classifier_snapshots.json" in names
+    assert "dissect/models/weights/toy_classifier_step_00000.safetensors" in names
 
 
 def test_distribution_name_is_not_the_forensics_framework():

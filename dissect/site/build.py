@@ -20,9 +20,11 @@ import jinja2
 from markupsafe import Markup
 
 from dissect.errors import DissectError
+from dissect.experiments.comparison import build_comparison
 from dissect.site import views
-from dissect.site.context import ModelContext, index_context
 from dissect.atomic import clean_leftovers, folder_lock, fresh_dir, is_temp_name
+from dissect.site.compare_page import compare_page
+from dissect.site.context import ModelContext, compare_context, index_context
 from dissect.site.folder import MARKER, OWNED, copy_tree, existing_models, site_target, swap
 from dissect.site.format import unit_file, unit_label
 from dissect.site.images import write_strip
@@ -256,13 +258,19 @@ def _build_and_swap(env, out: Path, prepared, seen, version, reproducible, thumb
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise DissectError(f"cannot read {out / s / 'results.json'} of the existing site: {exc}") from exc
         rows = [views.index_row(all_results[s]) for s in sorted(all_results)]
+        comparison = build_comparison([all_results[s] for s in sorted(all_results)])
 
         assets = tmp / "assets"
         assets.mkdir()
         for name in ASSETS:
             (assets / name).write_bytes(asset_bytes(name))
         (assets / "plotly.min.js").write_bytes(plotly_js())
-        _render(env, tmp / "index.html", "index.html", index_context(rows, version), views.index_page(rows))
+        _render(env, tmp / "index.html", "index.html", index_context(rows, version),
+                {**views.index_page(rows), "compare_href": "compare.html" if comparison else None})
+        if comparison:
+            _write(tmp / "comparison.json", _dump_json(comparison))
+            _render(env, tmp / "compare.html", "compare.html", compare_context(version),
+                    compare_page(comparison, [all_results[s] for s in sorted(all_results)]))
         (tmp / ".nojekyll").write_bytes(b"")
         marker = {"tool": "dissect", "tool_version": version, "schema_version": 1, "models": sorted(all_results)}
         _write(tmp / MARKER, _dump_json(marker))

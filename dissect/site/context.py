@@ -37,6 +37,17 @@ def index_context(rows: list[dict[str, Any]], version: str) -> dict[str, Any]:
     )
 
 
+def compare_context(version: str) -> dict[str, Any]:
+    """The shared context of the comparison page (``SITE/compare.html``)."""
+    return page_context(
+        title="Comparison · network dissection",
+        root="",
+        breadcrumbs=[{"label": _ALL_MODELS, "href": "index.html"}, {"label": "Comparison", "href": None}],
+        footer={"version": version, "links": [{"label": "comparison.json", "href": "comparison.json"}]},
+        plotly=True,
+    )
+
+
 class ModelContext:
     """What every page of one model needs: categories, colors, the threshold, the shared context."""
 

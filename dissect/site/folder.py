@@ -14,7 +14,7 @@ from dissect.errors import DissectError
 #: The file at the root of every dissect site (it lists the site's models).
 MARKER = ".dissect-site"
 #: Top-level names the site owns; anything else in an existing site is kept as it is.
-OWNED = {"index.html", "assets", ".nojekyll", MARKER}
+OWNED = {"index.html", "compare.html", "comparison.json", "assets", ".nojekyll", MARKER}
 
 
 #: Free space below which a site is not started (plotly alone is about 4.6 MB; a site of the
