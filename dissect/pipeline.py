@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from dissect import distributed
 from dissect.cache import cache_key, default_cache_dir
 from dissect.data.generated import open_generated_probe
 from dissect.data.probe import open_probe_data
@@ -184,6 +185,7 @@ def run_report(opts: ReportOptions) -> Path:
     """Run the report that ``opts`` describes (see :func:`report`)."""
     t0 = time.time()
     opts.validate()
+    distributed.init_from_env(opts.dissect_config.device)
     notes_md = opts.read_notes()
     loaded_all = [opts.load(m) for m in opts.models]
     slugs = [slugify(m.name, "model") for m in loaded_all]
@@ -200,6 +202,8 @@ def run_report(opts: ReportOptions) -> Path:
         summaries.append((loaded.name, results["layers"], seconds))
 
     out = Path(opts.out)
+    if not distributed.is_main():   # rank 0 writes the site
+        return out / "index.html"
     site_dir = write_site(out, runs, reproducible=opts.reproducible, notes_md=notes_md,
                           thumb_height=opts.thumb_height, jpeg_quality=opts.jpeg_quality)
     zip_bytes = zip_site(out, opts.zip_path).stat().st_size if opts.zip_path is not None else None
@@ -253,10 +257,11 @@ def _dissect(loaded: LoadedModel, paths: list[tuple[str, str | None]], dataset, 
     for path, alias in paths:
         slug = slugify(alias or path, "model")
         summary = summarize_layer(stats[path], dataset, config)
-        strips = render_unit_strips(stats[path], dataset, run_dir, slug,
-                                    tile_size=config.tile_size, progress=opts.progress)
-        for unit, strip in zip(summary["units"], strips):
-            unit["strip"] = strip
+        if distributed.is_main():   # the images go to the site, which rank 0 writes
+            strips = render_unit_strips(stats[path], dataset, run_dir, slug,
+                                        tile_size=config.tile_size, progress=opts.progress)
+            for unit, strip in zip(summary["units"], strips):
+                unit["strip"] = strip
         layer_results.append({"name": path, "alias": alias, "slug": slug, **summary})
     return Dissection(paths, stats, layer_results, run_dir)
 
@@ -313,8 +318,9 @@ def _results(loaded: LoadedModel, layer_results: list[dict], probe: dict, config
 def _classifier_run(loaded: LoadedModel, opts: ReportOptions) -> tuple[dict, Path]:
     config = opts.config_for(loaded.kind)
     paths = layer_paths(loaded, opts.layers)
-    probe = open_probe_data(opts.data, loaded.input_size, loaded.mean, loaded.std, opts.cache,
-                            opts.data_size, opts.data_seed, opts.split, opts.progress)
+    with distributed.main_first():   # rank 0 writes the cached probe set, the others read it
+        probe = open_probe_data(opts.data, loaded.input_size, loaded.mean, loaded.std, opts.cache,
+                                opts.data_size, opts.data_seed, opts.split, opts.progress)
     dataset = probe.dataset
     parts = _cache_parts(loaded, dataset, input_size=loaded.input_size)
     run = _dissect(loaded, paths, dataset, config, opts, parts)
@@ -336,9 +342,10 @@ def _classifier_run(loaded: LoadedModel, opts: ReportOptions) -> tuple[dict, Pat
 def _generator_run(loaded: LoadedModel, opts: ReportOptions) -> tuple[dict, Path]:
     config = opts.config_for(loaded.kind)
     paths = layer_paths(loaded, opts.layers)
-    probe = open_generated_probe(loaded, opts.cache, opts.segmenter, opts.data_size, opts.data_seed,
-                                 batch_size=config.batch_size, device=resolve_device(config.device),
-                                 progress=opts.progress)
+    with distributed.main_first():   # rank 0 writes the cached probe set, the others read it
+        probe = open_generated_probe(loaded, opts.cache, opts.segmenter, opts.data_size, opts.data_seed,
+                                     batch_size=config.batch_size, device=resolve_device(config.device),
+                                     progress=opts.progress)
     dataset, seg = probe.dataset, probe.segmenter
     parts = _cache_parts(loaded, dataset, kind="generator")
     run = _dissect(loaded, paths, dataset, config, opts, parts)

@@ -358,13 +358,16 @@ def collate(items: list[dict]) -> dict:
     return out
 
 
-def make_loader(dataset: BrodenDataset, batch_size: int = 64, num_workers: int | None = None):
-    """A loader that decodes images in parallel worker processes, in index order."""
+def make_loader(dataset: BrodenDataset, batch_size: int = 64, num_workers: int | None = None,
+                pin_memory: bool = False):
+    """A loader that decodes images in parallel worker processes, in index order, up to four
+    batches ahead of the model; ``pin_memory`` (for a CUDA model) lets the copies to the
+    device overlap the compute (``non_blocking``)."""
     if num_workers is None:
         num_workers = min(4, os.cpu_count() or 1)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        collate_fn=collate, pin_memory=False,
+        collate_fn=collate, pin_memory=pin_memory,
         persistent_workers=False, prefetch_factor=4 if num_workers else None)
 
 
