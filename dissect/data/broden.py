@@ -250,11 +250,15 @@ class BrodenIndex:
 
 
 def decode_label_png(path: Path) -> np.ndarray:
-    """Label numbers of a Broden PNG: ``R + 256 * G``."""
+    """Label numbers of a Broden PNG: ``R + 256 * G`` (computed on the two channels only,
+    without an int64 copy of the whole image)."""
     with Image.open(path) as im:
         if im.mode in ("RGB", "RGBA"):
-            a = np.asarray(im.convert("RGB"), dtype=np.int64)
-            return a[..., 0] + 256 * a[..., 1]
+            a = np.asarray(im)
+            out = a[..., 1].astype(np.int64)
+            out <<= 8
+            out |= a[..., 0]
+            return out
         return np.asarray(im, dtype=np.int64)
 
 
@@ -327,7 +331,7 @@ class BrodenDataset(torch.utils.data.Dataset):
                     lab = decode_label_png(self.index.file(name))
                     if lab.shape != (sh, sw):
                         lab = np.asarray(Image.fromarray(lab.astype(np.int32)).resize((sw, sh), Image.NEAREST))
-                    layers.append(torch.from_numpy(lab.astype(np.int64)))
+                    layers.append(torch.from_numpy(lab if lab.dtype == np.int64 else lab.astype(np.int64)))
                 item["pixel_labels"] = (torch.stack(layers) if layers
                                         else torch.zeros((0, sh, sw), dtype=torch.long))
                 item["image_labels"] = torch.tensor(rec.image_labels, dtype=torch.long)
