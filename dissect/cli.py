@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--nonfinite", choices=["error", "invalid"], default=d.nonfinite,
                    help="activations that are NaN or infinite: 'error' stops the run naming the layer, "
                    "units and images (default); 'invalid' reports those units as invalid")
+    r.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "bf16", "fp16"],
+                   help="the dissection's forward pass: auto (bf16 or fp16 autocast on CUDA, fp32 on "
+                   "the CPU), fp32, bf16 or fp16; the statistics are always float32 or wider")
+    r.add_argument("--cache-budget", type=int, default=d.activation_cache_mb, metavar="MB",
+                   help="keep pass-1 activations in memory up to MB for pass 2 (default "
+                   f"{d.activation_cache_mb}); past it, pass 2 runs the model again")
     r.add_argument("--out", default="site", help="site folder (default: site)")
     r.add_argument("--cache-dir", default=None, help="cache folder (default: $DISSECT_CACHE "
                    "or ~/.cache/dissect)")
@@ -291,7 +297,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                                quantile_space=args.quantile_space or DissectConfig.quantile_space,
                                iou_threshold=args.iou_threshold, top_k=args.top_k,
                                batch_size=args.batch_size, num_workers=args.workers,
-                               device=args.device, nonfinite=args.nonfinite)
+                               device=args.device, nonfinite=args.nonfinite, precision=args.precision,
+                               activation_cache_mb=args.cache_budget)
         run_report(ReportOptions(
             model=args.model or list(DEFAULT_MODELS), weights=args.weights, layers=args.layer,
             snapshot_steps=_int_list(args.snapshot_steps, "--snapshot-steps"),
@@ -388,7 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args, argv)
     except DissectError as e:
-        print(f"dissect: error: {e}", file=sys.stderr)
+        ranks = sys.modules.get("dissect.distributed")   # loaded only by a report
+        where = f" (rank {ranks.rank()} of {ranks.world_size()})" if ranks is not None and ranks.active() else ""
+        print(f"dissect: error{where}: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `dissect layers vgg16 | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

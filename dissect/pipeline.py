@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from dissect import distributed
 from dissect.cache import cache_key, default_cache_dir
 from dissect.data.catalog import labeled_data_path
 from dissect.data.generated import open_generated_probe
@@ -245,6 +246,7 @@ def run_report(opts: ReportOptions) -> Path:
     """Run the report that ``opts`` describes (see :func:`report`)."""
     t0 = time.time()
     opts.validate()
+    distributed.init_from_env(opts.dissect_config.device)
     notes_md = opts.read_notes()
     ensure_files(report_files(opts), opts.progress, instead=INSTEAD)  # offline: fail before any work
     loaded_all = [pair for m in opts.models for pair in opts.load_all(m)]
@@ -262,6 +264,8 @@ def run_report(opts: ReportOptions) -> Path:
         summaries.append((loaded.name, results["layers"], seconds))
 
     out = Path(opts.out)
+    if not distributed.is_main():   # rank 0 writes the site
+        return out / "index.html"
     site_dir = write_site(out, runs, reproducible=opts.reproducible, notes_md=notes_md,
                           thumb_height=opts.thumb_height, jpeg_quality=opts.jpeg_quality)
     zip_bytes = zip_site(out, opts.zip_path).stat().st_size if opts.zip_path is not None else None
@@ -315,10 +319,11 @@ def _dissect(loaded: LoadedModel, paths: list[tuple[str, str | None]], dataset, 
     for path, alias in paths:
         slug = slugify(alias or path, "model")
         summary = summarize_layer(stats[path], dataset, config)
-        strips = render_unit_strips(stats[path], dataset, run_dir, slug,
-                                    tile_size=config.tile_size, progress=opts.progress)
-        for unit, strip in zip(summary["units"], strips):
-            unit["strip"] = strip
+        if distributed.is_main():   # the images go to the site, which rank 0 writes
+            strips = render_unit_strips(stats[path], dataset, run_dir, slug,
+                                        tile_size=config.tile_size, progress=opts.progress)
+            for unit, strip in zip(summary["units"], strips):
+                unit["strip"] = strip
         layer_results.append({"name": path, "alias": alias, "slug": slug, **summary})
     return Dissection(paths, stats, layer_results, run_dir)
 
@@ -409,9 +414,10 @@ def _classifier_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict |
     config = opts.config_for(loaded.kind)
     paths = layer_paths(loaded, opts.layers)
     data = opts.data or default_data_name(loaded.spec)
-    probe = open_probe_data(data, loaded.input_size, loaded.mean, loaded.std, opts.cache,
-                            opts.data_size, opts.data_seed, opts.split, opts.progress, opts.segmenter,
-                            opts.segmenter_weights, config.batch_size, resolve_device(config.device))
+    with distributed.main_first():   # rank 0 writes the cached probe set, the others read it
+        probe = open_probe_data(data, loaded.input_size, loaded.mean, loaded.std, opts.cache,
+                                opts.data_size, opts.data_seed, opts.split, opts.progress, opts.segmenter,
+                                opts.segmenter_weights, config.batch_size, resolve_device(config.device))
     dataset = probe.dataset
     parts = _cache_parts(loaded, dataset, opts.hash_files, input_size=loaded.input_size)
     run = _dissect(loaded, paths, dataset, config, opts, parts)
@@ -441,9 +447,10 @@ def _classifier_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict |
 def _generator_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict | None = None) -> tuple[dict, Path]:
     config = opts.config_for(loaded.kind)
     paths = layer_paths(loaded, opts.layers)
-    probe = open_generated_probe(loaded, opts.cache, opts.segmenter, opts.data_size, opts.data_seed,
-                                 batch_size=config.batch_size, device=resolve_device(config.device),
-                                 progress=opts.progress, segmenter_weights=opts.segmenter_weights)
+    with distributed.main_first():   # rank 0 writes the cached probe set, the others read it
+        probe = open_generated_probe(loaded, opts.cache, opts.segmenter, opts.data_size, opts.data_seed,
+                                     batch_size=config.batch_size, device=resolve_device(config.device),
+                                     progress=opts.progress, segmenter_weights=opts.segmenter_weights)
     dataset, seg = probe.dataset, probe.segmenter
     parts = _cache_parts(loaded, dataset, opts.hash_files, kind="generator")
     run = _dissect(loaded, paths, dataset, config, opts, parts)

@@ -411,10 +411,21 @@ def test_ablation_and_insertion_numbers_match_brute_force():
             o[:, units] = 0
             return o
         assert point["fraction"] == pytest.approx(frac(_brute_images(gen, layer, z, zero)), abs=1e-6)
-        rnd = [frac(_brute_images(gen, layer, z, lambda o, u=u: torch.where(
-            torch.isin(torch.arange(o.shape[1]), torch.tensor(u)).view(1, -1, 1, 1), torch.zeros_like(o), o)))
-            for u in point["random_units"]]
-        assert point["random_fraction"] == pytest.approx(float(np.mean(rnd)), abs=1e-6)
+        # random set d ablates latents d, d + D, d + 2D, ... (D = random_draws): the baseline is
+        # the mean over all latents, each with its own set, and the range is over the sets
+        draws = len(point["random_units"])
+        assert draws == cfg.random_draws
+        rnd, drops = 0.0, []
+        for d, u in enumerate(point["random_units"]):
+            zd = z[d::draws]
+            f = frac(_brute_images(gen, layer, zd, lambda o, u=u: torch.where(
+                torch.isin(torch.arange(o.shape[1]), torch.tensor(u)).view(1, -1, 1, 1), torch.zeros_like(o), o)))
+            rnd += f * len(zd) / len(z)
+            b = frac(_brute_images(gen, layer, zd, lambda o: o))
+            drops += [1 - f / b] if b > 0 else []     # a set whose latents hold no concept: no drop
+        assert point["random_fraction"] == pytest.approx(rnd, abs=1e-6)
+        assert point["random_drop_min"] == (pytest.approx(min(drops), abs=1e-6) if drops else None)
+        assert point["random_drop_max"] == (pytest.approx(max(drops), abs=1e-6) if drops else None)
 
     values = torch.rand(64) * 5
     ins, _ = insertion_experiment(runner, seg, concept, iou_row, values, cfg, z[:4], [acts[0]])
@@ -431,4 +442,19 @@ def test_ablation_and_insertion_numbers_match_brute_force():
             total += (after & ~before).sum().item()
     main = next(p for p in ins["curve"] if p["n"] == 3)
     assert main["added_pixels"] == pytest.approx(total / 16, abs=1e-6)
+    # the curve's other N and the random baseline: the first curve_samples latents, every position
+    k = cfg.curve_samples
+    assert ins["curve_samples"] == k
+    for n, units in ((1, top[:1]), (None, ins["random_units"])):
+        got = 0.0
+        for y in (0, 8):
+            for x in (0, 8):
+                def put(o, y=y, x=x, units=units):
+                    o = o.clone()
+                    o[:, units, y:y + 8, x:x + 8] = values[units].view(1, -1, 1, 1)
+                    return o
+                after = seg.segment(_brute_images(gen, layer, z[:k], put))[:, 0] == seg.number(concept)
+                got += (after & ~before[:k]).sum().item()
+        want = ins["random_added_pixels"] if n is None else next(p for p in ins["curve"] if p["n"] == 1)["added_pixels"]
+        assert want == pytest.approx(got / (4 * k), abs=1e-6)
     assert sum(c["count"] for c in ins["contexts"]) == 16

@@ -303,11 +303,15 @@ class BrodenIndex:
 
 
 def decode_label_png(path: Path) -> np.ndarray:
-    """Label numbers of a Broden PNG: ``R + 256 * G``."""
+    """Label numbers of a Broden PNG: ``R + 256 * G`` (computed on the two channels only,
+    without an int64 copy of the whole image)."""
     with Image.open(path) as im:
         if im.mode in ("RGB", "RGBA"):
-            a = np.asarray(im.convert("RGB"), dtype=np.int64)
-            return a[..., 0] + 256 * a[..., 1]
+            a = np.asarray(im)
+            out = a[..., 1].astype(np.int64)
+            out <<= 8
+            out |= a[..., 0]
+            return out
         return np.asarray(im, dtype=np.int64)
 
 
@@ -381,7 +385,7 @@ class BrodenDataset(torch.utils.data.Dataset):
                     self.index.check_label_numbers(lab, name)
                     if lab.shape != (sh, sw):
                         lab = np.asarray(Image.fromarray(lab.astype(np.int32)).resize((sw, sh), Image.NEAREST))
-                    layers.append(torch.from_numpy(lab.astype(np.int64)))
+                    layers.append(torch.from_numpy(lab if lab.dtype == np.int64 else lab.astype(np.int64)))
                 item["pixel_labels"] = (torch.stack(layers) if layers
                                         else torch.zeros((0, sh, sw), dtype=torch.long))
                 item["image_labels"] = torch.tensor(rec.image_labels, dtype=torch.long)
@@ -435,13 +439,16 @@ class Loader:
             yield batch
 
 
-def make_loader(dataset: BrodenDataset, batch_size: int = 64, num_workers: int | None = None) -> Loader:
-    """A loader that decodes images in parallel worker processes, in index order."""
+def make_loader(dataset: BrodenDataset, batch_size: int = 64, num_workers: int | None = None,
+                pin_memory: bool = False) -> Loader:
+    """A loader that decodes images in parallel worker processes, in index order, up to four
+    batches ahead of the model; ``pin_memory`` (for a CUDA model) lets the copies to the
+    device overlap the compute (``non_blocking``)."""
     if num_workers is None:
         num_workers = min(4, os.cpu_count() or 1)
     return Loader(torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        collate_fn=collate, pin_memory=False,
+        collate_fn=collate, pin_memory=pin_memory,
         persistent_workers=False, prefetch_factor=4 if num_workers else None))
 
 

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..data.labeled import (CLASS_CATEGORY, EVAL_SPLIT, RANK_SPLIT, LabeledData, LabeledSplit,
                             labeled_batches, open_labeled_data)
 from ..devices import resolve_device
@@ -290,6 +291,13 @@ class AblationRunner(LayerRunner):
         masks = masks.to(self.device, torch.float32)
         if masks.dim() != 2 or masks.shape[1] != self.num_units:
             raise ValueError(f"masks must be [M, {self.num_units}], got {list(masks.shape)}")
+        if distributed.active():   # each process evaluates its share of the ablations
+            lo, hi = distributed.shard(masks.shape[0])
+            parts = distributed.gather_objects([t.cpu() for t in self._run(masks[lo:hi], progress, desc)])
+            return tuple(torch.cat([p[i] for p in parts]).to(self.device) for i in range(2))
+        return self._run(masks, progress, desc)
+
+    def _run(self, masks: Tensor, progress: bool, desc: str) -> tuple[Tensor, Tensor]:
         M, n, K = masks.shape[0], len(self.labels), self.num_outputs
         preds = torch.empty(M, n, dtype=torch.long, device=self.device)
         pos = torch.zeros(M, K, dtype=torch.float64, device=self.device)

@@ -25,12 +25,14 @@ from tqdm.auto import tqdm
 from dissect.version import __version__
 
 from ..atomic import atomic_save, clean_leftovers
+from .. import distributed
 from ..cache import cache_key
 from ..data.broden import BrodenDataset, make_loader, warn_bad
 from ..devices import resolve_device
 from ..errors import DissectError
 from ..hooks import Trace
 from ..stats.finite import NONFINITE_POLICIES, FiniteCheck
+from ..inference import PRECISIONS, autocast, resolve_precision
 from ..stats.iou import IoUTally
 from ..stats.quantile import TopQuantile
 from ..stats.topk import TopK
@@ -51,7 +53,8 @@ class DissectConfig:
     batch_size: int = 64
     num_workers: int | None = None   # image decoding processes (None: up to 4)
     device: str = "auto"             # auto | cpu | cuda | cuda:N
-    activation_cache_mb: int = 2048  # keep pass-1 activations for pass 2 up to this size
+    activation_cache_mb: int = 2048  # --cache-budget: keep pass-1 activations for pass 2 up to this size
+    precision: str = "auto"          # auto | fp32 | bf16 | fp16: the forward pass (autocast); tallies stay float32+
     tile_size: int = 0               # unit image tile size in px (0: label size, >= 96)
     nonfinite: str = "error"         # NaN/inf activations: "error" stops, "invalid" reports the units
 
@@ -68,6 +71,10 @@ class DissectConfig:
             raise DissectError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.nonfinite not in NONFINITE_POLICIES:
             raise DissectError(f"--nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, not {self.nonfinite!r}")
+        if self.activation_cache_mb < 0:
+            raise DissectError(f"--cache-budget must be at least 0 MB, got {self.activation_cache_mb}")
+        if self.precision not in PRECISIONS:
+            raise DissectError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def stats_key(self) -> dict:
         """The fields that change the tallied statistics (the cache key)."""
@@ -133,6 +140,7 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
     """
     config.validate()
     device = resolve_device(config.device)
+    dtype = resolve_precision(config.precision, device)     # None: float32
     index = dataset.index
     n = len(dataset)
     if n == 0:
@@ -143,7 +151,7 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
     if cache_dir is not None and cache_parts is not None:
         for layer in layers:
             key = cache_key(cache_parts, layer, config.stats_key(), n, __version__,
-                            index.annotation_rule)
+                            index.annotation_rule, *([str(dtype)] if dtype is not None else []))
             paths[layer] = Path(cache_dir) / f"stats-{key}.pt"
             if paths[layer].is_file() and not force:
                 try:
@@ -165,40 +173,62 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
     upsampled = config.quantile_space == "upsampled"
 
     # ----------------------------------------------------------------- pass 1
-    # When the layers' activations (and the labels) for the whole probe set fit the
-    # budget, pass 1 keeps them and pass 2 reads them from memory: one pass over the data.
-    quant, topk = {}, {}
-    budget = config.activation_cache_mb * 2 ** 20
-    label_bytes = len(dataset) * 8 * sh * sw * 2    # up to 8 label layers as int16
-    need = sum(n * int(np.prod(s)) * 4 for s in shapes.values()) + label_bytes
-    keep = need <= budget
+    # Pass 1 keeps the activations (and labels) of the first images of this process's shard
+    # of the probe set while they fit the budget; pass 2 reads those from memory and runs
+    # the model again only for the rest. One pass over the data when the whole shard fits;
+    # memory is the budget plus a constant, whatever the probe set's size.
+    lo, hi = distributed.shard(n)
+    per_image = sum(int(np.prod(s)) * 4 for s in shapes.values()) + 8 * sh * sw * 2  # <= 8 int16 label layers
+    n_keep = min(hi - lo, config.activation_cache_mb * 2 ** 20 // per_image)
     cached: list[tuple[dict, dict]] = []  # per batch: (activations per layer, labels)
-    for layer, (c, h, w) in shapes.items():
-        per_image = (sh * sw) if upsampled else (h * w)
-        quant[layer] = TopQuantile(c, config.quantile, n * per_image, device=device)
-        topk[layer] = TopK(c, config.top_k, (h, w), device=device)
-    pass1 = dataset if keep else _view(dataset, with_labels=False)
+
+    def new_quantile(layer: str) -> TopQuantile:
+        c, h, w = shapes[layer]
+        return TopQuantile(c, config.quantile, n * ((sh * sw) if upsampled else (h * w)), device=device)
+
+    def new_topk(layer: str) -> TopK:
+        return TopK(shapes[layer][0], config.top_k, shapes[layer][1:], device=device)
+
+    quant = {layer: new_quantile(layer) for layer in todo}
+    topk = {layer: new_topk(layer) for layer in todo}
+    pin = device.type == "cuda"
+
+    def loader(start: int, stop: int, labels: bool):
+        """Batches of probe images ``[start, stop)`` (their ``index`` counted from 0 over the
+        whole probe set), with or without labels."""
+        if stop > start:
+            part = _view(dataset, indices=dataset.indices[start:stop], with_labels=labels)
+            for batch in make_loader(part, config.batch_size, config.num_workers, pin_memory=pin):
+                batch["index"] = batch["index"] + start
+                yield batch
+
+    def pass1_batches():
+        yield from loader(lo, lo + n_keep, True)
+        yield from loader(lo + n_keep, hi, False)
+
     skipped: list[str] = []
     finite = FiniteCheck(config.nonfinite, lambda i: index.records[dataset.indices[i]].image)
     t0 = time.time()
     with torch.no_grad():
-        for batch in tqdm(make_loader(pass1, config.batch_size, config.num_workers),
-                          desc="dissect: thresholds", unit="batch", disable=not progress,
+        for batch in tqdm(pass1_batches(), desc="dissect: thresholds", unit="batch",
+                          total=math.ceil((hi - lo) / config.batch_size), disable=not progress,
                           leave=False):
             skipped += [p for p, _ in batch["bad"]]
             warn_bad(batch["bad"])
             if len(batch["index"]) == 0:
                 continue
-            acts = finite.check(_forward(model, todo, batch["image"].to(device), _batch_name(dataset, batch)),
-                                batch["index"])
+            acts = finite.check(_forward(model, todo, batch["image"].to(device, non_blocking=True), dtype,
+                                         _batch_name(dataset, batch)), batch["index"])
             for layer, a in acts.items():
                 q_in = F.interpolate(a, size=(sh, sw), mode="bilinear", align_corners=False) if upsampled else a
                 quant[layer].add(q_in.transpose(0, 1).reshape(a.shape[1], -1))
                 topk[layer].add(a, batch["index"])
-            if keep:
+            if "pixel_labels" in batch:
                 small = batch["pixel_labels"].to(torch.int16) if index.num_labels < 2 ** 15 else batch["pixel_labels"]
                 cached.append(({k: v.cpu() for k, v in acts.items()},
                                {"pixel_labels": small, "image_labels": batch["image_labels"]}))
+    quant = distributed.merge_tallies(quant, new_quantile)
+    topk = distributed.merge_tallies(topk, new_topk)
     if len(set(skipped)) >= n:
         raise DissectError(f"none of the {n} probe images could be read (the first: {skipped[0]})")
     thresholds = {layer: quant[layer].thresholds() for layer in todo}
@@ -206,23 +236,24 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
 
     # ----------------------------------------------------------------- pass 2
     prim = index.primary_category_tensor()
-    tallies = {layer: IoUTally(shapes[layer][0], index.num_labels, prim, len(index.categories),
-                               device=device, all_annotated=index.segmenter_labeled)
-               for layer in todo}
+
+    def new_tally(layer: str) -> IoUTally:
+        return IoUTally(shapes[layer][0], index.num_labels, prim, len(index.categories),
+                        device=device, all_annotated=index.segmenter_labeled)
+
+    tallies = {layer: new_tally(layer) for layer in todo}
 
     def batches():
-        if keep:
-            while cached:
-                yield cached.pop(0)   # free each batch once it is tallied
-            return
-        for batch in make_loader(dataset, config.batch_size, config.num_workers):
+        while cached:
+            yield cached.pop(0)   # free each batch once it is tallied
+        for batch in loader(lo + n_keep, hi, True):
             if len(batch["index"]):
-                yield finite.check(_forward(model, todo, batch["image"].to(device), _batch_name(dataset, batch)),
-                                   batch["index"]), batch
+                yield finite.check(_forward(model, todo, batch["image"].to(device, non_blocking=True), dtype,
+                                            _batch_name(dataset, batch)), batch["index"]), batch
 
     with torch.no_grad():
         for acts, batch in tqdm(batches(), desc="dissect: IoU", unit="batch",
-                                total=math.ceil(n / config.batch_size), disable=not progress,
+                                total=math.ceil((hi - lo) / config.batch_size), disable=not progress,
                                 leave=False):
             labels = None
             for layer, a in acts.items():
@@ -232,6 +263,8 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
                 img, unit, masks = active_masks(a.to(device), thresholds[layer], (sh, sw))
                 tally.add_sparse(img, unit, masks, labels)
     cached.clear()  # (already empty: each batch was popped once tallied)
+    tallies = distributed.merge_tallies(tallies, new_tally)
+    skipped = [p for part in distributed.gather_objects(skipped) for p in part]
 
     for layer in todo:
         tk = topk[layer]
@@ -243,7 +276,7 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
             num_images=n - len(skipped), skipped=sorted(set(skipped)), invalid=finite.units(layer),
             reading=readings[layer])
         results[layer] = stats
-        if layer in paths:
+        if layer in paths and distributed.is_main():
             paths[layer].parent.mkdir(parents=True, exist_ok=True)
             clean_leftovers(paths[layer].parent)   # temporary files of killed runs
             atomic_save(paths[layer], lambda tmp: torch.save(stats.to_state(), tmp))
@@ -285,9 +318,12 @@ def _batch_name(dataset: BrodenDataset, batch: dict) -> str:
     return f"the batch of images {pos[0]}-{pos[-1]} ({', '.join(names)}{', ...' if len(pos) > 3 else ''})"
 
 
-def _forward(model, layers, x, where: str = "an example input") -> dict[str, torch.Tensor]:
+def _forward(model, layers, x, dtype: torch.dtype | None = None,
+             where: str = "an example input") -> dict[str, torch.Tensor]:
+    """The layers' outputs for inputs ``x``, as float32 (the forward pass under autocast to
+    ``dtype`` when given); a model that fails names the images (``where``)."""
     try:
-        with Trace(model, layers, stop=True) as tr:
+        with Trace(model, layers, stop=True) as tr, autocast(x.device, dtype):
             model(x)
     except DissectError:
         raise

@@ -29,13 +29,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..data.broden import BrodenDataset
 from ..devices import resolve_device
 from ..errors import DissectError
@@ -48,6 +49,8 @@ from .runner import LayerRunner
 from .strips import write_strip
 
 DEFAULT_GEN_TOP_N = (1, 3, 5, 10, 20)
+RANDOM_BASELINE_RULE = ("latent i is ablated with random set i mod random_draws: every set on its own "
+                        "slice of the latents, the mean over all latents")
 
 
 @dataclass
@@ -150,76 +153,163 @@ def choose_concepts(iou: np.ndarray, seg: Segmenter, want: Sequence[str] | None,
     return [n for v, n in cands[:k] if v > 0]
 
 
+# ============================================================================ edits in batches
+@dataclass
+class EditBlock:
+    """One intervention applied to some of a batch's latents: rows ``samples`` of the
+    batch's activations, edited by ``edit(acts, samples)`` (which may change ``acts`` in place)."""
+
+    samples: Tensor
+    edit: Callable[[Tensor, Tensor], Tensor]
+
+
+def run_edits(runner: GeneratorRunner, seg: Segmenter, acts: Tensor, z: Tensor, blocks: Sequence[EditBlock],
+              rows: int) -> Iterator[tuple[int, slice, Tensor, Tensor]]:
+    """Render and segment every block's edited images, ``rows`` images per call of the
+    generator's tail and of the segmenter (however small each block is); yields
+    ``(block number, rows of the block, images, labels)`` piece by piece, in block order."""
+    pieces: list[tuple[int, slice]] = []
+    count = 0
+
+    def flush():
+        edited = torch.cat([blocks[j].edit(acts[blocks[j].samples[s]].clone(), blocks[j].samples[s])
+                            for j, s in pieces])
+        zs = torch.cat([z[blocks[j].samples[s]] for j, s in pieces])
+        images = runner.images(edited, zs)
+        labels = seg.segment(images)
+        out, at = [], 0
+        for j, s in pieces:
+            k = s.stop - s.start
+            out.append((j, s, images[at:at + k], labels[at:at + k]))
+            at += k
+        return out
+
+    for j, block in enumerate(blocks):
+        lo = 0
+        while lo < len(block.samples):
+            hi = min(len(block.samples), lo + rows - count)
+            pieces.append((j, slice(lo, hi)))
+            count += hi - lo
+            lo = hi
+            if count >= rows:
+                yield from flush()
+                pieces, count = [], 0
+    if pieces:
+        yield from flush()
+
+
+def _zero_units(units: Sequence[int]) -> Callable[[Tensor, Tensor], Tensor]:
+    idx = torch.as_tensor(list(units), dtype=torch.long)
+
+    def edit(a: Tensor, samples: Tensor) -> Tensor:
+        a[:, idx] = 0
+        return a
+    return edit
+
+
+def _zero_per_sample(mask: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+    """Zero, in each row, the units ``mask[sample]`` (bool ``[samples, units]``) marks."""
+    def edit(a: Tensor, samples: Tensor) -> Tensor:
+        a[mask[samples].to(a.device)] = 0
+        return a
+    return edit
+
+
+def _unchanged(a: Tensor, samples: Tensor) -> Tensor:
+    return a
+
+
 # ============================================================================ ablation
-def _count_concept(images: Tensor, seg: Segmenter, concept: str) -> tuple[Tensor, Tensor]:
-    lab = seg.segment(images)
-    mask = lab[:, seg.layer_of(concept)] == seg.number(concept)
-    return mask, lab
+def random_unit_sets(units_total: int, sizes: Sequence[int], draws: int, seed: int) -> dict[int, list[list[int]]]:
+    """``draws`` random sets of ``n`` units for every size ``n`` (seeded)."""
+    rng = np.random.default_rng(seed)
+    return {n: [rng.choice(units_total, size=n, replace=False).tolist() for _ in range(draws)] for n in sizes}
 
 
 def ablation_experiment(runner: GeneratorRunner, seg: Segmenter, concept: str, iou_row: np.ndarray,
                         cfg: GeneratorExperimentConfig, z: Tensor, acts_batches: list[Tensor],
                         progress: bool = False) -> tuple[dict, dict]:
-    """Remove the top-N units of ``concept``; returns (result, data for the strips)."""
+    """Remove the top-N units of ``concept``; returns (result, data for the strips).
+
+    The random baseline of each N: ``random_draws`` random sets of N units, latent ``i``
+    ablated with set ``i mod random_draws`` (each set on its own slice of the latents, so the
+    baseline costs one image per latent and N, not ``random_draws``; the mean still averages
+    over every set and every latent, see :data:`RANDOM_BASELINE_RULE`)."""
     units_total = acts_batches[0].shape[1]
     sizes = _sizes(cfg.top_n, units_total)
     n_main = min(cfg.units, units_total)
     if n_main not in sizes:
         sizes = sorted(set(sizes) | {n_main})
     ranked = _concept_units(iou_row, max(sizes))
-    rng = np.random.default_rng(cfg.seed)
-    random_sets = {n: [rng.choice(units_total, size=n, replace=False).tolist()
-                       for _ in range(cfg.random_draws)] for n in sizes}
+    draws = max(1, cfg.random_draws)
+    random_sets = random_unit_sets(units_total, sizes, draws, cfg.seed)
     total = sum(len(a) for a in acts_batches)
+    draw_of = torch.arange(total) % draws                   # latent i -> its random set
+    random_masks = {}
+    for n in sizes:
+        m = torch.zeros(draws, units_total, dtype=torch.bool)
+        for d, units in enumerate(random_sets[n]):
+            m[d, units] = True
+        random_masks[n] = m[draw_of]                        # [total, units]
+    cnum, clayer = seg.number(concept), seg.layer_of(concept)
     px = None
     base_frac = torch.zeros(total)
     top_frac = {n: torch.zeros(total) for n in sizes}
-    rnd_frac = {n: torch.zeros(cfg.random_draws, total) for n in sizes}
-    became = None
-    strip_before, strip_after = [], []
-    start = 0
-    for a in tqdm(acts_batches, desc=f"ablate {concept}", disable=not progress, leave=False):
-        zb = z[start:start + len(a)]
-        sl = slice(start, start + len(a))
-        before = runner.images(a, zb)
-        m0, lab0 = _count_concept(before, seg, concept)
-        px = m0[0].numel()
-        base_frac[sl] = m0.flatten(1).float().mean(1).cpu()
-        for n in sizes:
-            edited = a.clone()
-            edited[:, ranked[:n]] = 0
-            imgs = runner.images(edited, zb)
-            m1, lab1 = _count_concept(imgs, seg, concept)
-            top_frac[n][sl] = m1.flatten(1).float().mean(1).cpu()
-            if n == n_main:
-                gone = m0 & ~m1
-                fin = finest_labels(lab1, seg)[gone]
-                counts = torch.bincount(fin.flatten().cpu(), minlength=len(seg.concepts) + 1)
-                became = counts if became is None else became + counts
-                strip_before.append(before.cpu())
-                strip_after.append(imgs.cpu())
-            for d, units in enumerate(random_sets[n]):
-                edited = a.clone()
-                edited[:, units] = 0
-                m2, _ = _count_concept(runner.images(edited, zb), seg, concept)
-                rnd_frac[n][d, sl] = m2.flatten(1).float().mean(1).cpu()
-        start += len(a)
-    b = float(base_frac.mean())
+    rnd_frac = {n: torch.zeros(total) for n in sizes}      # latent i, with its random set
+    became = torch.zeros(len(seg.concepts) + 1, dtype=torch.long)
+    starts = np.cumsum([0] + [len(a) for a in acts_batches]).tolist()
+    mine = distributed.split_items(list(range(len(acts_batches))))   # this process's batches
+    for bi in tqdm(mine, desc=f"ablate {concept}", disable=not progress, leave=False):
+        a, start = acts_batches[bi], starts[bi]
+        b = len(a)
+        zb = z[start:start + b]
+        rows = torch.arange(b)
+        blocks = [EditBlock(rows, _unchanged)]
+        blocks += [EditBlock(rows, _zero_units(ranked[:n])) for n in sizes]
+        blocks += [EditBlock(rows, _zero_per_sample(random_masks[n][start:start + b])) for n in sizes]
+        m0 = lab_main = None
+        for j, s, imgs, lab in run_edits(runner, seg, a, zb, blocks, cfg.batch_size):
+            mask = lab[:, clayer] == cnum
+            frac = mask.flatten(1).float().mean(1).cpu()
+            gs = slice(start + s.start, start + s.stop)
+            if j == 0:
+                px = mask[0].numel()
+                base_frac[gs] = frac
+                m0 = mask if m0 is None else torch.cat([m0, mask])
+            elif j <= len(sizes):
+                n = sizes[j - 1]
+                top_frac[n][gs] = frac
+                if n == n_main:
+                    gone = m0[s] & ~mask
+                    fin = finest_labels(lab, seg)[gone]
+                    became += torch.bincount(fin.flatten().cpu(), minlength=len(seg.concepts) + 1)
+            else:
+                rnd_frac[sizes[j - 1 - len(sizes)]][gs] = frac
+    if distributed.active():   # each process filled its batches' entries: the sums are the whole
+        px = max(v for v in distributed.gather_objects(px) if v is not None)
+        base_frac, became = distributed.sum_over_ranks([base_frac, became])
+        top_frac = dict(zip(sizes, distributed.sum_over_ranks([top_frac[n] for n in sizes])))
+        rnd_frac = dict(zip(sizes, distributed.sum_over_ranks([rnd_frac[n] for n in sizes])))
+    base = float(base_frac.mean())
 
-    def drop(f: float) -> float | None:
+    def drop(f: float, b: float = base) -> float | None:
         return None if b <= 0 else 1.0 - f / b
 
     curve = []
     for n in sizes:
         f = float(top_frac[n].mean())
-        rf = rnd_frac[n].mean(1)  # per draw
-        curve.append({"n": n, "fraction": f, "drop": drop(f), "random_fraction": float(rf.mean()),
-                      "random_drop": drop(float(rf.mean())),
-                      "random_drop_min": drop(float(rf.max())), "random_drop_max": drop(float(rf.min())),
+        rf = float(rnd_frac[n].mean())
+        per_draw = [drop(float(rnd_frac[n][draw_of == d].mean()), float(base_frac[draw_of == d].mean()))
+                    for d in range(min(draws, total))]
+        per_draw = [v for v in per_draw if v is not None]
+        curve.append({"n": n, "fraction": f, "drop": drop(f), "random_fraction": rf,
+                      "random_drop": drop(rf),
+                      "random_drop_min": min(per_draw) if per_draw else None,
+                      "random_drop_max": max(per_draw) if per_draw else None,
                       "random_units": random_sets[n]})
     fin_names = ["-"] + [name for name, _ in seg.concepts]
     became_list = []
-    if became is not None and became.sum() > 0:
+    if became.sum() > 0:
         tot = float(became.sum())
         for i in torch.argsort(became, descending=True)[:8].tolist():
             if became[i] > 0:
@@ -227,12 +317,17 @@ def ablation_experiment(runner: GeneratorRunner, seg: Segmenter, concept: str, i
     result = {
         "concept": concept, "category": seg.category_of(concept), "units": ranked[:max(sizes)],
         "unit_ious": [float(iou_row[u]) for u in ranked[:max(sizes)]],
-        "samples": total, "pixels_per_image": px, "baseline_fraction": b, "n_main": n_main,
-        "curve": curve, "became": became_list,
+        "samples": total, "pixels_per_image": px, "baseline_fraction": base, "n_main": n_main,
+        "random_rule": RANDOM_BASELINE_RULE, "curve": curve, "became": became_list,
     }
-    before_all, after_all = torch.cat(strip_before), torch.cat(strip_after)
+    # the strip: the latents with the most of the concept, drawn again (cheaper than keeping
+    # every image of the sweep)
     show = torch.argsort(base_frac, descending=True, stable=True)[:cfg.strip_samples]
-    return result, {"before": before_all[show], "after": after_all[show], "z": z[show],
+    shown = torch.cat(acts_batches)[show]
+    ablated = shown.clone()
+    ablated[:, ranked[:n_main]] = 0
+    return result, {"before": runner.images(shown, z[show]).cpu(), "after": runner.images(ablated, z[show]).cpu(),
+                    "z": z[show],
                     "mask_concept": concept, "units": ranked, "sizes": sizes}
 
 
@@ -252,10 +347,23 @@ def _positions(h: int, w: int, r: int) -> list[tuple[int, int]]:
     return [(y, x) for y in range(0, h - r + 1, r) for x in range(0, w - r + 1, r)]
 
 
+def _set_region(units: Sequence[int], values: Tensor, y: int, x: int, r: int) -> Callable[[Tensor, Tensor], Tensor]:
+    idx = torch.as_tensor(list(units), dtype=torch.long)
+    vals = values[idx].view(1, -1, 1, 1)
+
+    def edit(a: Tensor, samples: Tensor) -> Tensor:
+        a[:, idx, y:y + r, x:x + r] = vals.to(a)
+        return a
+    return edit
+
+
 def insertion_experiment(runner: GeneratorRunner, seg: Segmenter, concept: str, iou_row: np.ndarray,
                          values: Tensor, cfg: GeneratorExperimentConfig, z: Tensor,
                          acts_batches: list[Tensor], progress: bool = False) -> tuple[dict, dict]:
-    """Set the top-N units of ``concept`` high in a region at every grid position."""
+    """Set the top-N units of ``concept`` high in a region at every grid position.
+
+    N = ``units`` runs on every latent; the curve over the other N and the random-units
+    baseline on the first ``curve_samples`` latents (at every position)."""
     units_total, h, w = acts_batches[0].shape[1:]
     r = cfg.region or max(1, min(h, w) // 8)
     if r > min(h, w):
@@ -270,6 +378,48 @@ def insertion_experiment(runner: GeneratorRunner, seg: Segmenter, concept: str, 
     random_units = rng.choice(units_total, size=n_main, replace=False).tolist()
     names = ["-"] + [name for name, _ in seg.concepts]
     cnum, clayer = seg.number(concept), seg.layer_of(concept)
+    mine = set(distributed.split_items(list(range(len(pos)))))   # this process's positions
+    records: dict[tuple[int, int], dict] = {}   # (batch, position) -> its insertions' gains
+    start = 0
+    img_h = img_w = None
+    for bi, a in enumerate(tqdm(acts_batches, desc=f"insert {concept}", disable=not progress, leave=False)):
+        b = len(a)
+        zb = z[start:start + b]
+        before = runner.images(a, zb)
+        lab0 = seg.segment(before)
+        img_h, img_w = before.shape[-2:]
+        fy, fx = img_h / h, img_w / w
+        is0 = lab0[:, clayer] == cnum
+        fin0 = finest_labels(lab0, seg)
+        every = torch.arange(b)
+        few = torch.arange(max(0, min(b, cfg.curve_samples - start)))
+        blocks, kinds = [], []
+        for p, (y, x) in enumerate(pos):
+            if p not in mine:
+                continue
+            y0, y1 = int(round(y * fy)), int(round((y + r) * fy))
+            x0, x1 = int(round(x * fx)), int(round((x + r) * fx))
+            region = fin0[:, y0:y1, x0:x1].flatten(1)
+            records[bi, p] = {"start": start, "context": torch.mode(region, dim=1).values.cpu().tolist(),
+                              "added": {}}
+            for n in sizes + ["random"]:
+                rows = every if n == n_main else few
+                if len(rows) == 0:
+                    continue
+                units = random_units if n == "random" else ranked[:n]
+                blocks.append(EditBlock(rows, _set_region(units, values, y, x, r)))
+                kinds.append((p, n))
+        for j, s, imgs, lab in run_edits(runner, seg, a, zb, blocks, cfg.batch_size):
+            p, n = kinds[j]
+            rows = blocks[j].samples[s]
+            is1 = lab[:, clayer] == cnum
+            gained = (is1 & ~is0[rows]).flatten(1).sum(1).float().cpu()
+            got = records[bi, p]["added"]
+            got[n] = gained if n not in got else torch.cat([got[n], gained])
+        start += b
+    if distributed.active():
+        records = {k: v for part in distributed.gather_objects(records) for k, v in part.items()}
+    # every insertion in the order (batch, position, latent), whichever process made it
     added = {n: [] for n in sizes}
     added_random = []
     contexts: list[int] = []
@@ -277,44 +427,19 @@ def insertion_experiment(runner: GeneratorRunner, seg: Segmenter, concept: str, 
     heat_n = np.zeros((len(pos),))
     row_sample: list[int] = []    # per insertion at n_main (same order as contexts): sample, position
     row_pos: list[int] = []
-    start = 0
-    img_h = img_w = None
-    for a in tqdm(acts_batches, desc=f"insert {concept}", disable=not progress, leave=False):
-        zb = z[start:start + len(a)]
-        before = runner.images(a, zb)
-        lab0 = seg.segment(before)
-        img_h, img_w = before.shape[-2:]
-        fy, fx = img_h / h, img_w / w
-        is0 = lab0[:, clayer] == cnum
-        fin0 = finest_labels(lab0, seg)
-        for p, (y, x) in enumerate(pos):
-            y0, y1 = int(round(y * fy)), int(round((y + r) * fy))
-            x0, x1 = int(round(x * fx)), int(round((x + r) * fx))
-            region = fin0[:, y0:y1, x0:x1].flatten(1)
-            ctx = torch.mode(region, dim=1).values.cpu().tolist()
-            contexts += ctx
-            row_sample += range(start, start + len(a))
-            row_pos += [p] * len(a)
-            for n in sizes + ["random"]:
-                # the curve over N uses the first curve_samples latents; N = n_main uses all
-                k = len(a) if n in (n_main, "random") else max(0, min(len(a), cfg.curve_samples - start))
-                if k == 0:
-                    continue
-                units = random_units if n == "random" else ranked[:n]
-                edited = a[:k].clone()
-                idx = torch.as_tensor(units)
-                edited[:, idx, y:y + r, x:x + r] = values[idx].view(1, -1, 1, 1).to(edited)
-                imgs = runner.images(edited, zb[:k])
-                is1 = seg.segment(imgs)[:, clayer] == cnum
-                gained = (is1 & ~is0[:k]).flatten(1).sum(1).float().cpu()
-                if n == "random":
-                    added_random.append(gained)
-                    continue
-                added[n].append(gained)
-                if n == n_main:
-                    heat[p] += float(gained.sum())
-                    heat_n[p] += len(gained)
-        start += len(a)
+    for bi, p in sorted(records):
+        rec = records[bi, p]
+        contexts += rec["context"]
+        row_sample += range(rec["start"], rec["start"] + len(rec["context"]))
+        row_pos += [p] * len(rec["context"])
+        for n, gained in rec["added"].items():
+            if n == "random":
+                added_random.append(gained)
+                continue
+            added[n].append(gained)
+            if n == n_main:
+                heat[p] += float(gained.sum())
+                heat_n[p] += len(gained)
     main = torch.cat(added[n_main])
     ctx_arr = np.array(contexts)
     table = []
@@ -332,7 +457,7 @@ def insertion_experiment(runner: GeneratorRunner, seg: Segmenter, concept: str, 
         "value_rule": f"each unit's {100 * (1 - cfg.insert_quantile):g}th-percentile activation over the probe set",
         "region_cells": r, "region_pixels": [int(round(r * img_h / h)), int(round(r * img_w / w))],
         "layer_size": [h, w], "positions": len(pos), "samples": start, "n_main": n_main,
-        "insertions": int(len(main)), "curve": curve,
+        "insertions": int(len(main)), "curve": curve, "curve_samples": min(start, cfg.curve_samples),
         "random_units": random_units, "random_added_pixels": float(torch.cat(added_random).mean()),
         "contexts": table,
         "heatmap": (heat / np.maximum(heat_n, 1)).reshape(len(range(0, h - r + 1, r)), -1).tolist(),
@@ -403,8 +528,11 @@ def generator_experiments(loaded, layer: str, iou: np.ndarray, seg: Segmenter, p
     for concept in ablate:
         res, strip = ablation_experiment(runner, seg, concept, iou[:, seg.number(concept)], cfg,
                                          z, take(cfg.samples), progress)
-        masks = [(seg.segment(strip["before"][i:i + 1])[0, seg.layer_of(concept)] == seg.number(concept)).cpu()
-                 for i in range(len(strip["before"]))]
+        res["animation_frames"] = ["before"] + [f"top {n} removed" for n in strip["sizes"] if n <= res["n_main"]]
+        out["ablation"].append(res)
+        if not distributed.is_main():   # rank 0 draws the strips
+            continue
+        masks = list((seg.segment(strip["before"])[:, seg.layer_of(concept)] == seg.number(concept)).cpu())
         frames = [strip["before"]]
         for n in strip["sizes"]:
             if n > res["n_main"]:
@@ -415,15 +543,13 @@ def generator_experiments(loaded, layer: str, iou: np.ndarray, seg: Segmenter, p
         png, gif = write_strip(out_dir, f"ablate-{slugify(concept, 'concept')}", strip["before"], strip["after"],
                                masks=masks, frames=frames)
         res["strip"], res["animation"] = f"{rel_prefix}/{png}", f"{rel_prefix}/{gif}"
-        res["animation_frames"] = ["before"] + [f"top {n} removed" for n in strip["sizes"] if n <= res["n_main"]]
-        out["ablation"].append(res)
     if insert:
         values = unit_quantiles(runner, torch.from_numpy(np.array(probe_latents[:1024], dtype=np.float32)),
                                 cfg.insert_quantile, cfg.batch_size)
         for concept in insert:
             res, strip = insertion_experiment(runner, seg, concept, iou[:, seg.number(concept)], values,
                                               cfg, z, take(cfg.insert_samples), progress)
-            if len(strip["before"]):
+            if len(strip["before"]) and distributed.is_main():
                 png, gif = write_strip(out_dir, f"insert-{slugify(concept, 'concept')}", strip["before"], strip["after"],
                                        boxes=strip["regions"])
                 res["strip"], res["animation"] = f"{rel_prefix}/{png}", f"{rel_prefix}/{gif}"

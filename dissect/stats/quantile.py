@@ -147,3 +147,12 @@ class TopQuantile:
         return {"count": self.count, "min": self.min.cpu(), "max": self.max.cpu(),
                 "top": self.top.cpu(), "levels": [b.cpu() for b in self.levels],
                 "exact": self.exact, "q": self.q, "total": self.total}
+
+    def load_state_dict(self, state: dict) -> None:
+        """The inverse of :meth:`state_dict` (a tally made with the same settings)."""
+        if (state["q"], state["total"], state["exact"]) != (self.q, self.total, self.exact):
+            raise ValueError("cannot load a quantile tally with different settings")
+        self.count = int(state["count"])
+        self.min, self.max = state["min"].to(self.device), state["max"].to(self.device)
+        self.top = state["top"].to(self.device)
+        self.levels = [b.to(self.device) for b in state["levels"]]

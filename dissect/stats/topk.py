@@ -51,6 +51,14 @@ class TopK:
         gidx = order.view(*order.shape, 1, 1).expand(-1, -1, *allmaps.shape[2:])
         self.maps = allmaps.gather(1, gidx)
 
+    def state_dict(self) -> dict:
+        return {"values": self.values.cpu(), "indices": self.indices.cpu(), "maps": self.maps.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.values = state["values"].to(self.device)
+        self.indices = state["indices"].to(self.device)
+        self.maps = state["maps"].to(self.device)
+
     def merge(self, other: "TopK") -> None:
         self._fold(other.values.to(self.device), other.indices.to(self.device),
                    other.maps.to(self.device))

@@ -1,6 +1,6 @@
 """Cost of the probe set's file fingerprint (cache keys) on a synthetic Broden-sized folder.
 
-    PYTHONPATH=. python3 examples/bench_fingerprint.py /tmp/fp-bench 12   # 63,305 files of 12 KB
+    PYTHONPATH=. python3 benchmarks/fingerprint.py /tmp/fp-bench 12   # 63,305 files of 12 KB
 
 writes 63,305 small JPEG files (the second argument: their size in KB; 0 for 8x8 px JPEGs of
 about 0.7 KB) named by an index.csv, times ``files_fingerprint`` by size+mtime and by content

@@ -1,0 +1,138 @@
+"""Several processes on one report: ``torchrun --nproc_per_node N dissect report ...``.
+
+torchrun starts N processes (one node or many) and gives each its ``RANK``, ``WORLD_SIZE``
+and ``LOCAL_RANK``; :func:`init_from_env` joins them into one process group (gloo on the
+CPU, NCCL on CUDA, where each process takes the GPU of its ``LOCAL_RANK``). Then:
+
+* the dissection (:func:`dissect.experiments.dissection.dissect_layers`) gives each rank a
+  contiguous shard of the probe set (:func:`shard`); every rank tallies its shard and the
+  tallies are merged across ranks (:func:`merge_tallies`) in rank order, the same way on every
+  rank: the IoU counts are sums (exact), the top-k images merge exactly (ties go to the lower
+  image index), and the quantile's exact regime merges exactly (the top ``floor(q n) + 1``
+  values of the union of the shards' tops are the top values of the whole set). So the
+  labels, IoUs and thresholds equal a one-process run's;
+* caches and the site are written by rank 0 only (:func:`is_main`); a step that writes a
+  cache shared by all ranks runs on rank 0 first (:func:`main_first`).
+
+A rank that fails exits with its error; torchrun then stops the others, and the site, which
+is only swapped in at the very end by rank 0, stays as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from typing import Callable, Iterator, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from .errors import DissectError
+
+T = TypeVar("T")
+TIMEOUT = datetime.timedelta(minutes=30)
+
+
+def active() -> bool:
+    """True inside a process group of more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    """True on the process that writes caches and the site (rank 0, or the only one)."""
+    return rank() == 0
+
+
+def init_from_env(device: str = "auto") -> bool:
+    """Join the process group torchrun describes in the environment (``WORLD_SIZE`` > 1);
+    returns whether there is one. NCCL when the run is on CUDA, else gloo."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return False
+    if dist.is_initialized():
+        return True
+    cuda = device != "cpu" and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    try:
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
+    except (RuntimeError, ValueError) as e:
+        raise DissectError(f"cannot join the torchrun process group: {e}") from None
+    return True
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard(n: int, r: int | None = None, size: int | None = None) -> tuple[int, int]:
+    """``[lo, hi)``: rank ``r``'s contiguous share of ``n`` items (the first ranks take one
+    more when ``n`` does not divide)."""
+    r = rank() if r is None else r
+    size = world_size() if size is None else size
+    base, extra = divmod(n, size)
+    lo = r * base + min(r, extra)
+    return lo, lo + base + (1 if r < extra else 0)
+
+
+def gather_objects(obj):
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` alone."""
+    if not active():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def merge_tallies(tallies: dict[str, T], make: Callable[[str], T]) -> dict[str, T]:
+    """Each tally (``state_dict``, ``load_state_dict``, ``merge``) merged over every rank in
+    rank order, into ``make(key)`` (an empty tally like it): identical on every rank."""
+    if not active():
+        return tallies
+    states = gather_objects({k: t.state_dict() for k, t in tallies.items()})
+    out = {}
+    for k in tallies:
+        merged = make(k)
+        for state in states:
+            part = make(k)
+            part.load_state_dict(state[k])
+            merged.merge(part)
+        out[k] = merged
+    return out
+
+
+def sum_over_ranks(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each (CPU) tensor summed over every rank, in rank order: identical on every rank."""
+    if not active():
+        return tensors
+    parts = gather_objects([t.cpu() for t in tensors])
+    return [sum((p[i] for p in parts[1:]), parts[0][i].clone()) for i in range(len(tensors))]
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_first() -> Iterator[None]:
+    """Run the block on rank 0 first, then on the others (a cache written once, then read)."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
+
+
+def split_items(items: list[T]) -> list[T]:
+    """This rank's share of ``items`` (every ``world_size``-th, starting at its rank)."""
+    return items[rank()::world_size()]
