@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from dissect.atomic import is_temp_name
@@ -38,6 +37,7 @@ from dissect.data.broden import BrodenDataset, BrodenIndex, make_loader
 from dissect.data.toyworld_probe import write_toyworld
 from dissect.errors import DissectError
 from dissect.experiments.dissection import DissectConfig, dissect_layers, summarize_layer
+from tiny_model import Tiny
 
 REPO = Path(__file__).resolve().parents[1]
 CANARY_TEXT = "CANARY-7f3a-do-not-read"
@@ -73,14 +73,6 @@ def _say(capsys, line):
         print(f"\nfaults: {line}")
 
 
-class Tiny(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 4, 3, stride=4, padding=1)
-
-    def forward(self, x):
-        return torch.relu(self.conv(x))
 
 
 # ------------------------------------------------------------------ fuzzed probe folders

@@ -18,16 +18,9 @@ from dissect.cli import main
 from dissect.data.labeled import labeled_from_folder
 from dissect.errors import DissectError
 from dissect.experiments.dissection import DissectConfig
+from tiny_model import Tiny
 
 
-class Tiny(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 4, 3, stride=4, padding=1)
-
-    def forward(self, x):
-        return torch.relu(self.conv(x))
 
 
 def tiny():

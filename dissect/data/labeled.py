@@ -41,9 +41,19 @@ class TensorImages(torch.utils.data.Dataset):
         return {"index": i, "ok": True, "path": f"#{i}", "image": self.images[i].float()}
 
 
+def resize_side(input_size: int) -> int:
+    """The shorter side images are resized to before the centered ``input_size`` crop: 256
+    for the papers' 224 and 227 px inputs (AlexNet's 227 is cropped from 256 too), else
+    torchvision's ``input_size * 256 / 224``."""
+    if input_size in (224, 227):
+        return 256
+    return max(input_size, round(input_size * 256 / 224))
+
+
 class FolderImages(torch.utils.data.Dataset):
-    """Image files, resized as torchvision's evaluation transform does: shorter side to
-    ``input_size * 256 / 224``, then a centered ``input_size`` crop, then normalized."""
+    """Image files, resized as the papers' and torchvision's evaluation transform does:
+    shorter side to :func:`resize_side` (256 for 224 and 227 px), then a centered
+    ``input_size`` crop, then normalized."""
 
     def __init__(self, files: Sequence[Path], input_size: int, mean: Sequence[float], std: Sequence[float]):
         self.files = list(files)
@@ -60,7 +70,7 @@ class FolderImages(torch.utils.data.Dataset):
             with Image.open(path) as im:
                 im = im.convert("RGB")
             s = self.input_size
-            short = max(s, round(s * 256 / 224))
+            short = resize_side(s)
             w, h = im.size
             scale = short / min(w, h)
             im = im.resize((max(s, round(w * scale)), max(s, round(h * scale))), Image.BILINEAR)

@@ -4,7 +4,7 @@ classifier dissection, where a segmenter labels Places365 images).
 :func:`open_segmented_probe` finds the image files under a folder (any depth; the
 extensions of :data:`~dissect.data.labeled.IMAGE_EXTENSIONS`; a file or link that resolves
 outside the folder is never read), prepares each as the model's evaluation transform does
-(:class:`~dissect.data.labeled.FolderImages`: shorter side to ``input_size * 256 / 224``,
+(:class:`~dissect.data.labeled.FolderImages`: shorter side to ``resize_side(input_size)``, 256 for 224 and 227 px,
 center crop ``input_size``), quantizes it to 8 bits, labels it with the segmenter and
 writes the lot as a Broden folder (:class:`~dissect.data.broden_writer.SegmentedImagesWriter`,
 as a generator's probe set is written) under ``cache/segmented/``. Every category the
