@@ -18,10 +18,12 @@ networks).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from dissect.data.catalog import data_files, published_name
 from dissect.data.generated import segmenter_for
+from dissect.data.segmented import default_segmenter, is_image_folder
 from dissect.download import RemoteFile
 from dissect.models.registry import ModelSpec, get_model_spec, is_registered
 from dissect.models.weights import weights_files
@@ -74,8 +76,11 @@ def model_files(model: Any, opts: Any) -> list[RemoteFile]:
         return files
     data = opts.data or default_data_name(spec)
     files += data_files(data, opts.cache)
-    if opts.segmenter and not opts.segmenter_weights:  # images labeled by a segmenter (--data DIR --segmenter NAME)
-        files += segmenter_files(opts.segmenter)
+    seg = opts.segmenter
+    if seg is None and data not in (None, "toyworld") and is_image_folder(Path(data).expanduser()):
+        seg = default_segmenter(opts.input_size or (spec.input_size if spec is not None else 224))
+    if seg and not opts.segmenter_weights:  # images labeled by a segmenter (--data DIR [--segmenter NAME])
+        files += segmenter_files(seg)
     if opts.ablation is not False:
         ablation = opts.ablation_data if opts.ablation_data is not None else default_ablation_data(spec)
         files += data_files(os.fspath(ablation) if ablation is not None else None, opts.cache)

@@ -109,8 +109,15 @@ def test_corrupt_image_skipped_and_counted(tmp_path, toyworld_small):
     assert res["probe"]["skipped"] == [victim.name]
 
 
+# every registered torchvision ImageNet classifier (the modern families are in
+# test_feature_maps.py, the papers' Places365 networks in test_papers_models.py)
+TORCHVISION_CLASSIFIERS = [("vgg16", "conv5_3"), ("resnet18", None), ("vgg19", None), ("alexnet", None),
+                           ("resnet50", None), ("resnet101", None), ("resnet152", None), ("googlenet", None),
+                           ("inception_v3", None), ("densenet161", None), ("mobilenet_v2", None)]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("model, layer", [("vgg16", "conv5_3"), ("resnet18", None)])
+@pytest.mark.parametrize("model, layer", TORCHVISION_CLASSIFIERS)
 def test_torchvision_models_end_to_end_offline(capsys, tmp_path, model, layer):
     args = ["report", "--model", model, "--weights", "none", "--data", "toyworld",
             "--data-size", "6", "--top-k", "2", "--out", str(tmp_path / "s"), "--quiet",
@@ -120,7 +127,9 @@ def test_torchvision_models_end_to_end_offline(capsys, tmp_path, model, layer):
     code, out, err = run_cli(capsys, *args)
     assert code == 0, err
     res = json.loads((tmp_path / "s" / model / "results.json").read_text())
-    units = {"vgg16": 512, "resnet18": 512}[model]
-    assert res["layers"][0]["num_units"] == units
+    units = {"vgg16": 512, "resnet18": 512, "vgg19": 512, "alexnet": 256, "resnet50": 2048, "resnet101": 2048,
+             "resnet152": 2048, "googlenet": 1024, "inception_v3": 2048, "densenet161": 2208,
+             "mobilenet_v2": 1280}[model]
+    assert res["layers"][0]["num_units"] == units == len(res["layers"][0]["units"])
     assert res["model"]["weights"] == "none"
     assert (tmp_path / "s" / "index.html").is_file()
