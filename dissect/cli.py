@@ -207,30 +207,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     tp = sub.add_parser("train", help="train a shipped toy model from scratch")
     tsub = tp.add_subparsers(dest="what", required=True, metavar="MODEL")
-    tc = tsub.add_parser("toy-classifier", help="train the toy scene classifier")
-    tc.add_argument("--out", default=None, help="folder for the weights (default: inside the package)")
-    tc.add_argument("--seed", type=int, default=0)
-    tc.add_argument("--train-size", type=_positive_int, default=6000)
+
+    def train_parser(name: str, help: str, train_size: int) -> argparse.ArgumentParser:
+        """A ``train`` subcommand with the options every toy training shares."""
+        t = tsub.add_parser(name, help=help)
+        t.add_argument("--out", default=None, help="folder for the weights (default: inside the package)")
+        t.add_argument("--seed", type=int, default=0)
+        t.add_argument("--train-size", type=_positive_int, default=train_size)
+        return t
+
+    tc = train_parser("toy-classifier", "train the toy scene classifier", 6000)
     tc.add_argument("--epochs", type=_positive_int, default=14)
     tc.add_argument("--snapshots", default=None, metavar="STEP,STEP,...",
                     help="also save float16 snapshots after these optimizer steps (0: the random "
                     "init) and stop after the last one (the same run: same data order and schedule)")
-    tf = tsub.add_parser("toy-finetune", help="fine-tune the toy classifier on a changed task "
-                         "(which of six objects a scene shows)")
-    tf.add_argument("--out", default=None, help="folder for the weights (default: inside the package)")
-    tf.add_argument("--seed", type=int, default=0)
-    tf.add_argument("--train-size", type=_positive_int, default=3000)
+    tf = train_parser("toy-finetune", "fine-tune the toy classifier on a changed task "
+                      "(which of six objects a scene shows)", 3000)
     tf.add_argument("--epochs", type=_positive_int, default=2)
-    ts = tsub.add_parser("toy-segmenter", help="train the toy segmenter (objects and parts)")
-    ts.add_argument("--out", default=None, help="folder for the weights (default: inside the package)")
-    ts.add_argument("--seed", type=int, default=0)
-    ts.add_argument("--train-size", type=_positive_int, default=8000)
+    ts = train_parser("toy-segmenter", "train the toy segmenter (objects and parts)", 8000)
     ts.add_argument("--steps", type=_positive_int, default=1500)
-    tg = tsub.add_parser("toy-generator", help="train the toy generator (a DCGAN; about 2 h "
-                         "on 2 CPU cores, checkpointed: rerun with --resume after a stop)")
-    tg.add_argument("--out", default=None, help="folder for the weights (default: inside the package)")
-    tg.add_argument("--seed", type=int, default=0)
-    tg.add_argument("--train-size", type=_positive_int, default=24000)
+    tg = train_parser("toy-generator", "train the toy generator (a DCGAN; about 2 h "
+                      "on 2 CPU cores, checkpointed: rerun with --resume after a stop)", 24000)
     tg.add_argument("--steps", type=_positive_int, default=22500)
     tg.add_argument("--batch-size", type=_positive_int, default=32)
     tg.add_argument("--resume", action="store_true",
