@@ -224,9 +224,8 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
                 quant[layer].add(q_in.transpose(0, 1).reshape(a.shape[1], -1))
                 topk[layer].add(a, batch["index"])
             if "pixel_labels" in batch:
-                small = batch["pixel_labels"].to(torch.int16) if index.num_labels < 2 ** 15 else batch["pixel_labels"]
-                cached.append(({k: v.cpu() for k, v in acts.items()},
-                               {"pixel_labels": small, "image_labels": batch["image_labels"]}))
+                cached.append(({k: v.cpu() for k, v in acts.items()},   # labels: int16 (see BrodenDataset)
+                               {"pixel_labels": batch["pixel_labels"], "image_labels": batch["image_labels"]}))
     quant = distributed.merge_tallies(quant, new_quantile)
     topk = distributed.merge_tallies(topk, new_topk)
     if len(set(skipped)) >= n:
