@@ -1,6 +1,9 @@
-"""Where the computation runs: the ``--device`` option resolved to a torch device."""
+"""Where the computation runs: the ``--device`` option resolved to a torch device, and the
+CPU cores this process may use."""
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -19,3 +22,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DissectError("--device cuda asked for, but no CUDA device is available; use --device auto or cpu")
     return dev
+
+
+def usable_cpus() -> int:
+    """The CPU cores this process may run on (its affinity mask, which containers and
+    ``taskset`` narrow; ``os.cpu_count()`` counts the whole machine's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..devices import usable_cpus
 from ..download import fetch_file
 from ..errors import DissectError
 from .catalog import data_file
@@ -457,7 +458,7 @@ def make_loader(dataset: BrodenDataset, batch_size: int = 64, num_workers: int |
     batches ahead of the model; ``pin_memory`` (for a CUDA model) lets the copies to the
     device overlap the compute (``non_blocking``)."""
     if num_workers is None:
-        num_workers = min(4, os.cpu_count() or 1)
+        num_workers = min(4, usable_cpus())
     return Loader(torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
         collate_fn=collate, pin_memory=pin_memory,

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from dissect.experiments.comparison import layer_counts, member_record
+from dissect.experiments.comparison import layer_counts, mean_live_iou, member_record
 from dissect.experiments.dissection import DissectConfig, dissect_layers, summarize_layer
 from dissect.experiments.rotation import ROTATION_METHOD, random_rotation, rotate_layer, rotation_path
 from dissect.hooks import Trace
@@ -97,7 +97,8 @@ def rotation_for_report(loaded: LoadedModel, path: str, alias: str | None, datas
     for t, summary in zip(amounts, summaries):
         counts = layer_counts(summary, cats)
         points.append({"amount": t, **{k: counts[k] for k in
-                                       ("detectors", "unique", "detectors_by_category", "unique_by_category")}})
+                                       ("detectors", "unique", "detectors_by_category", "unique_by_category")},
+                       "mean_iou": mean_live_iou(summary)})
     return {"layer": path, "alias": alias, "num_units": int(rotations[0].shape[0]), "seed": seed,
             "method": ROTATION_METHOD, "points": points}
 

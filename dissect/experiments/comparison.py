@@ -59,6 +59,16 @@ def layer_counts(layer: Record, categories: list[str]) -> Record:
     }
 
 
+def mean_live_iou(layer: Record) -> float | None:
+    """The mean IoU of each live unit's best concept (dead and invalid units left out: a dead
+    unit has no best concept, and a rotation makes every unit live); None without live units.
+    A finer view than the detector counts, which saturate when the probe set has few concepts
+    (see docs/compare.md, the rotation experiment)."""
+    ious = [u["iou"] for u in layer["units"] if not u.get("dead") and not u.get("invalid")
+            and isinstance(u.get("iou"), (int, float))]
+    return round(sum(ious) / len(ious), 6) if ious else None
+
+
 def comparable_key(results: Record) -> Record:
     """The probe-set and parameter fields that two comparable runs share."""
     probe, params = results.get("probe") or {}, results.get("params") or {}

@@ -23,6 +23,7 @@ from dissect.errors import DissectError
 from dissect.experiments.comparison import build_comparison
 from dissect.site import views
 from dissect.atomic import clean_leftovers, folder_lock, fresh_dir, is_temp_name
+from dissect.devices import usable_cpus
 from dissect.site.compare_page import compare_page
 from dissect.site.context import ModelContext, compare_context, index_context
 from dissect.site.folder import MARKER, OWNED, copy_tree, existing_models, site_target, swap
@@ -40,11 +41,7 @@ _RESERVED_LAYER = {"index.html", "results.json", "provenance.json"}
 
 
 def _workers() -> int:
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        n = os.cpu_count() or 1
-    return max(1, min(8, n))
+    return min(8, usable_cpus())
 
 
 def _safe_slug(slug: Any, fallback: str, reserved: set[str]) -> str:

@@ -144,6 +144,7 @@ def compare_page(comparison: Record, all_results: list[Record]) -> Record:
             "chart": _curve(amounts, {c: [p["unique_by_category"][c] for p in rot["points"]] for c in used},
                             cat_index, "rotation t (0: the units, 1: a random basis)", "unique detectors"),
             "rows": [{"amount": fmt_num(p["amount"]), "unique": p["unique"], "detectors": p["detectors"],
+                      "mean_iou": "–" if p.get("mean_iou") is None else f"{p['mean_iou']:.4f}",
                       "cells": [p["unique_by_category"][c] for c in used]} for p in rot["points"]],
         })
     nc = comparison.get("not_comparable")
