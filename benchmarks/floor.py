@@ -1,7 +1,8 @@
 """(a) Dissection time / floor and (b) images per second, for one model and layer.
 
     python3 benchmarks/floor.py --model toy --n 2000                 # 64 px toy world
-    python3 benchmarks/floor.py --model vgg16 --n 500 --size 224      # VGG-16 random weights, conv5_3
+    python3 benchmarks/floor.py --model toy --n 500 --size 224       # the toy classifier at Broden's size
+    python3 benchmarks/floor.py --model vgg16 --n 200 --size 224      # VGG-16 random weights, conv5_3
 
 The floor: decode the probe set with the same loader and run the model forward once, up to
 the layer. The dissection: both passes, every statistic (`dissect_layers`, no cache). With
@@ -12,6 +13,7 @@ fp32 run.
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -47,6 +49,7 @@ def main() -> None:
     p.add_argument("--precision", default="fp32")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--cache-budget", type=int, default=2048, metavar="MB")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs; the medians are printed (default 3)")
     p.add_argument("--work", type=Path, default=None, help="folder for the probe set (default: a temp folder)")
     args = p.parse_args()
     from dissect.data.broden import BrodenDataset
@@ -64,16 +67,24 @@ def main() -> None:
     config = DissectConfig(batch_size=args.batch_size, device=args.device, precision=args.precision,
                            activation_cache_mb=args.cache_budget)
     model = loaded.module.to(device).eval()
-    t: dict = {}
     floor_pass(model, layer, dataset, config, device)       # warm-up: page cache, kernels
-    with timed("floor", t):
-        n = floor_pass(model, layer, dataset, config, device)
-    with timed("dissection", t):
-        stats = dissect_layers(model, [layer], dataset, config, progress=False)
-    print(f"{loaded.name} {layer} on {n} images at {size} px, {device}, precision {args.precision}:")
-    print(f"  floor (decode + forward once) {t['floor']:.1f}s = {n / t['floor']:.0f} images/s")
-    print(f"  dissection (both passes)      {t['dissection']:.1f}s = {n / t['dissection']:.0f} images/s")
-    print(f"  (a) dissection / floor = {t['dissection'] / t['floor']:.2f}")
+    runs = []
+    for _ in range(args.repeat):   # floor and dissection alternate, so drifts in load hit both
+        t: dict = {}
+        with timed("floor", t):
+            n = floor_pass(model, layer, dataset, config, device)
+        with timed("dissection", t):
+            stats = dissect_layers(model, [layer], dataset, config, progress=False)
+        runs.append(t)
+    floor_s = statistics.median(t["floor"] for t in runs)
+    dissect_s = statistics.median(t["dissection"] for t in runs)
+    ratios = sorted(t["dissection"] / t["floor"] for t in runs)
+    print(f"{loaded.name} {layer} on {n} images at {size} px, {device}, precision {args.precision}, "
+          f"median of {len(runs)}:")
+    print(f"  floor (decode + forward once) {floor_s:.1f}s = {n / floor_s:.0f} images/s")
+    print(f"  dissection (both passes)      {dissect_s:.1f}s = {n / dissect_s:.0f} images/s")
+    print(f"  (a) dissection / floor = {statistics.median(ratios):.2f} "
+          f"(runs: {', '.join(f'{r:.2f}' for r in ratios)})")
     if args.precision != "fp32":
         ref = dissect_layers(model, [layer], dataset, DissectConfig(**{**config.__dict__, "precision": "fp32"}),
                              progress=False)
