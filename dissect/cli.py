@@ -384,31 +384,68 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt
 
 
+def _ranks():
+    """:mod:`dissect.distributed` when this process is one rank of several (it is loaded only
+    by a report), else None."""
+    ranks = sys.modules.get("dissect.distributed")
+    return ranks if ranks is not None and ranks.active() else None
+
+
+def _fail(e: BaseException, message: str) -> str | None:
+    """The line to print for the error ``e`` (``message``: what one process says after
+    ``dissect: error``): None on a rank that stopped because another rank failed and said why;
+    on a rank of several, the line names the rank and is left for the others (and torchrun)."""
+    ranks = _ranks()
+    if ranks is None:
+        return f"dissect: error: {message}"
+    if isinstance(e, ranks.PeerFailure) and e.told:
+        return None   # a collective broken by another rank's failure: that rank printed why
+    line = f"dissect: error (rank {ranks.rank()} of {ranks.world_size()}): {message}"
+    if not isinstance(e, ranks.PeerFailure):
+        ranks.record_failure(line)
+    return line
+
+
+def _say(line: str | None) -> None:
+    if line:
+        print(line, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     on_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if on_main else None
     try:
-        return run(args, argv)
+        try:
+            return run(args, argv)
+        except BaseException:
+            if on_main and _ranks() is not None:   # stopping already: torchrun's SIGTERM, sent when
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)   # another rank failed, must not cut the report
+            raise
     except DissectError as e:
-        ranks = sys.modules.get("dissect.distributed")   # loaded only by a report
-        where = f" (rank {ranks.rank()} of {ranks.world_size()})" if ranks is not None and ranks.active() else ""
-        print(f"dissect: error{where}: {e}", file=sys.stderr)
+        _say(_fail(e, str(e)))
         return 2
     except BrokenPipeError:  # e.g. `dissect layers vgg16 | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except OSError as e:
         if e.errno not in _SYSTEM_ERRNOS:
+            _fail(e, f"{type(e).__name__}: {e}")   # (a bug: its traceback follows)
             raise
         where = f" ({e.filename})" if e.filename else ""
-        print(f"dissect: error: {e.strerror or e}{where}; nothing half-written was left in place",
-              file=sys.stderr)
+        _say(_fail(e, f"{e.strerror or e}{where}; nothing half-written was left in place"))
         return 2
     except KeyboardInterrupt:
-        print("dissect: interrupted; nothing half-written was left in place", file=sys.stderr)
+        ranks = _ranks()
+        if ranks is not None and ranks.peer_failure() is not None:
+            return 2   # torchrun's SIGTERM: another rank failed, and its line says why
+        where = "" if ranks is None else f" (rank {ranks.rank()} of {ranks.world_size()})"
+        print(f"dissect: interrupted{where}; nothing half-written was left in place", file=sys.stderr)
         return 130
+    except Exception as e:   # a bug: its traceback, and under torchrun the other ranks told
+        _fail(e, f"{type(e).__name__}: {e}")
+        raise
     finally:
         if on_main:
             signal.signal(signal.SIGTERM, previous)

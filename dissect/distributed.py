@@ -14,15 +14,24 @@ CPU, NCCL on CUDA, where each process takes the GPU of its ``LOCAL_RANK``). Then
 * caches and the site are written by rank 0 only (:func:`is_main`); a step that writes a
   cache shared by all ranks runs on rank 0 first (:func:`main_first`).
 
-A rank that fails exits with its error; torchrun then stops the others, and the site, which
-is only swapped in at the very end by rank 0, stays as it was.
+A rank that fails (:func:`record_failure`, called by the command line) prints its one line
+naming its rank, leaves that line in torchrun's store for the other ranks and in torchrun's
+error file (torchrun's summary shows it as the root cause), and exits (status 2 for a
+:class:`DissectError`). The others stop within seconds: one waiting in a collective gets
+"connection closed" from gloo as soon as the failed process is gone, one still computing gets
+torchrun's SIGTERM; either finds the failed rank's line in the store (:func:`peer_failure`)
+and stops without a word of its own (:class:`PeerFailure`), or, when the failed rank left no
+line (it was killed), says so in one line. Only rank 0 writes the site, and only after the
+last collective, so a failed run leaves the previous site as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import os
+import time
 from typing import Callable, Iterator, TypeVar
 
 import torch
@@ -32,6 +41,17 @@ from .errors import DissectError
 
 T = TypeVar("T")
 TIMEOUT = datetime.timedelta(minutes=30)
+FAILED = "dissect/failed/"    # store key prefix: + rank -> that rank's one-line error
+_store: dist.Store | None = None   # torchrun's key-value store (MASTER_ADDR:MASTER_PORT), a client
+
+
+class PeerFailure(DissectError):
+    """This rank stopped because another rank of the run failed. ``told``: that rank left its
+    one-line error (it printed it, so this rank prints nothing)."""
+
+    def __init__(self, message: str, told: bool):
+        super().__init__(message)
+        self.told = told
 
 
 def active() -> bool:
@@ -66,10 +86,62 @@ def init_from_env(device: str = "auto") -> bool:
         dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
     except (RuntimeError, ValueError) as e:
         raise DissectError(f"cannot join the torchrun process group: {e}") from None
+    _connect_store()
     return True
 
 
+def _connect_store() -> None:
+    """A client of the store the process group was set up through (torchrun's agent hosts
+    it, so it outlives a failed rank): where a failing rank leaves its error for the others."""
+    global _store
+    try:
+        _store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                               timeout=datetime.timedelta(seconds=10))
+    except (KeyError, ValueError, RuntimeError):   # no store to reach: failures are still seen, unexplained
+        _store = None
+
+
+def record_failure(line: str) -> None:
+    """On the rank that failed: leave ``line`` (its error, as printed) for the other ranks
+    (:func:`peer_failure`) and for torchrun's summary (``TORCHELASTIC_ERROR_FILE``)."""
+    if _store is not None and active():
+        with contextlib.suppress(Exception):   # the store may be gone too; the line is printed anyway
+            _store.set(FAILED + str(rank()), line)
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        with contextlib.suppress(OSError), open(path, "w") as f:
+            json.dump({"message": {"message": line, "extraInfo": {"timestamp": str(int(time.time()))}}}, f)
+
+
+def peer_failure() -> str | None:
+    """The error line another rank of this run left when it failed (the lowest such rank),
+    or None."""
+    if _store is None or not active():
+        return None
+    with contextlib.suppress(Exception):
+        for r in range(world_size()):
+            if r != rank() and _store.check([FAILED + str(r)]):
+                return _store.get(FAILED + str(r)).decode(errors="replace")
+    return None
+
+
+def _collective(op: Callable[..., T], *args) -> T:
+    """``op(*args)``, a collective; a :class:`PeerFailure` when another rank is gone (gloo:
+    "connection closed by peer" as soon as its process ended; NCCL: its error or timeout)."""
+    try:
+        return op(*args)
+    except RuntimeError as e:   # torch.distributed.DistError and the backends' errors
+        told = peer_failure()
+        if told is not None:
+            raise PeerFailure(f"stopped: another rank failed ({told})", told=True) from None
+        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PeerFailure(f"another process of this run stopped without saying why (killed?), so this "
+                          f"one stopped too ({cause[:300]})", told=False) from None
+
+
 def shutdown() -> None:
+    global _store
+    _store = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -89,7 +161,7 @@ def gather_objects(obj):
     if not active():
         return [obj]
     out = [None] * world_size()
-    dist.all_gather_object(out, obj)
+    _collective(dist.all_gather_object, out, obj)
     return out
 
 
@@ -120,7 +192,7 @@ def sum_over_ranks(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 def barrier() -> None:
     if active():
-        dist.barrier()
+        _collective(dist.barrier)
 
 
 @contextlib.contextmanager

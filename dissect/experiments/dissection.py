@@ -263,7 +263,10 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
                 tally.add_sparse(img, unit, masks, labels)
     cached.clear()  # (already empty: each batch was popped once tallied)
     tallies = distributed.merge_tallies(tallies, new_tally)
-    skipped = [p for part in distributed.gather_objects(skipped) for p in part]
+    # every rank's unreadable images, and its units with non-finite values (--nonfinite invalid)
+    parts = distributed.gather_objects((skipped, {layer: finite.units(layer) for layer in todo}))
+    skipped = [p for part, _ in parts for p in part]
+    invalid = {layer: sorted({k for _, units in parts for k in units[layer]}) for layer in todo}
 
     for layer in todo:
         tk = topk[layer]
@@ -272,7 +275,7 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
             minimum=quant[layer].min.cpu(), maximum=quant[layer].max.cpu(),
             tally=tallies[layer].state_dict(), top_values=tk.values.cpu(),
             top_indices=tk.indices.cpu(), top_maps=tk.maps.cpu(),
-            num_images=n - len(skipped), skipped=sorted(set(skipped)), invalid=finite.units(layer),
+            num_images=n - len(skipped), skipped=sorted(set(skipped)), invalid=invalid[layer],
             reading=readings[layer])
         results[layer] = stats
         if layer in paths and distributed.is_main():
