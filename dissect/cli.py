@@ -446,6 +446,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:   # a bug: its traceback, and under torchrun the other ranks told
         _fail(e, f"{type(e).__name__}: {e}")
         raise
+    except BaseException as e:
+        ranks = _ranks()
+        if ranks is None or not isinstance(e, ranks.PeerFailure):
+            raise
+        _say(_fail(e, str(e)))   # another rank failed: said by it, or here if it could not
+        return 2
     finally:
         if on_main:
             signal.signal(signal.SIGTERM, previous)

@@ -45,9 +45,11 @@ FAILED = "dissect/failed/"    # store key prefix: + rank -> that rank's one-line
 _store: dist.Store | None = None   # torchrun's key-value store (MASTER_ADDR:MASTER_PORT), a client
 
 
-class PeerFailure(DissectError):
+class PeerFailure(BaseException):
     """This rank stopped because another rank of the run failed. ``told``: that rank left its
-    one-line error (it printed it, so this rank prints nothing)."""
+    one-line error (it printed it, so this rank prints nothing). Not an :class:`Exception`:
+    like KeyboardInterrupt it passes the handlers that turn a DissectError into part of the
+    report (an experiment's ``error``), and it stops the run; cleanups (``finally``) run."""
 
     def __init__(self, message: str, told: bool):
         super().__init__(message)
