@@ -167,6 +167,14 @@ def gather_objects(obj):
     return out
 
 
+def merge_items(items: dict) -> dict:
+    """Every rank's ``items`` (their keys disjoint: each rank made its share) as one dict,
+    identical on every rank; ``items`` alone."""
+    if not active():
+        return items
+    return {k: v for part in gather_objects(items) for k, v in part.items()}
+
+
 def merge_tallies(tallies: dict[str, T], make: Callable[[str], T]) -> dict[str, T]:
     """Each tally (``state_dict``, ``load_state_dict``, ``merge``) merged over every rank in
     rank order, into ``make(key)`` (an empty tally like it): identical on every rank."""

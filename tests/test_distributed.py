@@ -1,10 +1,11 @@
 """torchrun: a 2-process gloo report gives the same numbers as a 1-process report.
 
 Each rank dissects a shard of the probe set and the tallies are merged exactly
-(dissect/distributed.py); the ablation splits its unit sets across the ranks. The numbers of
-``results.json`` (labels, IoUs, thresholds, top images, ablation curves) must be identical,
-units with non-finite activations in one rank's shard included (``--nonfinite invalid``). A
-bad input in one rank's shard stops every rank at once, with one line, and the site stays.
+(dissect/distributed.py); the ablation splits its unit sets, the attack its class pairs across
+the ranks. The numbers of ``results.json`` (labels, IoUs, thresholds, top images, ablation
+curves, attacks) must be identical, units with non-finite activations in one rank's shard
+included (``--nonfinite invalid``). A bad input in one rank's shard stops every rank at once,
+with one line, and the site stays.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def _report(tmp_path: Path, name: str, probe: Path, nproc: int, *extra: str) -> 
     return json.loads(next((tmp_path / f"site-{name}").glob("*/results.json")).read_text())
 
 
-TOY = ["--model", "toy", "--attack-pairs", "0", "--ablation-top-n", "1,5,all", "--batch-size", "16"]
+TOY = ["--model", "toy", "--attack-pairs", "2", "--ablation-top-n", "1,5,all", "--batch-size", "16"]
 
 
 @pytest.mark.slow
@@ -109,6 +110,9 @@ def test_two_gloo_processes_equal_one(tmp_path, toyworld_small):
     for name in la:
         assert la[name]["classes"] == lb[name]["classes"]
         assert la[name]["importance"] == lb[name]["importance"]
+        assert la[name]["attack"] == lb[name]["attack"]
+    # the attack's pairs were split across the ranks too
+    assert len(one["ablation"]["attack"]["pairs"]) == 2 and one["ablation"]["attack"] == two["ablation"]["attack"]
 
 
 class Contrast(nn.Module):

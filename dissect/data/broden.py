@@ -456,9 +456,12 @@ def make_loader(dataset: BrodenDataset, batch_size: int = 64, num_workers: int |
                 pin_memory: bool = False) -> Loader:
     """A loader that decodes images in parallel worker processes, in index order, up to four
     batches ahead of the model; ``pin_memory`` (for a CUDA model) lets the copies to the
-    device overlap the compute (``non_blocking``)."""
+    device overlap the compute (``non_blocking``). By default up to four workers, and no more
+    than this process's share of the cores: under torchrun the node's cores are divided by
+    its processes (``LOCAL_WORLD_SIZE``)."""
     if num_workers is None:
-        num_workers = min(4, usable_cpus())
+        share = usable_cpus() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+        num_workers = min(4, max(1, share))
     return Loader(torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
         collate_fn=collate, pin_memory=pin_memory,

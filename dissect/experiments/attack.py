@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..errors import DissectError, unknown_choice
 from ..hooks import Trace
 
@@ -99,16 +100,17 @@ def run_attack(loaded, labeled, runner, config, progress: bool = False) -> dict[
         pairs = choose_pairs(logits, labels, present, config.attack_pairs)
     if not pairs:
         raise DissectError("no class pair to attack (the evaluation split needs images of two classes)")
-    records, images = [], []
+    done: dict[int, tuple[dict, Any]] = {}   # pair index -> (record, (rows, attacked images) or None)
     dev = runner.device
-    for pi, (a, b) in enumerate(tqdm(pairs, desc="ablation: attack", unit="pair", disable=not progress, leave=False)):
+    mine = distributed.split_items(list(range(len(pairs))))   # this process's pairs (each seeded by its index)
+    for pi in tqdm(mine, desc="ablation: attack", unit="pair", disable=not progress, leave=False):
+        a, b = pairs[pi]
         rows = torch.nonzero((labels == a) & (preds == a)).flatten()[: config.attack_images]
         rec = {"source": names[a], "target": names[b], "source_index": a, "target_index": b,
                "images": int(rows.numel())}
         if rows.numel() == 0:
             rec.update({"success_rate": None, "message": f"no correctly classified {names[a]} image to attack"})
-            records.append(rec)
-            images.append(None)
+            done[pi] = (rec, None)
             continue
         ds = labeled.eval.dataset
         x = torch.stack([ds[int(runner.indices[r])]["image"] for r in rows.tolist()]).to(dev)
@@ -124,8 +126,12 @@ def run_attack(loaded, labeled, runner, config, progress: bool = False) -> dict[
             "target_probability": {"clean": round(float(p_clean[:, b].mean()), 6),
                                    "attacked": round(float(p_adv[:, b].mean()), 6)},
         })
-        records.append(rec)
-        images.append((rows, adv))
+        done[pi] = (rec, (rows.cpu(), adv.cpu()) if distributed.active() else (rows, adv))
+    if distributed.active():   # every rank gets every pair, back on its device
+        done = {pi: (rec, None if im is None else (im[0].to(dev), im[1].to(dev)))
+                for pi, (rec, im) in distributed.merge_items(done).items()}
+    records = [done[pi][0] for pi in range(len(pairs))]
+    images = [done[pi][1] for pi in range(len(pairs))]
     return {"params": {"epsilon": config.attack_epsilon, "steps": config.attack_steps,
                        "step_size": config.step_size, "norm": "Linf", "targeted": True,
                        "random_start": True, "images_per_pair": config.attack_images},

@@ -417,8 +417,7 @@ def insertion_experiment(runner: GeneratorRunner, seg: Segmenter, concept: str, 
             got = records[bi, p]["added"]
             got[n] = gained if n not in got else torch.cat([got[n], gained])
         start += b
-    if distributed.active():
-        records = {k: v for part in distributed.gather_objects(records) for k, v in part.items()}
+    records = distributed.merge_items(records)
     # every insertion in the order (batch, position, latent), whichever process made it
     added = {n: [] for n in sizes}
     added_random = []
