@@ -203,6 +203,19 @@ def test_write_broden_is_byte_identical_and_cached(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
 
 
+def test_scenes_drawn_by_several_processes_are_the_same_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(twp, "usable_cpus", lambda: 2)
+    n = 2 * twp.CHUNK + 5                              # three chunks, the last one short
+    many = twp.write_toyworld(tmp_path / "many", n=n, seed=3, image_size=16, progress=False)
+    monkeypatch.setattr(twp, "usable_cpus", lambda: 1)
+    one = twp.write_toyworld(tmp_path / "one", n=n, seed=3, image_size=16, progress=False)
+    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert len(files) > 5 * n
+    assert files == sorted(p.relative_to(many) for p in many.rglob("*") if p.is_file())
+    for f in files:
+        assert (one / f).read_bytes() == (many / f).read_bytes(), f
+
+
 def test_write_broden_refuses_foreign_dir(tmp_path):
     foreign = tmp_path / "mine"
     foreign.mkdir()

@@ -3,15 +3,18 @@ Broden-format folder, with a manifest (``toyworld.json``) so that the same param
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import json
+import multiprocessing
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
 from dissect.data.broden_writer import (default_label_size, png_bytes, save_label_png, tally_label_map,
                                         write_broden_tables, write_dir_atomically)
 from dissect.data.toyworld import CATEGORIES, GENERATOR_VERSION, LABEL_NUMBER, LABELS, SCENE_CLASSES, image_seed, render_scene
+from dissect.devices import usable_cpus
 from dissect.errors import DissectError
 
 
@@ -75,22 +78,56 @@ def write_toyworld(out_dir, n: int, seed: int, image_size: int = 64, val_fractio
         MANIFEST, want)
 
 
+#: Images per task when the scenes are drawn by several processes.
+CHUNK = 64
+
+
 def _write_into(root: Path, n: int, seed: int, size: int, val_fraction: float,
                 progress: bool, label_size: int) -> None:
-    f = size // label_size
+    """Draw the ``n`` scenes into ``root``: in parallel processes (one per usable core, in
+    chunks of :data:`CHUNK` scenes) when there are enough of them; every file and table is
+    the same as drawn in one process (each scene depends on its own seed only)."""
     images = root / "images"
     images.mkdir()
-    n_val = int(round(n * val_fraction))
     max_num = max(num for num, _, _ in LABELS)
     freq = np.zeros(max_num + 1, np.int64)
     cover = np.zeros(max_num + 1, np.float64)
     rows = []
-    it: Iterable[int] = range(n)
+    job = functools.partial(_draw_scenes, images, n, seed, size, val_fraction, label_size, max_num)
+    chunks = [range(a, min(a + CHUNK, n)) for a in range(0, n, CHUNK)]
+    workers = min(usable_cpus(), len(chunks))
+    bar = None
     if progress:
         from tqdm import tqdm
+        bar = tqdm(total=n, desc="toy world", unit="img")
+    pool = (concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+            if workers > 1 and "fork" in multiprocessing.get_all_start_methods() else None)
+    try:
+        for part_rows, part_freq, part_cover in (pool.map(job, chunks) if pool else map(job, chunks)):
+            rows += part_rows
+            freq += part_freq
+            cover += part_cover
+            if bar is not None:
+                bar.update(len(part_rows))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        if bar is not None:
+            bar.close()
+    cover /= n
 
-        it = tqdm(it, desc="toy world", unit="img")
-    for i in it:
+    write_broden_tables(root, CATEGORIES, LABELS, rows, freq, cover, n)
+
+
+def _draw_scenes(images: Path, n: int, seed: int, size: int, val_fraction: float, label_size: int,
+                 max_num: int, indices: range) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """Scenes ``indices`` written into ``images``: their index rows and their label tallies."""
+    f = size // label_size
+    n_val = int(round(n * val_fraction))
+    freq = np.zeros(max_num + 1, np.int64)
+    cover = np.zeros(max_num + 1, np.float64)
+    rows = []
+    for i in indices:
         sc = render_scene(image_seed(seed, i), size)
         name = f"toy-{i:05d}"
         (images / f"{name}.png").write_bytes(png_bytes(sc.image, level=6))
@@ -109,6 +146,4 @@ def _write_into(root: Path, n: int, seed: int, size: int, val_fraction: float,
             row[cat] = fname
             tally_label_map(lab, freq, cover)
         rows.append(row)
-    cover /= n
-
-    write_broden_tables(root, CATEGORIES, LABELS, rows, freq, cover, n)
+    return rows, freq, cover
