@@ -88,16 +88,19 @@ class IoUTally:
         if img.numel() == 0:
             return
         flat = masks.reshape(masks.shape[0], -1)
-        counts = flat.sum(dim=1).to(torch.float64)                          # [M]
+        nlayers = labels.pixel.shape[1]
+        if nlayers:   # the on-pixels, which the pixel labels need anyway, count each mask
+            m, p = flat.nonzero(as_tuple=True)
+            counts = torch.bincount(m, minlength=flat.shape[0]).to(torch.float64)   # [M]
+        else:
+            counts = flat.view(torch.uint8).sum(dim=1, dtype=torch.int32).to(torch.float64)
         act = torch.zeros((nb, units), dtype=torch.float64, device=dev)
         act.index_put_((img, unit), counts, accumulate=True)
         self.active += act.sum(dim=0)
         self.unit_cat += act.t() @ labels.has_cat
 
         # pixel labels: look up the labels under every on-pixel, all layers at once
-        nlayers = labels.pixel.shape[1]
         if nlayers:
-            m, p = flat.nonzero(as_tuple=True)
             base = img[m] * (nlayers * labels.hw) + p                       # [N]
             offsets = torch.arange(nlayers, device=dev) * labels.hw
             lab = torch.take(labels.pixel, base.unsqueeze(1) + offsets)     # [N, layers]
