@@ -1,7 +1,7 @@
 """torchrun: a 2-process gloo report gives the same numbers as a 1-process report.
 
 Each rank dissects a shard of the probe set and the tallies are merged exactly
-(dissect/distributed.py); the ablation splits its unit sets, the attack its class pairs across
+(dissect/distributed.py); the ablation computes its activations in shards and splits its unit sets, the attack its class pairs across
 the ranks. The numbers of ``results.json`` (labels, IoUs, thresholds, top images, ablation
 curves, attacks) must be identical, units with non-finite activations in one rank's shard
 included (``--nonfinite invalid``). A bad input in one rank's shard stops every rank at once,

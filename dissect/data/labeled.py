@@ -289,12 +289,15 @@ def open_labeled_data(path: str | os.PathLike, class_names: Sequence[str] | None
 
 
 def labeled_batches(dataset: torch.utils.data.Dataset, batch_size: int,
-                    num_workers: int | None = None) -> Iterator[dict]:
-    """Loader batches (``index``, ``image``, ``bad``) of a split's dataset; images held in
-    memory (:class:`TensorImages`) are sliced directly, without a loader."""
+                    num_workers: int | None = None, rows: range | None = None) -> Iterator[dict]:
+    """Loader batches (``index``, ``image``, ``bad``) of a split's dataset, or of its items
+    ``rows`` (their ``index`` still counted over the whole dataset); images held in memory
+    (:class:`TensorImages`) are sliced directly, without a loader."""
+    rows = range(len(dataset)) if rows is None else rows
     if not isinstance(dataset, TensorImages):
-        yield from make_loader(dataset, batch_size, num_workers)
+        part = dataset if len(rows) == len(dataset) else torch.utils.data.Subset(dataset, rows)
+        yield from make_loader(part, batch_size, num_workers)
         return
-    for i in range(0, len(dataset), batch_size):
-        j = min(len(dataset), i + batch_size)
+    for i in range(rows.start, rows.stop, batch_size):
+        j = min(rows.stop, i + batch_size)
         yield {"index": torch.arange(i, j), "image": dataset.images[i:j].float(), "bad": []}

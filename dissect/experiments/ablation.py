@@ -208,8 +208,9 @@ class AblationRunner(LayerRunner):
         self.chunk_elems = max(1, chunk_mb * 2 ** 20 // 4)
         acts, imgs, keep, skipped = [], [], [], []
         t0 = time.time()
+        rows = range(*distributed.shard(len(split.dataset)))   # under torchrun: this process's share
         with torch.inference_mode():
-            for batch in tqdm(labeled_batches(split.dataset, batch_size, num_workers),
+            for batch in tqdm(labeled_batches(split.dataset, batch_size, num_workers, rows),
                               desc=f"ablation: {layer} activations ({split.name})", unit="batch",
                               disable=not progress, leave=False):
                 skipped += [p for p, _ in batch.get("bad", [])]
@@ -220,6 +221,7 @@ class AblationRunner(LayerRunner):
                 if self.tail is None:
                     imgs.append(x)
                 keep.append(batch["index"])
+        acts, imgs, keep, skipped = _gather_shares(acts, imgs, keep, skipped, self.device)
         if not acts:
             raise DissectError(f"no readable image in the {split.name!r} split")
         self.acts = torch.cat(acts)
@@ -314,6 +316,19 @@ class AblationRunner(LayerRunner):
         n_pos = torch.bincount(self.labels, minlength=K).double()
         score = 0.5 * (pos / n_pos + neg / (n - n_pos))
         return preds, score
+
+
+def _gather_shares(acts: list[Tensor], imgs: list[Tensor], keep: list[Tensor], skipped: list[str],
+                   device: torch.device) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[str]]:
+    """Under torchrun, every process's share of a split's activations (and images, indices,
+    unreadable files), in rank order: each process then holds the whole split, as one
+    process would, having computed only its share. Unchanged in one process."""
+    if not distributed.active():
+        return acts, imgs, keep, skipped
+    cat = lambda ts: torch.cat(ts).cpu() if ts else None   # noqa: E731
+    parts = distributed.gather_objects((cat(acts), cat(imgs), cat(keep), skipped))
+    acts, imgs, keep = [[p[i].to(device) for p in parts if p[i] is not None] for i in range(3)]
+    return acts, imgs, keep, [f for p in parts for f in p[3]]
 
 
 def split_runners(model: nn.Module, layer: str, data: LabeledData, config: AblationConfig,
