@@ -226,3 +226,25 @@ def split_tail(model: nn.Module, layer: str) -> tuple[nn.Module | None, str]:
     tail = torch.fx.GraphModule(tracer.root, new, class_name="Tail")
     tail.train(model.training)
     return tail, "split (torch.fx)"
+
+
+def pools_first(tail: nn.Module | None) -> bool:
+    """True when a :func:`split_tail` tail reads the layer's activation only through a global
+    average pool (``AdaptiveAvgPool2d(1)``, as ResNets and the toy classifier end): then
+    ``tail(a * mask) == tail(pool(a) * mask)`` for a per-unit 0/1 ``mask``, and an ablation
+    can keep one number per unit and image instead of a whole map."""
+    graph = getattr(tail, "graph", None)
+    if graph is None:
+        return False
+    inputs = [n for n in graph.nodes if n.op == "placeholder"]
+    if len(inputs) != 1 or len(inputs[0].users) != 1:
+        return False
+    (user,) = inputs[0].users
+    if user.op == "call_module":
+        mod = tail.get_submodule(user.target)
+        size = mod.output_size if isinstance(mod, nn.AdaptiveAvgPool2d) else None
+    elif user.op == "call_function" and user.target is torch.nn.functional.adaptive_avg_pool2d:
+        size = user.args[1] if len(user.args) > 1 else user.kwargs.get("output_size")
+    else:
+        return False
+    return size in (1, (1, 1), [1, 1]) and user.args[0] is inputs[0]

@@ -88,10 +88,12 @@ def test_set_units_rejects_duplicates(toy):
 
 # ------------------------------------------------------------------------------ the split
 @pytest.mark.parametrize("layer", ["features.18", "features.13", "features.17"])
-def test_tail_split_equals_ablation_in_full_forward(toy, layer):
+def test_tail_split_equals_ablation_in_full_forward(toy, layer, monkeypatch):
     split = _random_split(24, 6, seed=1)
     runner = AblationRunner(toy, layer, split, batch_size=10, chunk_mb=1)
     assert runner.method.startswith("split")
+    # the last layer's tail pools first: its ablations run on pooled values, the same numbers
+    assert runner.pooled == (layer == "features.18")
     C = runner.num_units
     masks = torch.ones(6, C)
     sets = [[0], [3, 5], list(range(0, C, 2)), [C - 1], [], list(range(C))]
@@ -103,6 +105,11 @@ def test_tail_split_equals_ablation_in_full_forward(toy, layer):
         with torch.no_grad(), ablate(toy, layer, units):
             want = toy(x)
         torch.testing.assert_close(got[j], want, rtol=1e-4, atol=1e-5)
+    if runner.pooled:
+        monkeypatch.setattr("dissect.experiments.ablation.pools_first", lambda tail: False)
+        maps = AblationRunner(toy, layer, split, batch_size=10, chunk_mb=1)
+        assert not maps.pooled and maps.acts.shape[2:] == (8, 8)
+        assert torch.equal(maps.logits(masks), got)
     assert _hooks(toy) == 0
 
 
@@ -115,6 +122,7 @@ def test_resnet_split_and_fallback_agree():
     assert "skip" in why
     for layer in ("layer4", "layer4.0.conv1"):
         runner = AblationRunner(net, layer, split, batch_size=4)
+        assert runner.pooled == (layer == "layer4")      # avgpool -> flatten -> fc
         C = runner.num_units
         masks = torch.ones(3, C)
         masks[1, :7] = 0

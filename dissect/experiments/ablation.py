@@ -51,6 +51,7 @@ from ..data.labeled import (CLASS_CATEGORY, EVAL_SPLIT, RANK_SPLIT, LabeledData,
                             labeled_batches, open_labeled_data)
 from ..devices import resolve_device
 from ..errors import DissectError, unknown_choice
+from ..hooks import pools_first
 from .attack import attack_layer_summary, run_attack
 from .metrics import balanced_accuracy, rounded, spearman
 from .runner import LayerRunner
@@ -225,6 +226,13 @@ class AblationRunner(LayerRunner):
         if not acts:
             raise DissectError(f"no readable image in the {split.name!r} split")
         self.acts = torch.cat(acts)
+        # a tail that reads the layer only through a global average pool (ResNets, the toy):
+        # keep the pooled values, the same numbers the tail computes first (a 0/1 unit mask
+        # commutes with the pool), so that every ablation costs [units], not [units, h, w]
+        self.pooled = (self.tail is not None and self.acts.dim() == 4 and self.layout is not None
+                       and self.layout.identity and pools_first(self.tail))
+        if self.pooled:
+            self.acts = F.adaptive_avg_pool2d(self.acts, 1)
         self.images = torch.cat(imgs) if imgs else None
         self.indices = torch.cat(keep)      # dataset index of each row
         self.labels = split.labels[self.indices].to(self.device)
