@@ -25,7 +25,7 @@ def dissect_rotated(loaded, layer: str, dataset, config, rotation: torch.Tensor 
     """Counts of ``layer`` dissected under ``rotation`` (None: as it is)."""
     import contextlib
 
-    from dissect.experiments.comparison import layer_counts
+    from dissect.experiments.comparison import layer_counts, mean_live_iou
     from dissect.experiments.dissection import dissect_layers, summarize_layer
     from dissect.experiments.rotation import rotate_layer
 
@@ -34,9 +34,8 @@ def dissect_rotated(loaded, layer: str, dataset, config, rotation: torch.Tensor 
         stats = dissect_layers(net, [layer], dataset, config, progress=False)[layer]
     summary = summarize_layer(stats, dataset, config)
     counts = layer_counts(summary, list(dataset.index.categories))
-    live = [u for u in summary["units"] if not u.get("dead")]
     return {"detectors": counts["detectors"], "unique": counts["unique"],
-            "mean_iou": float(np.mean([u["iou"] or 0.0 for u in live])) if live else 0.0,
+            "mean_iou": mean_live_iou(summary) or 0.0, "num_units": counts["num_units"],
             "concepts": sorted({u["label"] for u in summary["units"] if u["detector"] and u["label"]}),
             "dead": [i for i, u in enumerate(summary["units"]) if u.get("dead")]}
 
@@ -70,7 +69,7 @@ def main() -> None:
         layer = resolve_layer(loaded, alias)[0]
         plain = dissect_rotated(loaded, layer, dataset, config, None)
         row(alias, f"none ({len(plain['dead'])} dead)", plain)
-        n_units = _num_units(loaded, layer, dataset)
+        n_units = plain["num_units"]
         live = [i for i in range(n_units) if i not in plain["dead"]]
         for seed in (int(s) for s in args.seeds.split(",")):
             full = rotation_path(random_rotation(n_units, seed), [1.0])[0]
@@ -79,13 +78,6 @@ def main() -> None:
                 part = torch.eye(n_units)
                 part[np.ix_(live, live)] = rotation_path(random_rotation(len(live), seed), [1.0])[0]
                 row(alias, f"live, seed {seed}", dissect_rotated(loaded, layer, dataset, config, part))
-
-
-def _num_units(loaded, layer: str, dataset) -> int:
-    from dissect.hooks import Trace
-    with torch.no_grad(), Trace(loaded.module, [layer], stop=True) as tr:
-        loaded.module.eval()(dataset.example_input())
-    return int(tr[layer].shape[1])
 
 
 if __name__ == "__main__":

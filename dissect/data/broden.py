@@ -322,7 +322,7 @@ def decode_label_png(path: Path) -> np.ndarray:
             out <<= 8
             out |= a[..., 0]
             return out
-        return np.asarray(im, dtype=np.int64 if im.mode == "I" else np.int32)
+        return np.asarray(im, dtype=np.int32)   # modes L, P, I;16 and I (32-bit) all fit
 
 
 class BrodenDataset(torch.utils.data.Dataset):
