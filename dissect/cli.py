@@ -21,6 +21,7 @@ import shlex
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 from .version import __version__
@@ -411,6 +412,20 @@ def _say(line: str | None) -> None:
         print(line, file=sys.stderr)
 
 
+def _one_line_warnings(show):
+    """``warnings.showwarning`` for a run of the CLI: dissect's own warnings (a skipped
+    image) as one line, ``dissect: warning: ...``, on stderr, between the progress bars;
+    every other warning as ``show`` (Python's) prints it."""
+    from .errors import SkippedImageWarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, SkippedImageWarning):
+            return show(message, category, filename, lineno, file, line)
+        from tqdm.auto import tqdm
+        tqdm.write(f"dissect: warning: {message}", file=sys.stderr)
+    return showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -418,7 +433,9 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate) if on_main else None
     try:
         try:
-            return run(args, argv)
+            with warnings.catch_warnings():
+                warnings.showwarning = _one_line_warnings(warnings.showwarning)
+                return run(args, argv)
         except BaseException:
             if on_main and _ranks() is not None:   # stopping already: torchrun's SIGTERM, sent when
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)   # another rank failed, must not cut the report

@@ -40,7 +40,7 @@ from dissect.data.generated import open_generated_probe
 from dissect.data.probe import open_probe_data
 from dissect.devices import resolve_device
 from dissect.download import ensure_files
-from dissect.errors import DissectError, unknown_choice
+from dissect.errors import DissectError
 from dissect.experiments.ablation import AblationConfig, ablation_for_report
 from dissect.experiments.compare_runs import members_for_report, probe_subset, rotation_for_report
 from dissect.experiments.comparison import COMPARISON_VERSION
@@ -52,7 +52,7 @@ from dissect.models.loading import LoadedModel, from_module, load_model, resolve
 from dissect.models.series import expand_weights, steps_from_names, toy_comparison_weights, weights_section_name
 from dissect.publish import format_size_report, site_size, zip_site
 from dissect.requirements import INSTEAD, ablation_probe, default_ablation_data, default_data_name, report_files
-from dissect.segmenters.registry import list_segmenters
+from dissect.segmenters.registry import list_segmenters, unknown_segmenter
 from dissect.site.build import write_site
 from dissect.site.folder import check_out_dir
 from dissect.slugs import slugify
@@ -166,7 +166,7 @@ class ReportOptions:
             raise DissectError(f"--zip {self.zip_path} is a folder; give a file name such as site.zip")
         check_out_dir(Path(self.out), writable=True)
         if self.segmenter and ":" not in self.segmenter and self.segmenter not in list_segmenters():
-            raise unknown_choice("segmenter", self.segmenter, list_segmenters(), hint="or package.module:callable")
+            raise unknown_segmenter(self.segmenter)
         models = self.models
         if not models:
             raise DissectError("no model to report on; pass --model NAME")

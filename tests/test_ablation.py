@@ -17,7 +17,7 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from dissect.errors import DissectError
+from dissect.errors import DissectError, SkippedImageWarning
 from dissect.data.labeled import (LabeledSplit, TensorImages, labeled_from_broden, labeled_from_folder,
                                   labeled_from_tensors)
 from dissect.experiments.ablation import (AblationConfig, AblationRunner, ablate_layer, parse_epsilon,
@@ -266,6 +266,27 @@ def test_image_folder(tmp_path):
     net.head = nn.Linear(1, 2)
     runner = AblationRunner(net, "act", data.rank, batch_size=4, num_workers=0)
     assert len(runner) == 4 and runner.skipped                  # the broken file is skipped
+
+
+def test_unreadable_ablation_image_is_warned_once_and_named_in_its_folder(tmp_path):
+    """An unreadable image of --ablation-data: one warning naming the file, however many
+    runners read it; counted, and listed by its name in the folder (never a local path)."""
+    names = ["forest", "beach"]
+    for cls in names:
+        (tmp_path / cls).mkdir()
+        for i in range(4):
+            Image.new("RGB", (40 + i, 30), (i * 40, 90, 10)).save(tmp_path / cls / f"{i}.png")
+    (tmp_path / "forest" / "1broken.jpg").write_bytes(b"not an image")   # 0, 1, 1broken, 2, 3: the ranking half
+    data = labeled_from_folder(tmp_path, names, 32, MEAN, STD)
+    net = OneUnit().eval()
+    net.head = nn.Linear(1, 2)
+    with pytest.warns(SkippedImageWarning) as seen:
+        first = AblationRunner(net, "act", data.rank, batch_size=4, num_workers=0)
+        second = AblationRunner(net, "act", data.rank, batch_size=4, num_workers=0)
+    mine = [str(w.message) for w in seen if issubclass(w.category, SkippedImageWarning)]
+    assert len(mine) == 1 and mine[0].startswith(f"skipped unreadable image {tmp_path / 'forest' / '1broken.jpg'}: ")
+    assert "\n" not in mine[0]
+    assert first.skipped == second.skipped == ["forest/1broken.jpg"] and len(first) == 4
 
 
 def test_select_layers():

@@ -318,7 +318,7 @@ def test_module_callable_errors(tmp_path: Path, monkeypatch) -> None:
         load_model("user_net_b:not_a_model")
     with pytest.raises(DissectError, match="not a callable"):
         load_model("user_net_b:CONSTANT")
-    with pytest.raises(DissectError, match=r"unknown callable 'biuld'; valid: build"):
+    with pytest.raises(DissectError, match=r"unknown callable 'biuld' in module user_net_b; valid: build"):
         load_model("user_net_b:biuld")
     with pytest.raises(DissectError, match="cannot import 'no_such_module_xyz'"):
         load_model("no_such_module_xyz:build")

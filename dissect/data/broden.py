@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import stat
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..devices import usable_cpus
 from ..download import fetch_file
-from ..errors import DissectError
+from ..errors import DissectError, warn_skipped_image
 from .catalog import data_file
 
 # written into a probe set generated and labeled by a segmenter (dissect.data.generated)
@@ -183,6 +183,8 @@ class BrodenIndex:
         # as in the 2020 paper. Human-annotated Broden keeps NetDissect's rule (an image is
         # annotated in a category when it holds some concept of it).
         self.segmenter_labeled = any((self.root / m).is_file() for m in (GENERATED_MANIFEST, SEGMENTED_MANIFEST))
+        self.generated = (self.root / GENERATED_MANIFEST).is_file()
+        self.sources = _segmented_sources(self.root / SEGMENTED_MANIFEST)
 
         self.images = self.root / "images"
         self.images_real = os.path.realpath(self.images)
@@ -292,6 +294,15 @@ class BrodenIndex:
             raise OSError(f"{name} leads outside the probe folder (through a symbolic link); not read")
         return path
 
+    def source(self, name: str) -> str | None:
+        """The user's own file behind the probe image ``name`` (as index.csv names it): for
+        an image folder labeled by a segmenter, the original file relative to that folder
+        (``photos/astronaut.jpg``, from ``segmented.json``); for a Broden-format folder,
+        ``name`` itself (relative to its ``images/``); None for a generator's samples."""
+        if name in self.sources:
+            return self.sources[name]
+        return None if self.generated else name
+
     def check_label_numbers(self, labels: np.ndarray, name: str) -> None:
         """A :class:`DissectError` naming the label PNG ``name`` when it holds a label number
         that label.csv does not define (numbers of 32768 and more included: nothing is cast
@@ -310,6 +321,18 @@ class BrodenIndex:
     def label_size(self) -> tuple[int, int]:
         sizes = {(r.sh, r.sw) for r in self.records}
         return max(sizes)  # mixed sizes are resized (nearest) to the largest
+
+
+def _segmented_sources(manifest: Path) -> dict[str, str]:
+    """Probe image name -> original file (relative to the folder of images), from an image
+    folder's ``segmented.json`` (none without one, or from one that cannot be read)."""
+    try:
+        images = json.loads(manifest.read_text(encoding="utf-8")).get("images")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if not isinstance(images, dict):
+        return {}
+    return {k: v for k, v in images.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def decode_label_png(path: Path) -> np.ndarray:
@@ -479,6 +502,8 @@ def fetch_broden(dest_dir: str | os.PathLike, name: str = "broden1_224", url: st
     return fetch_file(data_file(name, dest_dir, url=url, sha256=sha256, root=dest_dir), progress)
 
 
-def warn_bad(bad: list[tuple[str, str]]) -> None:
-    for path, err in bad:
-        warnings.warn(f"skipped unreadable image {path}: {err}", stacklevel=2)
+def warn_bad(bad: list[tuple[str, str]], images: Path) -> None:
+    """Warn (once each) about a batch's unreadable images (``(name, error)``, names as
+    index.csv gives them, under the folder ``images``)."""
+    for name, err in bad:
+        warn_skipped_image(images / name, err)

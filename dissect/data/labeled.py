@@ -19,7 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from ..errors import DissectError
+from ..errors import DissectError, warn_skipped_image
 from .broden import BrodenDataset, BrodenIndex, make_loader
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
@@ -53,10 +53,13 @@ def resize_side(input_size: int) -> int:
 class FolderImages(torch.utils.data.Dataset):
     """Image files, resized as the papers' and torchvision's evaluation transform does:
     shorter side to :func:`resize_side` (256 for 224 and 227 px), then a centered
-    ``input_size`` crop, then normalized."""
+    ``input_size`` crop, then normalized. An item's ``path`` is its file relative to
+    ``root`` (the folder the user named; ``/`` separators), or the whole path without one."""
 
-    def __init__(self, files: Sequence[Path], input_size: int, mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, files: Sequence[Path], input_size: int, mean: Sequence[float], std: Sequence[float],
+                 root: Path | None = None):
         self.files = list(files)
+        self.root = None if root is None else Path(root)
         self.input_size = int(input_size)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
@@ -64,8 +67,18 @@ class FolderImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    def name(self, i: int) -> str:
+        """The name of file ``i`` in reports: relative to ``root`` where there is one."""
+        path = self.files[i]
+        return path.relative_to(self.root).as_posix() if self.root is not None else str(path)
+
+    def file(self, name: str) -> Path:
+        """The file behind the report name ``name`` (see :meth:`name`)."""
+        return self.root / name if self.root is not None else Path(name)
+
     def __getitem__(self, i: int) -> dict:
         path = self.files[i]
+        name = self.name(i)
         try:
             with Image.open(path) as im:
                 im = im.convert("RGB")
@@ -79,8 +92,8 @@ class FolderImages(torch.utils.data.Dataset):
             im = im.crop((left, top, left + s, top + s))
             x = torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
         except (OSError, ValueError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as e:
-            return {"index": i, "ok": False, "path": str(path), "error": f"{type(e).__name__}: {e}"}
-        return {"index": i, "ok": True, "path": str(path), "image": (x - self.mean) / self.std}
+            return {"index": i, "ok": False, "path": name, "error": f"{type(e).__name__}: {e}"}
+        return {"index": i, "ok": True, "path": name, "image": (x - self.mean) / self.std}
 
 
 @dataclass
@@ -262,7 +275,8 @@ def labeled_from_folder(root: str | os.PathLike, class_names: Sequence[str] | No
                 labels += [mapping[n]] * len(fs)
         if not files:
             raise DissectError(f"--ablation-data {root}: no images for the {name!r} split")
-        return LabeledSplit(name, FolderImages(files, input_size, mean, std), torch.tensor(labels, dtype=torch.long))
+        return LabeledSplit(name, FolderImages(files, input_size, mean, std, root=root),
+                            torch.tensor(labels, dtype=torch.long))
 
     return LabeledData(split(rank_name, "rank"), split(eval_name, "eval"), "folder", str(root),
                        list(class_names or []), msgs)
@@ -288,6 +302,15 @@ def open_labeled_data(path: str | os.PathLike, class_names: Sequence[str] | None
                                eval_split=eval_split)
 
 
+def _image_file(dataset: torch.utils.data.Dataset, name: str) -> Path:
+    """The file behind an item's ``path`` (``name``) in a split's dataset, for the console."""
+    if isinstance(dataset, BrodenDataset):
+        return dataset.index.images / name
+    if isinstance(dataset, FolderImages):
+        return dataset.file(name)
+    return Path(name)
+
+
 def labeled_batches(dataset: torch.utils.data.Dataset, batch_size: int,
                     num_workers: int | None = None, rows: range | None = None) -> Iterator[dict]:
     """Loader batches (``index``, ``image``, ``bad``) of a split's dataset, or of its items
@@ -296,7 +319,10 @@ def labeled_batches(dataset: torch.utils.data.Dataset, batch_size: int,
     rows = range(len(dataset)) if rows is None else rows
     if not isinstance(dataset, TensorImages):
         part = dataset if len(rows) == len(dataset) else torch.utils.data.Subset(dataset, rows)
-        yield from make_loader(part, batch_size, num_workers)
+        for batch in make_loader(part, batch_size, num_workers):
+            for name, err in batch.get("bad", []):   # skipped, counted by the caller, warned here
+                warn_skipped_image(_image_file(dataset, name), err)
+            yield batch
         return
     for i in range(rows.start, rows.stop, batch_size):
         j = min(rows.stop, i + batch_size)

@@ -11,8 +11,10 @@ as a generator's probe set is written) under ``cache/segmented/``. Every categor
 segmenter outputs labels every pixel, so the dissection's IoU is the plain IoU over all
 images (the manifest marks the folder as segmenter-labeled for
 :class:`~dissect.data.broden.BrodenIndex`). Unreadable images are skipped and listed in the folder's manifest
-(``segmented.json``), which also names each written image's source file and says what
-the labels were made from: reused when the
+(``segmented.json``, with the reason each could not be read; each is warned about on the
+console once, see :func:`~dissect.errors.warn_skipped_image`), which also names each
+written image's source file (shown as the image's name on the site and in ``results.json``,
+``top_images[].source``) and says what the labels were made from: reused when the
 folder's files (names, sizes, modification times), the segmenter, the input size and the
 number of images all match.
 """
@@ -29,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..cache import cache_key
-from ..errors import DissectError
+from ..errors import DissectError, warn_skipped_image
 from ..models.latents import quantize
 from ..segmenters.base import Segmenter
 from ..segmenters.registry import load_segmenter, segmenter_key
@@ -115,21 +117,33 @@ def open_segmented_probe(folder: str | Path, input_size: int, cache_dir: Path, s
     try:
         manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
         if manifest.get("source") == want and (out / "index.csv").is_file():
-            return SegmentedProbe(out, seg, list(manifest.get("skipped") or []))
+            skipped = [str(s) for s in manifest.get("skipped") or []]
+            _warn_skipped(root, skipped, manifest.get("skipped_reasons"))
+            return SegmentedProbe(out, seg, skipped)
     except (OSError, ValueError, AttributeError):
         pass
-    manifest = {"source": want, "skipped": [], "images": {}}
+    manifest = {"source": want, "skipped": [], "skipped_reasons": {}, "images": {}}
     write_dir_atomically(out, lambda tmp: _write(tmp, root, files, seg, input_size, batch_size, device,
                                                  manifest, progress), MANIFEST, manifest)
+    _warn_skipped(root, manifest["skipped"], manifest["skipped_reasons"])
     return SegmentedProbe(out, seg, manifest["skipped"])
+
+
+def _warn_skipped(root: Path, skipped: list[str], reasons: dict | None) -> None:
+    """A console warning for each unreadable image of the folder (also when the labeled
+    folder is reused: a manifest written before reasons were kept says only "unreadable")."""
+    reasons = reasons if isinstance(reasons, dict) else {}
+    for name in skipped:
+        warn_skipped_image(root / name, str(reasons.get(name) or "unreadable"))
 
 
 def _write(tmp: Path, root: Path, files: list[Path], seg: Segmenter, input_size: int, batch_size: int,
            device, manifest: dict, progress: bool) -> None:
     """Label and write the readable images; the manifest gets the unreadable ones
-    (``skipped``) and each written image's source (``images``: name -> path in the folder)."""
-    skipped, sources = manifest["skipped"], manifest["images"]
-    images = FolderImages(files, input_size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    (``skipped``, and why: ``skipped_reasons``) and each written image's source (``images``:
+    name -> path in the folder)."""
+    skipped, reasons, sources = manifest["skipped"], manifest["skipped_reasons"], manifest["images"]
+    images = FolderImages(files, input_size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), root=root)
     seg.to(device)
     writer = SegmentedImagesWriter(tmp, seg.concepts, seg.layers)
     n_val = int(round(len(files) * VAL_FRACTION))
@@ -139,7 +153,8 @@ def _write(tmp: Path, root: Path, files: list[Path], seg: Segmenter, input_size:
             items = [images[i] for i in range(start, min(start + batch_size, len(files)))]
             for it in items:
                 if not it["ok"]:
-                    skipped.append(Path(it["path"]).relative_to(root).as_posix())
+                    skipped.append(it["path"])
+                    reasons[it["path"]] = it["error"]
             good = [it for it in items if it["ok"]]
             if not good:
                 continue
@@ -149,7 +164,7 @@ def _write(tmp: Path, root: Path, files: list[Path], seg: Segmenter, input_size:
             for b, it in enumerate(good):
                 i = it["index"]
                 writer.add(f"img-{i:05d}", u8[b], lab[b], "val" if i >= len(files) - n_val else "train")
-                sources[f"img-{i:05d}.png"] = Path(it["path"]).relative_to(root).as_posix()
+                sources[f"img-{i:05d}.png"] = it["path"]
     if not writer.rows:
         raise DissectError(f"none of the {len(files)} images in {root} could be read "
                            f"(e.g. {skipped[0]}); give a folder of readable images")

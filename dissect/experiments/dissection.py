@@ -214,7 +214,7 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
                           total=math.ceil((hi - lo) / config.batch_size), disable=not progress,
                           leave=False):
             skipped += [p for p, _ in batch["bad"]]
-            warn_bad(batch["bad"])
+            warn_bad(batch["bad"], index.images)
             if len(batch["index"]) == 0:
                 continue
             acts = finite.check(_forward(model, todo, batch["image"].to(device, non_blocking=True), dtype,
@@ -399,10 +399,8 @@ def summarize_layer(stats: LayerStats, dataset: BrodenDataset, config: DissectCo
             "dead": bool(dead[k]),
             "top_concepts": top,
             "top_by_category": by_cat,
-            "top_images": [
-                {"index": int(i), "image": dataset.index.records[dataset.indices[int(i)]].image,
-                 "max_activation": _s(float(v))}
-                for v, i in zip(stats.top_values[k].tolist(), stats.top_indices[k].tolist())],
+            "top_images": [_top_image(dataset, i, _s(float(v)))
+                           for v, i in zip(stats.top_values[k].tolist(), stats.top_indices[k].tolist())],
         })
 
     detectors = [u for u in units if u["detector"]]
@@ -445,8 +443,15 @@ def _invalid_unit(k: int, stats: LayerStats, dataset: BrodenDataset) -> dict:
     return {"unit": k, "label": None, "category": None, "iou": None, "detector": False,
             "threshold": None, "active_fraction": None, "max_activation": None, "dead": False,
             "invalid": True, "top_concepts": [], "top_by_category": {},
-            "top_images": [{"index": int(i), "image": dataset.index.records[dataset.indices[int(i)]].image,
-                            "max_activation": None} for i in stats.top_indices[k].tolist()]}
+            "top_images": [_top_image(dataset, i, None) for i in stats.top_indices[k].tolist()]}
+
+
+def _top_image(dataset: BrodenDataset, i: int, value: float | None) -> dict:
+    """A top image's record: its index in the probe set, its file there, the user's own file
+    behind it (``source``: see :meth:`~dissect.data.broden.BrodenIndex.source`) and the
+    unit's maximum activation on it."""
+    name = dataset.index.records[dataset.indices[int(i)]].image
+    return {"index": int(i), "image": name, "source": dataset.index.source(name), "max_activation": value}
 
 
 def _s(x: float) -> float | None:

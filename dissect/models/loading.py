@@ -187,7 +187,7 @@ def _load_callable(target: str, weights: str | None, num_classes: int | None, in
     for part in attr.split("."):
         if not hasattr(obj, part):
             choices = [n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n, None))]
-            raise unknown_choice("callable", attr, choices, hint=f"in module {module_name}")
+            raise unknown_choice("callable", attr, choices, where=f"in module {module_name}")
         obj = getattr(obj, part)
     if not callable(obj):
         raise DissectError(f"{target} is a {type(obj).__name__}, not a callable that returns an nn.Module")
@@ -359,7 +359,7 @@ def resolve_layer(loaded: LoadedModel, name: str) -> tuple[str, str | None]:
         return loaded.aliases[name], name
     if name and name in set(_module_paths(loaded)):
         return name, None
-    raise unknown_choice("layer", name, layer_names(loaded), hint=f"See `dissect layers {loaded.name}`")
+    raise unknown_choice("layer", name, layer_names(loaded), hint=f"see `dissect layers {loaded.name}`")
 
 
 def get_layer(loaded: LoadedModel, name: str) -> nn.Module:

@@ -98,5 +98,5 @@ def get_model_spec(name: str) -> ModelSpec:
     """The spec registered as ``name`` (or its lower case); unknown names list the nearest."""
     spec = _REGISTRY.get(name) or _REGISTRY.get(name.lower())
     if spec is None:
-        raise unknown_choice("model", name, list_models(), hint="Or give your own as package.module:callable")
+        raise unknown_choice("model", name, list_models(), hint="or give your own as package.module:callable")
     return spec

@@ -45,7 +45,7 @@ class Segmenter:
             if name == concept:
                 return i + 1
         raise unknown_choice("concept", concept, [n for n, _ in self.concepts],
-                             hint=f"(the concepts segmenter {self.name!r} can label)")
+                             where=f"of segmenter {self.name!r}")
 
     def category_of(self, concept: str) -> str:
         """The category of ``concept``."""

@@ -49,7 +49,7 @@ def segmenter_files(name: str) -> list[RemoteFile]:
     """What segmenter ``name`` needs from the network (none for ``package.module:callable``);
     an unknown name lists the nearest ones."""
     if name not in _FACTORIES and ":" not in name:
-        raise unknown_choice("segmenter", name, list_segmenters(), hint="or package.module:callable")
+        raise unknown_segmenter(name)
     return list(_FILES[name]()) if name in _FILES else []
 
 
@@ -74,7 +74,13 @@ def load_segmenter(name: str, weights: str | None = None, progress: bool = True)
         if fn is None or not callable(fn):
             raise DissectError(f"{name}: {module_name} has no callable {attr!r}")
         return as_segmenter(fn(), name)
-    raise unknown_choice("segmenter", name, list_segmenters(), hint="or package.module:callable")
+    raise unknown_segmenter(name)
+
+
+def unknown_segmenter(name: str) -> DissectError:
+    """The error for a segmenter name that is neither registered nor ``package.module:callable``."""
+    return unknown_choice("segmenter", name, list_segmenters(),
+                          hint="or give your own as package.module:callable")
 
 
 def segmenter_key(seg: Segmenter) -> str:

@@ -206,11 +206,15 @@ def ablation_page(ctx: ModelContext, layer: dict[str, Any], entry: dict[str, Any
         row["target_prob"] = f"{pct(tp.get('clean'))} → {pct(tp.get('attacked'))}" if tp else "–"
 
     acc = entry.get("accuracy") or {}
+    skipped = list((entry.get("images") or {}).get("skipped") or [])
     setup = [
         {"key": "method", "value": entry.get("method", "–")},
         {"key": "labeled data", "value": f"{data.get('source', '–')}: {data.get('path', '–')}"},
         {"key": "ranking split", "value": f"{data.get('rank_split', '–')} ({fmt_num(data.get('rank_images'))} images, accuracy {pct(acc.get('rank'))}%)"},
         {"key": "evaluation split", "value": f"{data.get('eval_split', '–')} ({fmt_num(data.get('eval_images'))} images, accuracy {pct(acc.get('eval'))}%)"},
+        *([{"key": "unreadable images skipped",
+            "value": f"{len(skipped)}: " + ", ".join(skipped[:10]) + (" …" if len(skipped) > 10 else "")}]
+          if skipped else []),
         {"key": "N (top-N curves)", "value": ", ".join(str(n) for n in sizes) or "–"},
         {"key": "random draws per N", "value": fmt_num(params.get("random_draws"))},
         {"key": "seed", "value": fmt_num(params.get("seed"))},

@@ -320,6 +320,12 @@ def layer_page(ctx: ModelContext, layer: dict[str, Any], images: dict[int, Any])
 
 # ---------------------------------------------------------------------------- unit detail
 
+def _image_name(top: dict[str, Any]) -> str:
+    """The name a top image is shown by: the user's own file (``source``: an image folder's
+    original name), else its file in the probe set (results written before ``source``)."""
+    return str(top.get("source") or top.get("image") or "–")
+
+
 def _bar(iou: float, scale: float) -> str:
     return f"{max(0.0, min(100.0, 100.0 * iou / scale)):.1f}" if scale > 0 else "0.0"
 
@@ -356,7 +362,9 @@ def unit_page(
             "dead": bool(u.get("dead")),
             "invalid": bool(u.get("invalid")),
             "strip": img["full"],
-            "alt": f"unit {u['unit']} top {len(u.get('top_images', []))} images, region where it fires highlighted: {label}",
+            "alt": f"unit {u['unit']} top {len(u.get('top_images', []))} images "
+                   f"({', '.join(_image_name(t) for t in u.get('top_images', []))}), "
+                   f"region where it fires highlighted: {label}",
         },
         "stats": [
             {"key": "best IoU", "value": f"{fmt_iou(u.get('iou', 0.0))} ({'detector' if u.get('detector') else 'not a detector'}; threshold {fmt_num(ctx.iou_threshold)})"},
@@ -378,7 +386,7 @@ def unit_page(
             for c in cat_order
         ],
         "top_images": [
-            {"rank": k + 1, "image": t.get("image", "–"), "index": t.get("index", "–"),
+            {"rank": k + 1, "image": t.get("image", "–"), "source": _image_name(t), "index": t.get("index", "–"),
              "max_activation": fmt_num(t.get("max_activation"))}
             for k, t in enumerate(u.get("top_images", []))
         ],
