@@ -16,6 +16,7 @@ from dissect.data.broden import BrodenIndex
 from dissect.data.labeled import FolderImages
 from dissect.data.probe import open_probe_data
 from dissect.data.segmented import image_files, is_image_folder, open_segmented_probe
+from dissect.errors import SkippedImageWarning
 from dissect.models.latents import quantize
 from dissect.segmenters import load_segmenter
 
@@ -132,3 +133,50 @@ def test_bad_image_folders_are_one_line(tmp_path, capsys, setup, args, needle):
     assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "site").exists()
     assert not list((tmp_path / "cache").glob("segmented/*"))  # nothing half-written
+
+
+def test_the_users_file_names_and_skipped_images_reach_console_results_and_pages(image_dir, tmp_path, capsys):
+    """An image folder's probe images keep their own names (relative to the folder) in
+    results.json (``top_images[].source``) and on the unit pages; its unreadable image is
+    warned about on the console in one line, once, and counted."""
+    out = tmp_path / "site"
+    rc = main(["report", "--model", "toy", "--data", str(image_dir), "--segmenter", "toy",
+               "--layer", "conv4_2", "--no-ablation", "--quiet", "--reproducible", "--workers", "0",
+               "--top-k", "4", "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    warned = [line for line in err.splitlines() if "skipped unreadable image" in line]
+    assert len(warned) == 1 and warned[0].startswith(f"dissect: warning: skipped unreadable image "
+                                                     f"{image_dir.resolve() / 'broken.jpg'}: ")
+    results = json.loads((out / "toy" / "results.json").read_text())
+    assert results["probe"]["num_skipped"] == 1
+    probe_dir = next((tmp_path / "cache" / "segmented").iterdir())
+    sources = json.loads((probe_dir / "segmented.json").read_text())["images"]
+    names = {p.relative_to(image_dir).as_posix() for p in image_files(image_dir)} - {"broken.jpg"}
+    layer = results["layers"][0]
+    seen = set()
+    for u in layer["units"]:
+        for t in u["top_images"]:
+            assert t["image"].startswith("img-") and t["source"] == sources[t["image"]] and t["source"] in names
+            seen.add(t["source"])
+    assert len(seen) >= 4
+    u = layer["units"][0]
+    page = (out / "toy" / layer["slug"] / "unit-0000.html").read_text()
+    alt = page.split('alt="', 1)[1].split('"', 1)[0]
+    for t in u["top_images"]:
+        assert t["source"] in alt and f"<code>{t['source']}</code>" in page
+    assert "img-0" in page   # the probe file beside it
+
+
+def test_a_reused_labeled_folder_still_warns_with_a_manifest_of_old(image_dir, tmp_path):
+    probe = open_segmented_probe(image_dir, 64, tmp_path / "cache", "toy", progress=False)
+    path = probe.path / "segmented.json"
+    manifest = json.loads(path.read_text())
+    assert "UnidentifiedImageError" in manifest["skipped_reasons"]["broken.jpg"]
+    del manifest["skipped_reasons"]   # as written before reasons were kept
+    path.write_text(json.dumps(manifest))
+    with pytest.warns(SkippedImageWarning, match=r"broken\.jpg: unreadable$"):
+        again = open_segmented_probe(image_dir, 64, tmp_path / "cache", "toy", progress=False)
+    assert again.path == probe.path and again.skipped == ["broken.jpg"]
+    index = BrodenIndex(again.path)
+    assert sorted(index.source(r.image) for r in index.records) == sorted(manifest["images"].values())

@@ -246,6 +246,25 @@ def test_unit_page(site):
         Path(page.parents[3]) / "run-toy" / "units" / "features.3" / "unit-0001.jpg").read_bytes()
 
 
+def test_top_images_are_named_by_the_users_files(tmp_path):
+    """A top image's own name (``source``: an image folder's original file) is what the unit
+    page shows, escaped, with the probe file beside it; results written before ``source``
+    show the probe file."""
+    results, run_dir = make_run(tmp_path)
+    u = results["layers"][0]["units"][1]
+    for k, t in enumerate(u["top_images"]):
+        t["source"] = f"holiday/{XSS}-{k}.jpg" if k == 0 else f"holiday/astronaut {k}.jpg"
+    out = write_site(tmp_path / "site", [(results, run_dir)])
+    text = (out / "toy" / "features.3" / "unit-0001.html").read_text()
+    assert XSS not in text and "<code>holiday/&lt;script&gt;alert(1)&lt;/script&gt;-0.jpg</code>" in text
+    strip = _parse(out / "toy" / "features.3" / "unit-0001.html").imgs[0]
+    assert "holiday/astronaut 1.jpg, holiday/astronaut 2.jpg" in strip["alt"]
+    assert "holiday/astronaut 3.jpg" in strip["title"]
+    assert "<code>holiday/astronaut 2.jpg</code> <span class=\"muted\">(probe file <code>images/toy-00019.png</code>)" in text
+    old = (out / "toy" / "features.3" / "unit-0000.html").read_text()   # no source: the probe file
+    assert "<code>images/toy-00017.png</code></td>" in old and "probe file" not in old
+
+
 def test_deterministic(tmp_path):
     results, run_dir = make_run(tmp_path)
     a = write_site(tmp_path / "a", [(results, run_dir)], notes_md="hi")

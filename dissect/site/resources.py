@@ -1,8 +1,9 @@
 """Templates and static assets shipped with dissect.
 
 Installed, ``templates/`` is the package ``dissect._templates`` and ``site_assets/`` is
-``dissect._site_assets``; from a source checkout that is not installed they are read from
-the repository's top-level folders.
+``dissect._site_assets``; run from a source checkout (the package's folder beside a
+``pyproject.toml``) they are read from that repository's top-level folders, even when another
+checkout is installed in editable mode (whose templates belong to other code).
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ ASSETS = ("style.css", "site.js")
 
 
 def resource_dir(package: str) -> Traversable:
-    """The folder of a data package, installed or in a source checkout."""
+    """The folder of a data package: this source checkout's, else the installed one."""
+    mine = _CHECKOUT / _FALLBACK[package]
+    if (_CHECKOUT / "pyproject.toml").is_file() and (mine / "__init__.py").is_file():
+        return mine
     try:
         return importlib.resources.files(package)
     except ModuleNotFoundError:
