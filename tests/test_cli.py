@@ -109,6 +109,26 @@ def test_corrupt_image_skipped_and_counted(tmp_path, toyworld_small):
     assert res["probe"]["skipped"] == [victim.name]
 
 
+def test_corrupt_probe_image_is_one_console_line_once(capsys, tmp_path, toyworld_small):
+    """On the command line a skipped image is one line on stderr naming the file (not
+    Python's two-line warning), said once although both passes and the ablation read it."""
+    data = tmp_path / "broken"
+    shutil.copytree(toyworld_small, data)
+    victim = sorted((data / "images").glob("toy-*[0-9].png"))[3]
+    victim.write_bytes(b"\x89PNG garbage")
+    code, out, err = run_cli(capsys, "report", "--model", "toy", "--weights", "none", "--layer", "conv4_2",
+                             "--data", str(data), "--data-size", "40", "--top-k", "2", "--workers", "0",
+                             "--quiet", "--reproducible", "--out", str(tmp_path / "s"),
+                             "--cache-dir", str(tmp_path / "c"), "--ablation-top-n", "1,all",
+                             "--attack-pairs", "0")
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if victim.name in line]
+    assert warned == [line for line in err.splitlines() if "warning" in line.lower()]
+    assert len(warned) == 1 and warned[0].startswith(f"dissect: warning: skipped unreadable image {victim}: ")
+    res = json.loads((tmp_path / "s" / "toy" / "results.json").read_text())
+    assert res["probe"]["num_skipped"] == 1 and res["probe"]["skipped"] == [victim.name]
+
+
 # every registered torchvision ImageNet classifier (the modern families are in
 # test_feature_maps.py, the papers' Places365 networks in test_papers_models.py)
 TORCHVISION_CLASSIFIERS = [("vgg16", "conv5_3"), ("resnet18", None), ("vgg19", None), ("alexnet", None),
