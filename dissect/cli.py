@@ -323,7 +323,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     elif args.command == "fetch":
         from .download import ensure_files, format_bytes
         from .pipeline import DEFAULT_MODELS, ReportOptions
-        from .requirements import INSTEAD, report_files
+        from .requirements import report_files
         opts = ReportOptions(model=args.model or list(DEFAULT_MODELS), weights=args.weights,
                              data=args.data, ablation_data=args.ablation_data,
                              segmenter=args.segmenter, cache_dir=args.cache_dir)
@@ -333,10 +333,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                 state = "present" if f.is_present() else "missing"
                 print(f"{state:8s} {f.missing_line()}")
             return 0
-        paths = ensure_files(files, progress=not args.quiet, instead=INSTEAD)
+        paths = ensure_files(files, progress=not args.quiet)
         for f, path in zip(files, paths):
             size = f" ({format_bytes(f.size)})" if f.size else ""
-            print(f"dissect: {f.what}{size}: {path}")
+            print(f"dissect: {f.what}{size}: {path} ({f.checksum()})")
         print(f"dissect: {len(files)} file(s) in place" + ("" if files else " (nothing to download)"))
     elif args.command == "models":
         from .models.catalog import model_rows

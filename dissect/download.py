@@ -278,7 +278,8 @@ class RemoteFile:
     inner: str | None = None        # archives: their top folder, if they have one
     expect: str | None = None       # archives: a file that must be in the unpacked folder
     size: int | None = None         # bytes, where known
-    instead: str = ""               # what else the user can do: "or pass --weights FILE"
+    instead: str = ""               # what else the user can do: "or pass --weights FILE (a copy of x.pth)"
+    flag: str = ""                  # the option that takes a copy of it instead: "--weights FILE"
 
     @property
     def target(self) -> Path:
@@ -292,10 +293,17 @@ class RemoteFile:
         return self.dest.is_file() and checksum_problem(self.dest, self.sha256, self.hash_prefix) is None
 
     def checksum(self) -> str:
+        """The checksum a copy of the file must have, in full (``sha256sum`` or ``md5sum``
+        can check a copy made by hand): the published SHA-256 or MD5. Where only a SHA-256
+        prefix is published (torch hub's ``name-<prefix>.pth``), the full SHA-256 of the copy
+        in place when there is one that matches the prefix, else the prefix, said to be one."""
         if self.sha256:
             return f"sha256 {self.sha256}"
         if self.hash_prefix:
-            return f"sha256 {self.hash_prefix}..."
+            if self.dest.is_file() and checksum_problem(self.dest, hash_prefix=self.hash_prefix) is None:
+                return f"sha256 {verified_sha256(self.dest)}"
+            return (f"sha256 {self.hash_prefix}... – only these {len(self.hash_prefix)} hex digits are published, "
+                    "in the file name; `dissect fetch --list` prints a downloaded copy's full SHA-256")
         if self.md5:
             return f"md5 {self.md5}"
         return "no published checksum"
@@ -375,13 +383,14 @@ def reachable_hosts(urls: Sequence[str], timeout: float = 5.0) -> dict[tuple[str
 
 
 def ensure_files(files: Sequence[RemoteFile], progress: bool = True, offline: bool | None = None,
-                 instead: str = "") -> list[Path]:
+                 instead: str | None = None) -> list[Path]:
     """Make every file of ``files`` present (downloading what is missing) before any work.
 
     Hosts are tried first, all at once, so that without a network this fails within seconds:
     one :class:`DissectError` with one line per file that is missing and could not be fetched
     (what it is, its URL, its checksum, where to put it). ``offline`` (default:
-    :func:`offline_mode`) never touches the network. ``instead``: what else the user can do.
+    :func:`offline_mode`) never touches the network. ``instead``: what else the user can do
+    (default: pass a copy with the option of each missing file, its ``flag``).
     """
     files = list({(f.url, str(f.target)): f for f in files}.values())
     missing = [f for f in files if not f.is_present()]
@@ -402,6 +411,9 @@ def ensure_files(files: Sequence[RemoteFile], progress: bool = True, offline: bo
             except DissectError as exc:
                 failed.append((f, str(exc)))
     if failed:
+        if instead is None:
+            flags = list(dict.fromkeys(f.flag for f, _ in failed if f.flag))
+            instead = f"(or pass {', '.join(flags)})" if flags else ""
         lines = [f"{len(failed)} file(s) this run needs are missing and could not be downloaded; "
                  f"put each where it says{(' ' + instead) if instead else ''}:"]
         lines += [f"  {f.missing_line()} [{why}]" for f, why in failed]

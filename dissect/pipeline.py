@@ -51,7 +51,7 @@ from dissect.experiments.strips import render_unit_strips
 from dissect.models.loading import LoadedModel, from_module, load_model, resolve_layer
 from dissect.models.series import expand_weights, steps_from_names, toy_comparison_weights, weights_section_name
 from dissect.publish import format_size_report, site_size, zip_site
-from dissect.requirements import INSTEAD, ablation_probe, default_ablation_data, default_data_name, report_files
+from dissect.requirements import ablation_probe, default_ablation_data, default_data_name, report_files
 from dissect.segmenters.registry import list_segmenters, unknown_segmenter
 from dissect.site.build import write_site
 from dissect.site.folder import check_out_dir
@@ -248,7 +248,7 @@ def run_report(opts: ReportOptions) -> Path:
     opts.validate()
     distributed.init_from_env(opts.dissect_config.device)
     notes_md = opts.read_notes()
-    ensure_files(report_files(opts), opts.progress, instead=INSTEAD)  # offline: fail before any work
+    ensure_files(report_files(opts), opts.progress)  # offline: fail before any work
     loaded_all = [pair for m in opts.models for pair in opts.load_all(m)]
     slugs = [slugify(m.name, "model") for m, _ in loaded_all]
     if len(set(slugs)) != len(slugs):

@@ -21,16 +21,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dissect.data.catalog import data_files, published_name
+from dissect.data.catalog import ABLATION_FLAG, data_files, published_name
 from dissect.data.generated import segmenter_for
 from dissect.data.segmented import default_segmenter, is_image_folder
 from dissect.download import RemoteFile
 from dissect.models.registry import ModelSpec, get_model_spec, is_registered
 from dissect.models.weights import weights_files
 from dissect.segmenters.registry import segmenter_files
-
-INSTEAD = "(or pass --weights FILE, --data FOLDER, --ablation-data DIR)"
-
 
 def default_data_name(spec: ModelSpec | None) -> str:
     """The probe set of a classifier when ``--data`` is not given: the spec's own
@@ -83,7 +80,7 @@ def model_files(model: Any, opts: Any) -> list[RemoteFile]:
         files += segmenter_files(seg)
     if opts.ablation is not False:
         ablation = opts.ablation_data if opts.ablation_data is not None else default_ablation_data(spec)
-        files += data_files(os.fspath(ablation) if ablation is not None else None, opts.cache)
+        files += data_files(os.fspath(ablation) if ablation is not None else None, opts.cache, ABLATION_FLAG)
     return files
 
 

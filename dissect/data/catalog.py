@@ -68,9 +68,12 @@ def published_name(name: str) -> str | None:
 
 
 def data_file(name: str, cache_dir: str | os.PathLike, url: str | None = None,
-              md5: str | None = None, sha256: str | None = None, root: str | os.PathLike | None = None) -> RemoteFile:
+              md5: str | None = None, sha256: str | None = None, root: str | os.PathLike | None = None,
+              flag: str = "--data FOLDER") -> RemoteFile:
     """The published data set ``name`` as a :class:`RemoteFile`: its zip and folder in
-    ``cache_dir``'s subfolder for it (``broden/``, ``places/``), or in ``root`` when given.
+    ``cache_dir``'s subfolder for it (``broden/``, ``places/``), or in ``root`` when given;
+    ``flag``: the option that takes the unpacked folder instead (``--ablation-data DIR`` for
+    the ablation's images).
 
     ``url`` replaces the published address (another mirror, or ``file:///path/to.zip``);
     the published MD5 is then checked only when it is the published file's (``md5`` or
@@ -82,28 +85,32 @@ def data_file(name: str, cache_dir: str | os.PathLike, url: str | None = None,
     root = Path(root) if root is not None else Path(cache_dir) / d.folder
     rf = RemoteFile(what=f"data set {key}", url=d.url, dest=root / f"{key}.zip", md5=d.md5,
                     mirrors=d.mirrors, unpack_to=root / key, inner=key, expect=d.expect, size=d.size,
-                    instead="or unzip it yourself and pass its folder instead of the name")
+                    instead=f"or unzip it yourself and pass the folder as {flag}", flag=flag)
     if url is not None or md5 is not None or sha256 is not None:
         rf = dataclasses.replace(rf, url=url or d.url, mirrors=() if url else d.mirrors,
                                  md5=md5 if md5 or url else d.md5, sha256=sha256)
     return rf
 
 
-def data_files(name: str | None, cache_dir: str | os.PathLike) -> list[RemoteFile]:
-    """What ``--data NAME`` / ``--ablation-data NAME`` needs from the network: the published
-    set's zip, or nothing (``toyworld``, a folder)."""
+#: The option that takes a folder in place of the published ablation set.
+ABLATION_FLAG = "--ablation-data DIR"
+
+
+def data_files(name: str | None, cache_dir: str | os.PathLike, flag: str = "--data FOLDER") -> list[RemoteFile]:
+    """What ``--data NAME`` (or, with ``flag`` :data:`ABLATION_FLAG`, ``--ablation-data
+    NAME``) needs from the network: the published set's zip, or nothing (``toyworld``, a folder)."""
     if name is None or published_name(str(name)) is None:
         return []
-    return [data_file(str(name), cache_dir)]
+    return [data_file(str(name), cache_dir, flag=flag)]
 
 
 def fetch_data(name: str, cache_dir: str | os.PathLike, url: str | None = None, md5: str | None = None,
-               sha256: str | None = None, progress: bool = True) -> Path:
+               sha256: str | None = None, progress: bool = True, flag: str = "--data FOLDER") -> Path:
     """The folder of published data set ``name``, downloaded and unpacked if needed."""
-    return fetch_file(data_file(name, cache_dir, url, md5, sha256), progress)
+    return fetch_file(data_file(name, cache_dir, url, md5, sha256, flag=flag), progress)
 
 
 def labeled_data_path(name: str, cache_dir: str | os.PathLike) -> str:
     """What ``--ablation-data NAME`` reads: a published set's folder (``places_val``, fetched
     if needed), or ``name`` itself (a folder)."""
-    return str(fetch_data(name, cache_dir)) if published_name(name) else name
+    return str(fetch_data(name, cache_dir, flag=ABLATION_FLAG)) if published_name(name) else name

@@ -12,6 +12,9 @@ from dissect.models.registry import ModelSpec, get_model_spec, list_models
 from dissect.models.weights import WEIGHTS_DIR, weights_files
 
 
+FLOAT32_BYTES = 4   # a checkpoint's bytes per parameter (the published ones are float32)
+
+
 def parameter_count(spec: ModelSpec) -> int | None:
     """The number of parameters of ``spec``'s architecture, built on the ``meta`` device
     (None where its builder cannot run there)."""
@@ -25,8 +28,9 @@ def parameter_count(spec: ModelSpec) -> int | None:
 
 def weights_status(name: str) -> tuple[str, str, str]:
     """``(source, size, cached)`` of model ``name``'s default weights: the source as
-    ``--weights`` spells it, the download size where known (else the file's), and
-    ``cached``, ``not cached`` or ``built in``."""
+    ``--weights`` spells it, the download size where known (else the file's; else estimated
+    as 4 bytes per parameter, ``≈233 MB (58,363,629 float32 parameters)``), and ``cached``,
+    ``not cached`` or ``built in``."""
     spec = get_model_spec(name)
     source = spec.default_weights or "none"
     if source.startswith("builtin:"):
@@ -40,9 +44,9 @@ def weights_status(name: str) -> tuple[str, str, str]:
     size = rf.size or (rf.dest.stat().st_size if on_disk else None)
     if size:
         shown = format_bytes(size)
-    else:
+    else:   # no published size: estimated, in the same unit as the others
         count = parameter_count(spec)
-        shown = f"{count / 1e6:.1f}M parameters" if count else "size unknown"
+        shown = f"≈{format_bytes(count * FLOAT32_BYTES)} ({count:,} float32 parameters)" if count else "size unknown"
     return source, shown, "cached" if on_disk else "not cached"
 
 

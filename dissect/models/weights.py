@@ -210,25 +210,29 @@ def fetch_torchvision_checkpoint(enum_name: str, progress: bool = True) -> tuple
     return path, verified_sha256(path)
 
 
-def hub_file(url: str, what: str, size: int | None = None, instead: str = "") -> RemoteFile:
+def hub_file(url: str, what: str, size: int | None = None, flag: str = "--weights FILE") -> RemoteFile:
     """The checkpoint at ``url`` as torch hub keeps it: in :func:`checkpoint_dir`, under its
-    own file name, checked against the SHA-256 prefix in that name (``name-<hex>.pth``)."""
+    own file name, checked against the SHA-256 prefix in that name (``name-<hex>.pth``);
+    ``flag``: the option that takes a copy of it instead (``--segmenter-weights FILE`` for a
+    segmenter's)."""
     filename = os.path.basename(urllib.parse.urlparse(url).path)
     if not filename:
         raise DissectError(f"weights URL {url!r} names no file")
     match = HASH_REGEX.search(filename)
     dest = checkpoint_dir() / filename
-    instead = instead or f"or pass --weights FILE (a copy of {filename}), or --weights none for random weights"
+    instead = f"or pass {flag} (a copy of {filename})" + (
+        ", or --weights none for random weights" if flag.startswith("--weights ") else "")
     return RemoteFile(what=what, url=url, dest=dest, hash_prefix=match.group(1) if match else None,
-                      size=size, instead=instead)
+                      size=size, instead=instead, flag=flag)
 
 
-def torchvision_file(enum_name: str) -> RemoteFile:
-    """torchvision weights ``enum_name`` as a :class:`RemoteFile` (size from its metadata)."""
+def torchvision_file(enum_name: str, flag: str = "--weights FILE") -> RemoteFile:
+    """torchvision weights ``enum_name`` as a :class:`RemoteFile` (size from its metadata;
+    ``flag``: see :func:`hub_file`)."""
     weights = torchvision_weights(enum_name)
     megabytes = weights.meta.get("_file_size")
     size = int(megabytes * 2 ** 20) if isinstance(megabytes, (int, float)) else None
-    return hub_file(weights.url, f"torchvision weights {enum_name}", size)
+    return hub_file(weights.url, f"torchvision weights {enum_name}", size, flag)
 
 
 def weights_files(spec: ModelSpec | None, weights: str | None) -> list[RemoteFile]:

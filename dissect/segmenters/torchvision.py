@@ -8,17 +8,20 @@ check when online (:mod:`dissect.models.weights`), or read from a file.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torchvision
 from torch import Tensor
 
-from dissect.download import sha256_file
+from dissect.download import fetch_file, sha256_file, verified_sha256
 from dissect.errors import DissectError
-from dissect.models.weights import fetch_torchvision_checkpoint, read_state_dict, torchvision_file, torchvision_weights
+from dissect.models.weights import read_state_dict, torchvision_file, torchvision_weights
 from dissect.segmenters.base import Segmenter
 from dissect.segmenters.color import COLOR_NAMES, color_layer
 from dissect.segmenters.registry import register_segmenter
 
+SEGMENTER_WEIGHTS_FLAG = "--segmenter-weights FILE"
 TORCHVISION_SEGMENTERS = {
     "deeplabv3_resnet50": "DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1",
     "deeplabv3_resnet101": "DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1",
@@ -45,7 +48,8 @@ class TorchvisionSegmenter(Segmenter):
                 state = read_state_dict(path)
                 self.weights_sha256 = sha256_file(path)
             else:
-                path, digest = fetch_torchvision_checkpoint(enum_name, progress)
+                path = fetch_file(_weights_file(arch), progress)
+                digest = verified_sha256(path)
                 state = read_state_dict(path)
                 self.weights_sha256 = digest
             state = {k: v for k, v in state.items() if not k.startswith("aux_classifier.")}
@@ -78,9 +82,16 @@ class TorchvisionSegmenter(Segmenter):
         return torch.stack([obj, col], 1).to(images.device)
 
 
+def _weights_file(arch: str):
+    """The default weights of segmenter ``arch`` as a download record: a copy of them is
+    given with ``--segmenter-weights FILE`` (not the model's ``--weights``)."""
+    rf = torchvision_file(TORCHVISION_SEGMENTERS[arch], SEGMENTER_WEIGHTS_FLAG)
+    return dataclasses.replace(rf, what=f"weights of segmenter {arch} ({rf.what})")
+
+
 def _register(arch: str) -> None:
     @register_segmenter(arch, description=f"torchvision's {arch} (the 20 Pascal VOC objects) plus colors",
-                        files=lambda: [torchvision_file(TORCHVISION_SEGMENTERS[arch])])
+                        files=lambda: [_weights_file(arch)])
     def factory(weights: str | None, progress: bool) -> TorchvisionSegmenter:
         return TorchvisionSegmenter(arch, weights, progress)
 

@@ -211,7 +211,8 @@ def upp_files(folder: Path | None = None, names: Sequence[str] = UPP_FILES) -> l
     ``dissect fetch`` and a report's offline check. Unchecked: no checksum is published."""
     folder = Path(folder) if folder is not None else upp_cache_dir()
     return [RemoteFile(f"segmenter upp: {name}", UPP_URL + name, folder / name,
-                       instead="or pass --segmenter-weights DIR, a folder holding all three files")
+                       instead="or pass --segmenter-weights DIR, a folder holding all three files",
+                       flag="--segmenter-weights DIR")
             for name in names]
 
 
