@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="dissect a model and write the report site",
                        description="Dissect a model's layers on a probe set and write a "
-                       "self-contained static site (default: the toy classifier on toy-world scenes).")
+                       "self-contained static site (default: both toy models, the toy classifier `toy` "
+                       "on toy-world scenes and the toy generator `toygan` on its own samples).")
     r.add_argument("--model", action="append", default=None, help="registered name (see `dissect "
                    "models`) or package.module:callable returning an nn.Module; repeatable, all "
                    "go into one site (default: both toy models, toy and toygan)")
@@ -116,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"IoU above which a unit is a detector (default {d.iou_threshold})")
     r.add_argument("--top-k", type=_positive_int, default=d.top_k,
                    help=f"top images per unit (default {d.top_k})")
-    r.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
+    r.add_argument("--batch-size", type=_positive_int, default=d.batch_size, metavar="N",
+                   help=f"images per forward pass (default {d.batch_size})")
     r.add_argument("--workers", type=int, default=None, help="image decoding processes")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     r.add_argument("--nonfinite", choices=["error", "invalid"], default=d.nonfinite,

@@ -265,6 +265,27 @@ def test_top_images_are_named_by_the_users_files(tmp_path):
     assert "<code>images/toy-00017.png</code></td>" in old and "probe file" not in old
 
 
+def test_index_sentences_are_spaced(tmp_path):
+    """The site index reads "2 models in this report. Compare them: ..." (a space between
+    the sentences, whatever the template's line breaks)."""
+    runs = [make_run(tmp_path, name=slug, slug=slug) for slug in ("a", "b")]
+    out = write_site(tmp_path / "site", runs)
+
+    class Text(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.parts: list[str] = []
+
+        def handle_data(self, data):
+            self.parts.append(data)
+
+    parser = Text()
+    parser.feed((out / "index.html").read_text(encoding="utf-8"))
+    text = " ".join("".join(parser.parts).split())
+    assert "2 models in this report. Compare them: unique detectors" in text, text[:400]
+    assert not re.search(r"[a-z]\.[A-Z]", text)
+
+
 def test_deterministic(tmp_path):
     results, run_dir = make_run(tmp_path)
     a = write_site(tmp_path / "a", [(results, run_dir)], notes_md="hi")

@@ -1,7 +1,10 @@
 """mkdocs hooks of the user guide (see ``mkdocs.yml``).
 
-* ``<!-- dissect:cli-reference -->`` in a page becomes the ``--help`` of every command,
-  generated from the argparse parser, so the reference cannot drift from the code.
+* ``docs/cli.md`` holds the ``--help`` of every command, generated from the argparse
+  parser between ``<!-- dissect:cli-reference -->`` and ``<!-- dissect:cli-reference-end -->``
+  (so that it reads on GitHub too). ``python3 docs/hooks/dissect_docs.py`` rewrites it;
+  ``tests/test_docs_agree.py`` fails when the committed text is not what the parser gives,
+  and the guide's build puts the parser's text there in any case.
 * ``<!-- dissect:defaults -->`` becomes a table of the dissection defaults
   (:class:`dissect.experiments.dissection.DissectConfig`).
 * A real example site is built by the project (``dissect report`` on the toy classifier)
@@ -22,6 +25,8 @@ from pathlib import Path
 log = logging.getLogger("mkdocs.plugins.dissect")
 
 CLI_MARK = "<!-- dissect:cli-reference -->"
+CLI_END = "<!-- dissect:cli-reference-end -->"
+CLI_PAGE = Path(__file__).resolve().parent.parent / "cli.md"
 DEFAULTS_MARK = "<!-- dissect:defaults -->"
 EXAMPLE_DIR = "example"
 #: The example site: the shipped toy classifier on generated toy-world scenes.
@@ -82,9 +87,19 @@ def defaults_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+def with_cli_reference(markdown: str) -> str:
+    """``markdown`` with the text between :data:`CLI_MARK` and :data:`CLI_END` (or after a
+    lone :data:`CLI_MARK`) replaced by today's :func:`cli_reference`."""
+    head, mark, rest = markdown.partition(CLI_MARK)
+    if not mark:
+        return markdown
+    _, end, tail = rest.partition(CLI_END)
+    return f"{head}{CLI_MARK}\n\n{cli_reference()}\n{CLI_END}\n" + (tail.lstrip("\n") if end else "")
+
+
 def on_page_markdown(markdown: str, page, config, files) -> str:
     if CLI_MARK in markdown:
-        markdown = markdown.replace(CLI_MARK, cli_reference())
+        markdown = with_cli_reference(markdown)
     if DEFAULTS_MARK in markdown:
         markdown = markdown.replace(DEFAULTS_MARK, defaults_table())
     return markdown
@@ -139,3 +154,13 @@ def on_post_build(config) -> None:
     if _tmp is not None:
         _tmp.cleanup()
         _tmp = None
+
+
+if __name__ == "__main__":   # python3 docs/hooks/dissect_docs.py: rewrite docs/cli.md from the parser
+    import sys
+    sys.path.insert(0, str(CLI_PAGE.parent.parent))   # this checkout's dissect
+    text = CLI_PAGE.read_text(encoding="utf-8")
+    new = with_cli_reference(text)
+    if new != text:
+        CLI_PAGE.write_text(new, encoding="utf-8")
+    print(f"{CLI_PAGE}: {'rewritten' if new != text else 'already current'}")
