@@ -329,7 +329,8 @@ def test_models_listing_says_source_size_and_cache(server, hub: Path, capsys, mo
     spec = ModelSpec(name="tiny-places", builder=lambda n: torch.nn.Linear(1000, n), num_classes=365,
                      default_weights=f"url:{server.url}/tiny_places365-0bafbc55.pth")
     monkeypatch.setattr(model_catalog, "get_model_spec", lambda name: spec)
-    assert model_catalog.weights_status("tiny-places") == (spec.default_weights, "0.4M parameters", "not cached")
+    assert model_catalog.weights_status("tiny-places") == (spec.default_weights, "≈1.5 MB (365,365 float32 parameters)",
+                                                           "not cached")   # 4 bytes a parameter, in the unit of the others
 
 
 def test_archives_with_another_top_folder_or_none_unpack_to_the_classes(tmp_path: Path) -> None:
