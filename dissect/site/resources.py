@@ -22,7 +22,11 @@ ASSETS = ("style.css", "site.js")
 
 
 def resource_dir(package: str) -> Traversable:
-    """The folder of a data package, installed or in a source checkout."""
+    """The folder of a data package, installed or in a source checkout. Code run from a
+    source checkout reads that checkout's folder, even where another checkout of the package
+    is installed (editable) in the same environment."""
+    if (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / _FALLBACK[package]).is_dir():
+        return _CHECKOUT / _FALLBACK[package]
     try:
         return importlib.resources.files(package)
     except ModuleNotFoundError:
