@@ -502,7 +502,7 @@ def summarize_layer(stats: LayerStats, dataset: BrodenDataset, config: DissectCo
 
 #: Why a unit has no label (results.json ``none_reason``), one sentence each.
 DEAD_REASON = "dead: its activation never varies over the probe set"
-INVALID_REASON = "invalid: non-finite activations (NaN or infinity)"
+INVALID_REASON = "invalid: non-finite activations, so no threshold, IoU or label is defined"
 
 
 def _none_reason(dead: bool, saturated: bool, active: float, maximum: float) -> str:
