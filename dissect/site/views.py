@@ -328,6 +328,7 @@ SATURATED_NOTE = ("yes: its top-q threshold T_k is its largest activation on the
                   "activation such as ReLU6, hard-tanh or sigmoid), so the strict region S_k > T_k "
                   "would be empty; its region is where it is at that cap, S_k ≥ T_k")
 
+
 def _bar(iou: float, scale: float) -> str:
     return f"{max(0.0, min(100.0, 100.0 * iou / scale)):.1f}" if scale > 0 else "0.0"
 
@@ -377,7 +378,7 @@ def unit_page(
             {"key": "dead (activation never varies)", "value": "yes" if u.get("dead") else "no"},
             *([{"key": "saturated (T_k equals the maximum)", "value": SATURATED_NOTE}] if u.get("saturated") else []),
             *([{"key": "no label because", "value": u["none_reason"]}]
-              if label in ("none", "invalid") and u.get("none_reason") else []),
+              if label == "none" and u.get("none_reason") else []),
             *([{"key": "invalid", "value": "yes: non-finite activations (NaN or infinity); "
                 "no threshold, IoU or label is defined"}] if u.get("invalid") else []),
         ],
