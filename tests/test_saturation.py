@@ -231,3 +231,40 @@ def test_flags_reach_results_grid_unit_page_and_console(tmp_path, toyworld_small
     assert rows[0][-2:] == ["saturated", "none_reason"]
     assert [r[-2] for r in rows[1:]] == ["true", "false", "false"]
     assert rows[3][-1] == DEAD_REASON and rows[1][-1] == ""
+
+
+def test_saturated_filter_in_a_browser(tmp_path):
+    """The grid's "saturated only" filter shows exactly the saturated units, keeps its state
+    in the URL, and a layer without saturated units has no such control."""
+    from browser_support import CHROMIUM_ARGS, SiteBrowser, require_browser
+    from dissect.site import write_site
+    from test_site import make_run
+
+    sync_playwright, exe = require_browser()
+    results, run_dir = make_run(tmp_path)
+    for u in results["layers"][0]["units"]:
+        u["saturated"] = u["unit"] in (1, 4)
+    write_site(tmp_path / "site", [(results, run_dir)])
+    site = tmp_path / "site"
+    layer = results["layers"][0]["slug"]
+    visible = "() => Array.from(document.querySelectorAll('#unit-grid > li:not([hidden])'), e => +e.dataset.unit)"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        sb = SiteBrowser(browser, site.resolve().as_uri() + "/", site)
+        try:
+            page = sb.page
+            sb.visit(f"toy/{layer}/index.html")
+            assert page.evaluate(visible) == [0, 1, 2, 3, 4, 5]
+            page.check("input[name=sat]")
+            page.wait_for_function("() => location.hash.includes('sat=1')")
+            assert page.evaluate(visible) == [1, 4]
+            assert "showing 2 of 6" in page.text_content("#grid-controls .count")
+            sb.visit(page.url)                                   # the state is in the URL
+            assert page.is_checked("input[name=sat]") and page.evaluate(visible) == [1, 4]
+            sb.visit(f"toy/{results['layers'][1]['slug']}/index.html#sat=1")
+            assert page.query_selector("input[name=sat]") is None
+            assert len(page.evaluate(visible)) == 6               # no control, no filter
+            assert not sb.problems, sb.problems
+        finally:
+            sb.close()
+            browser.close()
