@@ -85,7 +85,8 @@ class DissectConfig:
     def stats_key(self) -> dict:
         """The fields that change the tallied statistics (the cache key)."""
         return {"quantile": self.quantile, "quantile_space": self.quantile_space,
-                "top_k": self.top_k, "mask": MASK_RULE, **({"nonfinite": self.nonfinite} if self.nonfinite != "error" else {})}
+                "top_k": self.top_k, "mask": MASK_RULE,
+                **({"nonfinite": self.nonfinite} if self.nonfinite != "error" else {})}
 
 
 @dataclass
