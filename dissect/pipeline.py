@@ -44,7 +44,7 @@ from dissect.errors import DissectError
 from dissect.experiments.ablation import AblationConfig, ablation_for_report
 from dissect.experiments.compare_runs import members_for_report, probe_subset, rotation_for_report
 from dissect.experiments.comparison import COMPARISON_VERSION
-from dissect.experiments.dissection import DissectConfig, dissect_layers, summarize_layer
+from dissect.experiments.dissection import MASK_RULE, DissectConfig, dissect_layers, layer_line, summarize_layer
 from dissect.experiments.generator import GeneratorExperimentConfig, generator_for_report
 from dissect.experiments.rotation import ROTATION_SEED
 from dissect.experiments.strips import render_unit_strips
@@ -276,6 +276,8 @@ def run_report(opts: ReportOptions) -> Path:
             dets = sum(layer["summary"]["detectors"] for layer in layer_results)
             print(f"dissect: {name}: {len(layer_results)} layer(s), {units} units, "
                   f"{dets} detectors in {secs:.0f}s")
+            for layer in layer_results:
+                print(layer_line(layer))
         print(f"dissect: done in {time.time() - t0:.0f}s; open {(Path(site_dir) / 'index.html').resolve()}")
     return Path(site_dir) / "index.html"
 
@@ -364,7 +366,7 @@ def _results(loaded: LoadedModel, layer_results: list[dict], probe: dict, config
             "iou_threshold": config.iou_threshold, "top_k": config.top_k,
             "top_concepts": config.top_concepts, "upsample": "bilinear",
             "upsample_size": list(dataset.label_size),
-            "binarize": "S_k > T_k (strict)",
+            "binarize": MASK_RULE,
             "union": dataset.index.annotation_rule,
             "batch_size": config.batch_size, "image_size": loaded.input_size,
         },

@@ -37,6 +37,7 @@
         label: li.getAttribute("data-label").toLowerCase(),
         cat: li.getAttribute("data-cat"),
         det: li.getAttribute("data-det") === "1",
+        sat: li.getAttribute("data-sat") === "1",
         search: li.getAttribute("data-search"),
         dead: li.classList.contains("dead")
       };
@@ -57,6 +58,7 @@
         sort: form.elements.sort.value,
         cat: form.elements.cat.value,
         det: form.elements.det.checked,
+        sat: !!(form.elements.sat && form.elements.sat.checked),
         q: form.elements.q.value.trim().toLowerCase()
       };
     }
@@ -74,7 +76,7 @@
       var shown = 0;
       for (var j = 0; j < items.length; j++) {
         var it = items[j];
-        var ok = (!s.cat || it.cat === s.cat) && (!s.det || it.det);
+        var ok = (!s.cat || it.cat === s.cat) && (!s.det || it.det) && (!s.sat || it.sat);
         for (var k = 0; ok && k < terms.length; k++) ok = it.search.indexOf(terms[k]) !== -1;
         if (it.el.hidden === ok) it.el.hidden = !ok;
         if (ok) shown++;
@@ -86,6 +88,7 @@
         if (s.sort !== "unit") p.set("sort", s.sort);
         if (s.cat) p.set("cat", s.cat);
         if (s.det) p.set("det", "1");
+        if (s.sat) p.set("sat", "1");
         if (s.q) p.set("q", form.elements.q.value.trim());
         var h = p.toString();
         var url = location.pathname + location.search + (h ? "#" + h : "");
@@ -101,6 +104,7 @@
       var known = Array.prototype.some.call(form.elements.cat.options, function (o) { return o.value === cat; });
       form.elements.cat.value = known ? cat : "";
       form.elements.det.checked = p.get("det") === "1";
+      if (form.elements.sat) form.elements.sat.checked = p.get("sat") === "1";
       form.elements.q.value = p.get("q") || "";
     }
 

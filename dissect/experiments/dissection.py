@@ -2,8 +2,9 @@
 
 Pass 1 runs the model over the probe images and tallies, per unit, the top-``q`` quantile
 threshold ``T_k`` and the top-k images by maximum activation. Pass 2 upsamples each
-activation map to the label resolution (bilinear), binarises it with ``S_k > T_k`` (strict)
-and tallies intersections and unions with every concept. Both passes stream: memory does
+activation map to the label resolution (bilinear), binarises it with ``S_k > T_k`` (strict;
+``S_k >= T_k`` for a saturated unit, whose threshold is its maximum: :func:`binarize`) and
+tallies intersections and unions with every concept. Both passes stream: memory does
 not grow with the probe set. Layer activations from pass 1 are kept in RAM for pass 2 only
 while they fit ``activation_cache_mb`` (otherwise pass 2 runs the model again), which
 changes speed, never results.
@@ -39,6 +40,11 @@ from ..stats.topk import TopK
 from .metrics import rounded
 
 QUANTILE_SPACES = ("activation", "upsampled")
+#: How a unit's map is binarised (part of the cache key and of results.json ``params``).
+MASK_RULE = "S_k > T_k (strict); S_k >= T_k for a saturated unit (T_k = its maximum)"
+#: Two values closer than this many float32 roundings (relative) are equal: the bilinear
+#: upsampling of a map that is constant at ``v`` gives ``v`` only to within ~2 roundings.
+TIE_ULPS = 8
 
 
 @dataclass
@@ -79,7 +85,8 @@ class DissectConfig:
     def stats_key(self) -> dict:
         """The fields that change the tallied statistics (the cache key)."""
         return {"quantile": self.quantile, "quantile_space": self.quantile_space,
-                "top_k": self.top_k, **({"nonfinite": self.nonfinite} if self.nonfinite != "error" else {})}
+                "top_k": self.top_k, "mask": MASK_RULE,
+                **({"nonfinite": self.nonfinite} if self.nonfinite != "error" else {})}
 
 
 @dataclass
@@ -114,6 +121,11 @@ class LayerStats:
             self._ious[key] = t.iou()
             self._ious[key][self.invalid] = 0.0   # an invalid unit matches no concept
         return self._ious[key].clone()
+
+    @property
+    def saturated(self) -> torch.Tensor:
+        """``[units]`` bool: the units whose threshold is their maximum (:func:`saturated_units`)."""
+        return saturated_units(self.thresholds, self.minimum, self.maximum, self.invalid)
 
     def to_state(self) -> dict:
         """The tallies as a dict of tensors and plain values (what the cache file holds)."""
@@ -231,6 +243,9 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
     if len(set(skipped)) >= n:
         raise DissectError(f"none of the {n} probe images could be read (the first: {skipped[0]})")
     thresholds = {layer: quant[layer].thresholds() for layer in todo}
+    # (a unit that is invalid on another process is reported invalid, whatever its mask rule)
+    saturated = {layer: saturated_units(thresholds[layer], quant[layer].min, quant[layer].max,
+                                        finite.units(layer)) for layer in todo}
     t1 = time.time()
 
     # ----------------------------------------------------------------- pass 2
@@ -259,7 +274,8 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
                 tally = tallies[layer]
                 if labels is None:
                     labels = tally.prepare(batch["pixel_labels"].long(), batch["image_labels"])
-                img, unit, masks = active_masks(a.to(device), thresholds[layer], (sh, sw))
+                img, unit, masks = active_masks(a.to(device), thresholds[layer], (sh, sw),
+                                                saturated=saturated[layer])
                 tally.add_sparse(img, unit, masks, labels)
     cached.clear()  # (already empty: each batch was popped once tallied)
     tallies = distributed.merge_tallies(tallies, new_tally)
@@ -289,20 +305,61 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
     return results
 
 
-def active_masks(acts: torch.Tensor, thresholds: torch.Tensor, size: tuple[int, int]):
-    """The unit masks ``S_k > T_k`` at ``size`` that are not empty, as (image, unit, mask).
+def _tie_floor(x: torch.Tensor) -> torch.Tensor:
+    """The smallest value that counts as equal to ``x`` (``TIE_ULPS`` float32 roundings below)."""
+    return x - TIE_ULPS * torch.finfo(torch.float32).eps * x.abs()
 
-    Bilinear upsampling takes convex combinations of a map's values, so a map whose maximum
-    is at most ``T_k`` upsamples to an empty mask: only the other maps are upsampled. The
-    result equals upsampling every map (``tests/test_dissection.py`` checks it).
+
+def saturated_units(thresholds: torch.Tensor, minimum: torch.Tensor, maximum: torch.Tensor,
+                    invalid: Sequence[int] = ()) -> torch.Tensor:
+    """``[units]`` bool: the units whose top-q threshold ``T_k`` equals their maximum over the
+    probe set (a saturating activation: ReLU6, hard-tanh, sigmoid), that are neither dead
+    (``max_k > min_k``) nor ``invalid``. For them the strict mask ``S_k > T_k`` is empty
+    although the unit is at its strongest, so their mask is ``S_k >= T_k`` (:func:`binarize`).
+    Equal means within ``TIE_ULPS`` roundings, so that a maximum reached only through the
+    rounding of upsampling (``--quantile-space upsampled``) still ties."""
+    sat = (thresholds >= _tie_floor(maximum)) & (maximum > minimum)
+    sat[list(invalid)] = False
+    return sat
+
+
+def binarize(values: torch.Tensor, thresholds: torch.Tensor,
+             saturated: torch.Tensor | None = None) -> torch.Tensor:
+    """The unit mask of ``values`` (upsampled maps, or their peaks): ``values > thresholds``,
+    and ``values >= thresholds`` where ``saturated`` (both broadcast against ``values``).
+
+    The one place a unit mask is made (the IoU tallies, the unit images). For a saturated
+    unit ``>=`` allows ``TIE_ULPS`` roundings: bilinear upsampling of a map that is at the
+    cap everywhere gives the cap only to within ~2 roundings, and such a pixel is at the cap.
+    ``saturated=None`` means no saturated unit: the strict rule everywhere.
+    """
+    strict = values > thresholds
+    if saturated is None or not bool(saturated.any()):
+        return strict
+    return torch.where(saturated, values >= _tie_floor(thresholds), strict)
+
+
+def active_masks(acts: torch.Tensor, thresholds: torch.Tensor, size: tuple[int, int], *,
+                 saturated: torch.Tensor | None = None):
+    """The unit masks (:func:`binarize`) at ``size`` that are not empty, as (image, unit, mask).
+
+    ``saturated`` (``[units]`` bool, :func:`saturated_units`; None: none is) picks the units
+    binarised with ``S_k >= T_k``, the others with ``S_k > T_k``. Bilinear upsampling takes
+    convex combinations of a map's values, so a map whose maximum fails the rule (is at most
+    ``T_k``; for a saturated unit, below it) upsamples to an empty mask: only the other maps
+    are upsampled. The result equals upsampling every map (``tests/test_dissection.py`` and
+    ``tests/test_saturation.py`` check it).
     """
     peak = acts.flatten(2).max(dim=2).values                            # [B, units]
-    img, unit = (peak > thresholds.view(1, -1)).nonzero(as_tuple=True)
+    sat = None if saturated is None else saturated.to(acts.device)
+    img, unit = binarize(peak, thresholds.view(1, -1),
+                         None if sat is None else sat.view(1, -1)).nonzero(as_tuple=True)
     if img.numel() == 0:
         return img, unit, torch.zeros((0, *size), dtype=torch.bool, device=acts.device)
     maps = acts[img, unit].unsqueeze(1)                                 # [M, 1, h, w]
     up = F.interpolate(maps, size=size, mode="bilinear", align_corners=False).squeeze(1)
-    return img, unit, up > thresholds[unit].view(-1, 1, 1)
+    return img, unit, binarize(up, thresholds[unit].view(-1, 1, 1),
+                               None if sat is None else sat[unit].view(-1, 1, 1))
 
 
 def _view(dataset: BrodenDataset, **flags) -> BrodenDataset:
@@ -361,6 +418,7 @@ def summarize_layer(stats: LayerStats, dataset: BrodenDataset, config: DissectCo
     invalid = np.zeros(iou.shape[0], dtype=bool)
     invalid[list(stats.invalid)] = True              # non-finite activations: no statistic holds
     dead = (stats.maximum <= stats.minimum).numpy() & ~invalid
+    saturated = stats.saturated.numpy()
     valid = np.zeros(iou.shape[1], dtype=bool)
     valid[list(index.labels)] = True
     iou = np.where(valid[None, :], iou, 0.0)
@@ -397,6 +455,9 @@ def summarize_layer(stats: LayerStats, dataset: BrodenDataset, config: DissectCo
             "active_fraction": _s(float(active[k])),
             "max_activation": _s(stats.maximum[k].item()),
             "dead": bool(dead[k]),
+            "saturated": bool(saturated[k]),
+            "none_reason": None if has else _none_reason(bool(dead[k]), bool(saturated[k]),
+                                                         float(active[k]), stats.maximum[k].item()),
             "top_concepts": top,
             "top_by_category": by_cat,
             "top_images": [_top_image(dataset, i, _s(float(v)))
@@ -431,10 +492,41 @@ def summarize_layer(stats: LayerStats, dataset: BrodenDataset, config: DissectCo
             "iou_histogram": {"edges": edges, "counts": counts.tolist()},
             "dead_units": int(dead.sum()),
             "invalid_units": int(invalid.sum()),
+            "saturated_units": int(saturated.sum()),
             "mean_active_fraction": _s(float(active[~dead & ~invalid].mean()) if (~dead & ~invalid).any() else 0.0),
         },
         "units": units,
     }
+
+
+#: Why a unit has no label (results.json ``none_reason``), one sentence each.
+DEAD_REASON = "dead: its activation never varies over the probe set"
+INVALID_REASON = "invalid: non-finite activations, so no threshold, IoU or label is defined"
+
+
+def _none_reason(dead: bool, saturated: bool, active: float, maximum: float) -> str:
+    """Why a unit that is not invalid has no concept (``label`` null)."""
+    if dead:
+        return DEAD_REASON
+    if saturated:
+        return (f"saturated at its maximum {maximum:.6g} (region S_k >= T_k), "
+                "and no concept overlaps that region (every IoU is 0)")
+    if active == 0:
+        return "its region S_k > T_k is empty on every probe image"
+    return "no concept overlaps its active region (every IoU is 0)"
+
+
+def layer_line(layer: dict) -> str:
+    """One console line of a summarised layer (:func:`summarize_layer` plus ``name``/``alias``)."""
+    s = layer["summary"]
+    name = layer["name"] + (f" ({layer['alias']})" if layer.get("alias") else "")
+    flags = [f"{s['dead_units']} dead"]
+    if s.get("saturated_units"):
+        flags.append(f"{s['saturated_units']} saturated (threshold = maximum; masked S_k >= T_k)")
+    if s.get("invalid_units"):
+        flags.append(f"{s['invalid_units']} invalid")
+    return (f"dissect: layer {name}: {layer['num_units']} units, {s['detectors']} detectors, "
+            f"{s['unique_concepts']} unique concepts, " + ", ".join(flags))
 
 
 def _invalid_unit(k: int, stats: LayerStats, dataset: BrodenDataset) -> dict:
@@ -442,6 +534,7 @@ def _invalid_unit(k: int, stats: LayerStats, dataset: BrodenDataset) -> dict:
     threshold, IoU, label or activation is reported, since none of them is defined."""
     return {"unit": k, "label": None, "category": None, "iou": None, "detector": False,
             "threshold": None, "active_fraction": None, "max_activation": None, "dead": False,
+            "saturated": False, "none_reason": INVALID_REASON,
             "invalid": True, "top_concepts": [], "top_by_category": {},
             "top_images": [_top_image(dataset, i, None) for i in stats.top_indices[k].tolist()]}
 

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import atomic_save, clean_leftovers
 from ..data.broden import BrodenDataset
-from .dissection import LayerStats
+from .dissection import LayerStats, binarize
 
 GAP = 4                    # white pixels between the tiles of a row, and between rows
 OUTLINE = (255, 214, 0)    # the color of a region's outline
@@ -68,7 +68,8 @@ def _stack(rows: list[np.ndarray], gap: int = GAP) -> np.ndarray:
 def render_unit_strips(stats: LayerStats, dataset: BrodenDataset, out_dir: Path,
                        layer_slug: str, tile_size: int = 0, quality: int = 90,
                        progress: bool = True) -> list[str]:
-    """Draw each unit's top-k images with its region ``S_k > T_k`` highlighted.
+    """Draw each unit's top-k images with its region highlighted (``S_k > T_k``; ``S_k >= T_k``
+    for a saturated unit: :func:`dissect.experiments.dissection.binarize`).
 
     Returns, per unit, the strip's path relative to ``out_dir``.
     """
@@ -89,11 +90,13 @@ def render_unit_strips(stats: LayerStats, dataset: BrodenDataset, out_dir: Path,
         return images[i]
 
     rels = []
+    saturated = stats.saturated
     maps = F.interpolate(stats.top_maps.flatten(0, 1).unsqueeze(1).float(), size=(tile, tile),
                          mode="bilinear", align_corners=False).view(*stats.top_maps.shape[:2], tile, tile)
     for k in tqdm(range(stats.shape[0]), desc=f"unit images {layer_slug}", unit="unit",
                   disable=not progress, leave=False):
-        tiles = [highlight(get(i), (maps[k, j] > stats.thresholds[k]).numpy())
+        masks = binarize(maps[k], stats.thresholds[k], saturated[k])
+        tiles = [highlight(get(i), masks[j].numpy())
                  for j, i in enumerate(stats.top_indices[k].tolist())]
         rel = f"units/{layer_slug}/unit-{k:04d}.jpg"
         # Whole files only: another run sharing the cache may be reading this strip.

@@ -279,7 +279,7 @@ def layer_page(ctx: ModelContext, layer: dict[str, Any], images: dict[int, Any])
     cards = []
     for u in units:
         label = unit_label(u)
-        concepts = [label] + [t["name"] for t in u.get("top_concepts", [])]
+        concepts = [label] + [t["name"] for t in u.get("top_concepts", [])] + (["saturated"] if u.get("saturated") else [])
         thumb = images[u["unit"]]["thumb"]
         cards.append({
             "unit": u["unit"],
@@ -292,6 +292,8 @@ def layer_page(ctx: ModelContext, layer: dict[str, Any], images: dict[int, Any])
             "detector": bool(u.get("detector")),
             "dead": bool(u.get("dead")),
             "invalid": bool(u.get("invalid")),
+            "saturated": bool(u.get("saturated")),
+            "none_reason": u.get("none_reason") if label in ("none", "invalid") else None,
             "search": " ".join(dict.fromkeys(c.lower() for c in concepts)),
             "thumb": thumb,
             "alt": f"unit {u['unit']} top images: {label}",
@@ -306,6 +308,7 @@ def layer_page(ctx: ModelContext, layer: dict[str, Any], images: dict[int, Any])
             "unique": fmt_num(len({c["label"] for c in cards if c["detector"]})),
             "dead": fmt_num(sum(1 for c in cards if c["dead"])),
             "invalid": sum(1 for c in cards if c["invalid"]),
+            "saturated": sum(1 for c in cards if c["saturated"]),
             "shape": fmt_shape(layer.get("activation_shape")),
             "reading": layer.get("reading") or "",
         },
@@ -324,6 +327,11 @@ def _image_name(top: dict[str, Any]) -> str:
     """The name a top image is shown by: the user's own file (``source``: an image folder's
     original name), else its file in the probe set (results written before ``source``)."""
     return str(top.get("source") or top.get("image") or "–")
+
+#: What a saturated unit is, on its page (docs/method.md, "Ties at the top").
+SATURATED_NOTE = ("yes: its top-q threshold T_k is its largest activation on the probe set (a capped "
+                  "activation such as ReLU6, hard-tanh or sigmoid), so the strict region S_k > T_k "
+                  "would be empty; its region is where it is at that cap, S_k ≥ T_k")
 
 
 def _bar(iou: float, scale: float) -> str:
@@ -344,6 +352,7 @@ def unit_page(
     q = ctx.quantile
     af = u.get("active_fraction")
     ratio = f" (×{af / q:.2f} of q)" if af is not None and q else ""
+    rule = "≥" if u.get("saturated") else ">"
 
     def nav(j: int) -> dict[str, Any] | None:
         if not 0 <= j < len(units):
@@ -361,6 +370,8 @@ def unit_page(
             "detector": bool(u.get("detector")),
             "dead": bool(u.get("dead")),
             "invalid": bool(u.get("invalid")),
+            "saturated": bool(u.get("saturated")),
+            "none_reason": u.get("none_reason") if label in ("none", "invalid") else None,
             "strip": img["full"],
             "alt": f"unit {u['unit']} top {len(u.get('top_images', []))} images "
                    f"({', '.join(_image_name(t) for t in u.get('top_images', []))}), "
@@ -369,9 +380,12 @@ def unit_page(
         "stats": [
             {"key": "best IoU", "value": f"{fmt_iou(u.get('iou', 0.0))} ({'detector' if u.get('detector') else 'not a detector'}; threshold {fmt_num(ctx.iou_threshold)})"},
             {"key": "activation threshold T_k", "value": fmt_num(u.get("threshold"))},
-            {"key": "active fraction P(S_k > T_k)", "value": f"{fmt_num(af)} vs q = {fmt_num(q)}{ratio}"},
+            {"key": f"active fraction P(S_k {rule} T_k)", "value": f"{fmt_num(af)} vs q = {fmt_num(q)}{ratio}"},
             {"key": "max activation", "value": fmt_num(u.get("max_activation"))},
             {"key": "dead (activation never varies)", "value": "yes" if u.get("dead") else "no"},
+            *([{"key": "saturated (T_k equals the maximum)", "value": SATURATED_NOTE}] if u.get("saturated") else []),
+            *([{"key": "no label because", "value": u["none_reason"]}]
+              if label == "none" and u.get("none_reason") else []),
             *([{"key": "invalid", "value": "yes: non-finite activations (NaN or infinity); "
                 "no threshold, IoU or label is defined"}] if u.get("invalid") else []),
         ],
