@@ -328,6 +328,7 @@ def _image_name(top: dict[str, Any]) -> str:
     original name), else its file in the probe set (results written before ``source``)."""
     return str(top.get("source") or top.get("image") or "–")
 
+
 #: What a saturated unit is, on its page (docs/method.md, "Ties at the top").
 SATURATED_NOTE = ("yes: its top-q threshold T_k is its largest activation on the probe set (a capped "
                   "activation such as ReLU6, hard-tanh or sigmoid), so the strict region S_k > T_k "
