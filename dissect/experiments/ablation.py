@@ -50,7 +50,7 @@ from .. import distributed
 from ..data.labeled import (CLASS_CATEGORY, EVAL_SPLIT, RANK_SPLIT, LabeledData, LabeledSplit,
                             labeled_batches, open_labeled_data)
 from ..devices import resolve_device
-from ..errors import DissectError, unknown_choice
+from ..errors import DissectError, SkipError, unknown_choice
 from ..hooks import pools_first
 from .attack import attack_layer_summary, run_attack
 from .metrics import (BOOTSTRAP_DRAWS, INTERVAL_LEVEL, balanced_accuracy, balanced_accuracy_intervals,
@@ -647,12 +647,15 @@ def select_layers(layers: Sequence[dict], wanted: Sequence[str]) -> tuple[list[d
 
 def ablation_for_report(loaded, layers: Sequence[dict], probe_root: str | os.PathLike | None,
                         data: str | None = None, config: AblationConfig | None = None,
-                        progress: bool = True) -> dict:
+                        progress: bool = True, frontend: str = "python") -> dict:
     """Run the ablation (and attack) for every dissected layer; never raises a DissectError.
 
     ``layers`` are results.json layer records (``name``, ``slug``, ``units``). Problems with
     the labeled data are written into the returned dict as ``error`` (one line), problems
     with one layer into that layer's entry, so that the rest of the report is still written.
+    What is written (and so published) names no local path and no option; what to do is
+    said on the console, in the terms of ``frontend`` (``"cli"``: flags, ``"python"``: the
+    keywords of :func:`dissect.report`).
     """
     config = config or AblationConfig()
     out: dict[str, Any] = {"params": config.to_dict(), "data": None, "layers": {}, "attack": None,
@@ -663,20 +666,27 @@ def ablation_for_report(loaded, layers: Sequence[dict], probe_root: str | os.Pat
         if progress:
             tqdm.write(f"dissect: ablation: {msg}")
 
+    def skipped_because(e: DissectError) -> str:
+        """The published reason of ``e``; its advice goes to the console."""
+        note(f"skipped: {e.advise(frontend) if isinstance(e, SkipError) else e}")
+        return e.reason if isinstance(e, SkipError) else str(e)
+
     try:
         config.validate()
         dev = resolve_device(config.device)
         source = data if data is not None else probe_root
         if source is None:
-            raise DissectError("no class-labeled images for this model's classes (the probe set's "
-                               "scenes are not its classes); pass --ablation-data DIR with one folder "
-                               "of images per class, DIR/<class>/*.jpg, to run the ablation")
+            raise SkipError("no class-labeled images for this model's classes (the probe set's scenes are "
+                            "not its classes)",
+                            cli="pass --ablation-data DIR with one folder of images per class, "
+                            "DIR/<class>/*.jpg, to run the ablation (or --no-ablation)",
+                            python="pass ablation_data=DIR with one folder of images per class, "
+                            "DIR/<class>/*.jpg, to run the ablation (or ablation=False)")
         labeled = open_labeled_data(source, loaded.class_names, loaded.input_size, loaded.mean,
                                     loaded.std, category=config.category, rank_split=config.rank_split,
                                     eval_split=config.eval_split)
     except DissectError as e:
-        out["error"] = str(e)
-        note(f"skipped: {e}")
+        out["error"] = skipped_because(e)
         return out
     out["data"] = labeled.info()
     out["messages"] += labeled.messages
@@ -686,14 +696,15 @@ def ablation_for_report(loaded, layers: Sequence[dict], probe_root: str | os.Pat
     try:
         chosen, skipped = select_layers(layers, config.layers)
     except DissectError as e:
-        out["error"] = str(e)
-        note(f"skipped: {e}")
+        out["error"] = skipped_because(e)
         return out
     if skipped:
         msg = (f"ablation ran on {', '.join(l['name'] for l in chosen)} only (the deepest dissected layer); "
-               f"not on {', '.join(l['name'] for l in skipped)} (pass --ablation-layer NAME or all)")
+               f"not on {', '.join(l['name'] for l in skipped)}")
         out["messages"].append(msg)
-        note(msg)
+        more = "--ablation-layer NAME or all" if frontend == "cli" else \
+            "ablation=AblationConfig(layers=(NAME,)) or layers=('all',)"
+        note(f"{msg} (pass {more})")
     attack = None
     for i, layer in enumerate(chosen):
         name = layer["name"]
