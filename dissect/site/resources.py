@@ -22,7 +22,14 @@ ASSETS = ("style.css", "site.js")
 
 
 def resource_dir(package: str) -> Traversable:
-    """The folder of a data package, installed or in a source checkout."""
+    """The folder of a data package, installed or in a source checkout.
+
+    Code run from a source checkout reads that checkout's folders, even where another copy
+    of dissect is installed (an editable install of a second checkout maps the data packages
+    to its own folders): templates and assets always match the code that fills them."""
+    local = _CHECKOUT / _FALLBACK[package]
+    if (_CHECKOUT / "pyproject.toml").is_file() and local.is_dir():
+        return local
     try:
         return importlib.resources.files(package)
     except ModuleNotFoundError:
