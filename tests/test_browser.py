@@ -379,7 +379,7 @@ def test_checker_sees_hidden_columns_and_a_covered_legend(browser, tmp_path):
     page.write_text(
         '<!doctype html><html lang="en"><body style="margin:0"><div style="width:300px;overflow-x:auto">'
         '<table><caption>wide</caption><tr>' + "<td>column&nbsp;with&nbsp;long&nbsp;text</td>" * 8 +
-        '</tr></table></div><div class="chart" data-figure="x" id="c" style="position:relative;height:100px">'
+        '</tr></table></div><div class="chart" data-figure="x" id="c" style="position:relative;width:300px;height:100px">'
         '<div class="modebar" style="position:absolute;right:0;top:0;width:80px;height:20px"></div>'
         '<svg width="300" height="100"><g class="legend"><rect x="200" y="5" width="90" height="20"/></g></svg>'
         '</div></body></html>', encoding="utf-8")
