@@ -503,10 +503,10 @@ def ablate_layer(model: nn.Module, layer: str, data: LabeledData, config: Ablati
     if few:
         listed_few = ", ".join(f"{names[c] if names else c} ({n_rank[c]} ranking / {n_eval[c]} held-out)"
                                for c in few[:8]) + (" …" if len(few) > 8 else "")
+        detail = (f"{len(few)} of {len(ranked)} ranked classes have fewer than {MIN_CLASS_IMAGES} images in a "
+                  f"split ({listed_few}); read every drop, curve and correlation here with its interval")
         small = {"min_images": MIN_CLASS_IMAGES, "classes": [names[c] if names else str(c) for c in few],
-                 "warning": (f"too few images to separate effects from chance: {len(few)} of {len(ranked)} "
-                             f"ranked classes have fewer than {MIN_CLASS_IMAGES} images in a split "
-                             f"({listed_few}); read every drop, curve and correlation here with its interval")}
+                 "detail": detail, "warning": f"too few images to separate effects from chance: {detail}"}
         msgs.insert(0, small["warning"])
 
     # ---------------------------------------------------------------- many classes

@@ -281,7 +281,7 @@ def ablation_page(ctx: ModelContext, layer: dict[str, Any], entry: dict[str, Any
         "setup": setup,
         "messages": [m for m in list(abl.get("messages") or []) + list(entry.get("messages") or [])
                      if not small or m != small.get("warning")],
-        "small_sample": None if not small else {"warning": small.get("warning"),
+        "small_sample": None if not small else {"detail": small.get("detail") or small.get("warning"),
                                                 "rule": params.get("small_sample_rule")},
         "class_links": [{"name": c["name"], "anchor": c["anchor"], "ba": c["balanced_accuracy"],
                          "images_rank": c["images_rank"], "images_eval": c["images_eval"],
