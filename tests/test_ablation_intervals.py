@@ -167,6 +167,8 @@ def test_small_ablation_set_carries_banner_and_warnings(tiny_report):
     res = json.loads((site / "results.json").read_text())
     layer = res["ablation"]["layers"]["features.18"]
     assert layer["images"] == {"rank": 3, "eval": 2, "skipped": []}
+    lo, hi = layer["accuracy"]["eval_interval"]
+    assert lo <= layer["accuracy"]["eval"] <= hi and {lo, hi} <= {0.0, 0.5, 1.0}   # 2 images: k/2
     small = layer["small_sample"]
     assert small["min_images"] == MIN_CLASS_IMAGES and set(small["classes"]) == {"woods", "shore", "pond"}
     assert small["warning"] in layer["messages"]                 # the console prints the messages

@@ -494,6 +494,10 @@ def ablate_layer(model: nn.Module, layer: str, data: LabeledData, config: Ablati
             block = iv[i * S * 2:(i + 1) * S * 2]
             curve_iv[c] = {"remove": block[0::2], "keep": block[1::2]}
 
+    correct = (p_eval[0] == ev.labels).cpu().numpy().astype(np.float64)
+    acc_iv = np.quantile(counts_boot @ correct / max(1, len(correct)),
+                         [(1 - INTERVAL_LEVEL) / 2, (1 + INTERVAL_LEVEL) / 2]).tolist()
+
     def interval(v: Sequence[float] | None) -> list[float | None] | None:
         return None if v is None or any(x != x for x in v) else [rounded(x) for x in v]
 
@@ -504,7 +508,9 @@ def ablate_layer(model: nn.Module, layer: str, data: LabeledData, config: Ablati
         listed_few = ", ".join(f"{names[c] if names else c} ({n_rank[c]} ranking / {n_eval[c]} held-out)"
                                for c in few[:8]) + (" …" if len(few) > 8 else "")
         detail = (f"{len(few)} of {len(ranked)} ranked classes have fewer than {MIN_CLASS_IMAGES} images in a "
-                  f"split ({listed_few}); read every drop, curve and correlation here with its interval")
+                  f"split ({listed_few}); at these sizes even the bootstrap intervals understate the "
+                  "uncertainty (a class's images are resampled among themselves: one image always resamples "
+                  "to itself)")
         small = {"min_images": MIN_CLASS_IMAGES, "classes": [names[c] if names else str(c) for c in few],
                  "detail": detail, "warning": f"too few images to separate effects from chance: {detail}"}
         msgs.insert(0, small["warning"])
@@ -578,7 +584,7 @@ def ablate_layer(model: nn.Module, layer: str, data: LabeledData, config: Ablati
         "method": rank.method,
         "top_n": sizes,
         "top_n_dropped": dropped,
-        "accuracy": {"rank": rounded(acc_rank), "eval": rounded(acc_eval)},
+        "accuracy": {"rank": rounded(acc_rank), "eval": rounded(acc_eval), "eval_interval": interval(acc_iv)},
         "images": {"rank": len(rank), "eval": len(ev), "skipped": rank.skipped + ev.skipped},
         "classes": classes,
         "class_order": [cname(c) for c in present],

@@ -265,7 +265,7 @@ def ablation_page(ctx: ModelContext, layer: dict[str, Any], entry: dict[str, Any
         {"key": "method", "value": entry.get("method", "–")},
         {"key": "labeled data", "value": f"{data.get('source', '–')}: {_folder_name(data.get('path'))}"},
         {"key": "ranking split", "value": f"{data.get('rank_split', '–')} ({fmt_num(data.get('rank_images'))} images, accuracy {pct(acc.get('rank'))}%)"},
-        {"key": "evaluation split", "value": f"{data.get('eval_split', '–')} ({fmt_num(data.get('eval_images'))} images, accuracy {pct(acc.get('eval'))}%)"},
+        {"key": "evaluation split", "value": f"{data.get('eval_split', '–')} ({fmt_num(data.get('eval_images'))} images, accuracy {_pct_interval(acc.get('eval'), acc.get('eval_interval'))}%)"},
         {"key": "N (top-N curves)", "value": ", ".join(str(n) for n in sizes) or "–"},
         {"key": "random draws per N", "value": fmt_num(params.get("random_draws"))},
         {"key": "seed", "value": fmt_num(params.get("seed"))},
