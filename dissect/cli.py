@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "state_dict file, or 'none' for random init (default: the model's own weights); "
                    "repeatable, or a quoted glob: several weights of one model, each a section of the "
                    "site, compared on the site's comparison page")
+    r.add_argument("--class-names", default=None, metavar="FILE", help="the model's class names, in "
+                   "output order: a text file with one name per line, or JSON (a list, or a dict of index "
+                   "to name); checked against the model's number of outputs (default: the model's own)")
     r.add_argument("--snapshot-steps", default=None, metavar="STEP,STEP,...", help="the training step "
                    "of each --weights, in order (default: read from the file names when they differ "
                    "only in a number, e.g. ckpt-100.pth, ckpt-200.pth)")
@@ -308,6 +311,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             input_size=args.input_size, kind=args.kind, z_dim=args.z_dim,
             data=args.data, data_size=args.data_size, data_seed=args.data_seed, split=args.split,
             config=config, ablation=_ablation_config(args), ablation_data=args.ablation_data,
+            class_names=args.class_names,
             segmenter=args.segmenter, segmenter_weights=args.segmenter_weights, generator_quantile=args.quantile,
             generator_quantile_space=args.quantile_space, interventions=_generator_config(args),
             out=args.out, reproducible=args.reproducible, notes=args.notes, zip_path=args.zip,

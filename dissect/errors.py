@@ -69,3 +69,22 @@ def unknown_choice(kind: str, name: str, choices: Iterable[str], hint: str = "",
     if hint:
         msg += f"; {hint}"
     return DissectError(msg)
+
+
+class SkipError(DissectError):
+    """A step that is skipped rather than fatal (e.g. the ablation without labeled images).
+
+    ``reason`` is what a published page or ``results.json`` may carry: what is missing, with no
+    local path and no option name. ``cli`` and ``python`` say what to do, in the terms of the
+    command line and of the Python API; ``str(error)`` is the command line's full message.
+    """
+
+    def __init__(self, reason: str, cli: str = "", python: str = ""):
+        self.reason = reason
+        self.advice = {"cli": cli, "python": python or cli}
+        super().__init__(f"{reason}; {cli}" if cli else reason)
+
+    def advise(self, frontend: str) -> str:
+        """The full message for ``frontend`` (``"cli"`` or ``"python"``)."""
+        advice = self.advice.get(frontend) or ""
+        return f"{self.reason}; {advice}" if advice else self.reason

@@ -48,7 +48,7 @@ from dissect.experiments.dissection import MASK_RULE, DissectConfig, dissect_lay
 from dissect.experiments.generator import GeneratorExperimentConfig, generator_for_report
 from dissect.experiments.rotation import ROTATION_SEED
 from dissect.experiments.strips import render_unit_strips
-from dissect.models.loading import LoadedModel, from_module, load_model, resolve_layer
+from dissect.models.loading import LoadedModel, from_module, load_model, resolve_layer, with_class_names
 from dissect.models.series import expand_weights, steps_from_names, toy_comparison_weights, weights_section_name
 from dissect.publish import format_size_report, site_size, zip_site
 from dissect.requirements import ablation_probe, default_ablation_data, default_data_name, report_files
@@ -92,6 +92,9 @@ class ReportOptions:
     generators the 2020 paper's quantile 0.01 over upsampled maps unless
     ``generator_quantile`` / ``generator_quantile_space`` say otherwise).
 
+    ``class_names``: the classifier's class names, a list or a file (text, one per line, or
+    JSON: a list or a dict of index to name), checked against its number of outputs.
+
     Experiments: ``ablation`` (True, False or an :class:`AblationConfig`) on
     ``ablation_data`` (a class-per-folder directory, a Broden folder or ``places_val``;
     default: the model's own, e.g. ``places_val``, else the probe set's scene labels, none
@@ -125,6 +128,7 @@ class ReportOptions:
     split: str | None = None
     config: DissectConfig | None = None
     ablation: bool | AblationConfig = True
+    class_names: str | os.PathLike | Sequence[str] | None = None  # a list, or a text/JSON file of names
     ablation_data: str | os.PathLike | None = None
     segmenter: str | None = None
     segmenter_weights: str | None = None
@@ -170,8 +174,8 @@ class ReportOptions:
         models = self.models
         if not models:
             raise DissectError("no model to report on; pass --model NAME")
-        if len(models) > 1 and (self.layers or self.weights is not None or self.rotate):
-            raise DissectError("--layer, --weights and --rotate apply to one model: add --model NAME "
+        if len(models) > 1 and (self.layers or self.weights is not None or self.rotate or self.class_names is not None):
+            raise DissectError("--layer, --weights, --rotate and --class-names apply to one model: add --model NAME "
                                f"(this run reports {len(models)} models: {', '.join(map(str, models))})")
         weights = self.weights_list
         if self.snapshot_steps is not None and len(self.snapshot_steps) != len(weights):
@@ -227,12 +231,14 @@ class ReportOptions:
     def load(self, model: Any, weights: str | None = None) -> LoadedModel:
         """``model`` as a :class:`LoadedModel` (loading it by name if needed, with ``weights``)."""
         if isinstance(model, LoadedModel):
-            return model
-        if isinstance(model, nn.Module):
-            return from_module(model, name=type(model).__name__, input_size=self.input_size or 224,
-                               kind=self.kind or "classifier", z_dim=self.z_dim)
-        return load_model(str(model), weights=weights, input_size=self.input_size,
-                          progress=self.progress, kind=self.kind, z_dim=self.z_dim)
+            loaded = model
+        elif isinstance(model, nn.Module):
+            loaded = from_module(model, name=type(model).__name__, input_size=self.input_size or 224,
+                                 kind=self.kind or "classifier", z_dim=self.z_dim)
+        else:
+            loaded = load_model(str(model), weights=weights, input_size=self.input_size,
+                                progress=self.progress, kind=self.kind, z_dim=self.z_dim)
+        return loaded if self.class_names is None else with_class_names(loaded, self.class_names)
 
 
 def report(model: Any = DEFAULT_MODELS, **options: Any) -> Path:
@@ -439,7 +445,7 @@ def _classifier_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict |
         results["ablation"] = ablation_for_report(
             loaded, run.layer_results, probe.path if ablation_probe(data) else None,
             None if ablation_data is None else labeled_data_path(str(ablation_data), opts.cache),
-            acfg, progress=opts.progress)
+            acfg, progress=opts.progress, frontend="cli" if opts.command else "python")
     section = _comparisons(loaded, opts, comparison, run, dataset, config, parts, input_size=loaded.input_size)
     if section:
         results["comparison"] = section

@@ -130,6 +130,48 @@ _CHECK_JS = """async (chartTimeoutMs) => {
 }"""
 
 
+# JavaScript run in a page whose charts have rendered: what a reader at this width cannot see.
+# A table hides columns when it, or the block that scrolls it, is wider inside than out
+# (scrollWidth > clientWidth), or when the page itself scrolls sideways; plotly's toolbar
+# (.modebar) covers a legend or a title when their boxes intersect.
+LAYOUT_JS = """() => {
+  const out = {hidden_columns: [], covered: []};
+  const name = (el) => {
+    const cap = el.querySelector('caption');
+    const sec = el.closest('section[id], section[aria-labelledby], figure, main');
+    return (cap ? cap.textContent : (sec && (sec.id || sec.getAttribute('aria-labelledby'))) || el.className || 'table').trim().slice(0, 80);
+  };
+  for (const table of document.querySelectorAll('table')) {
+    if (!table.getClientRects().length) continue;          // inside a closed <details>
+    let box = table;
+    for (let el = table.parentElement; el && el !== document.body; el = el.parentElement) {
+      const ox = getComputedStyle(el).overflowX;
+      if (ox === 'auto' || ox === 'scroll' || ox === 'hidden') { box = el; break; }
+    }
+    if (box.scrollWidth > box.clientWidth + 1) {
+      out.hidden_columns.push(`${name(table)}: ${box.scrollWidth} px of content in ${box.clientWidth} px`);
+    }
+  }
+  const doc = document.documentElement;
+  if (doc.scrollWidth > doc.clientWidth + 1) out.hidden_columns.push(`the page: ${doc.scrollWidth} px in ${doc.clientWidth} px`);
+  const overlap = (a, b) => Math.max(0, Math.min(a.right, b.right) - Math.max(a.left, b.left)) *
+                            Math.max(0, Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top));
+  for (const chart of document.querySelectorAll('.chart[data-figure]')) {
+    const bar = chart.querySelector('.modebar');
+    if (!bar) continue;
+    const r = bar.getBoundingClientRect();
+    if (!r.width || !r.height) continue;
+    for (const el of chart.querySelectorAll('.legend, .gtitle, .g-gtitle')) {
+      const o = el.getBoundingClientRect();
+      if (o.width && o.height && overlap(r, o) > 0) {
+        out.covered.push(`${chart.id}: the toolbar covers its ${el.getAttribute('class').split(' ')[0]}`);
+      }
+    }
+  }
+  return out;
+}"""
+
+
 @dataclass
 class Visit:
     url: str

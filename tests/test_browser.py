@@ -345,6 +345,55 @@ def test_hostile_strings_do_not_run(browser, site):
         sb.close()
 
 
+def test_wide_screens_hide_no_column_and_no_legend(browser, site):
+    """At 1280, 1440 and 1600 px no table hides columns behind a scrollbar, and plotly's
+    toolbar covers no chart's legend or title (issue 21), on every kind of page."""
+    from browser_support import LAYOUT_JS
+
+    layer = _layer_page(site).rsplit("/", 1)[0]
+    wanted = ["index.html", "compare.html", "toy/index.html", f"{layer}/index.html", f"{layer}/unit-0000.html",
+              f"{layer}/ablation.html"]
+    wanted += sorted(p.relative_to(site).as_posix() for p in site.glob("*/*/interventions.html"))[:1]
+    wanted += sorted(p.relative_to(site).as_posix() for p in site.glob("*/*/unit-0000.html")
+                     if (p.parent / "interventions.html").is_file())[:1]
+    pages = [w for w in wanted if (site / w).is_file()]
+    assert f"{layer}/ablation.html" in pages or not _quick_experiments()
+    problems = []
+    for width in (1280, 1440, 1600):
+        sb = SiteBrowser(browser, site.resolve().as_uri() + "/", site, viewport={"width": width, "height": 900})
+        try:
+            for rel in pages:
+                sb.visit(rel)
+                found = sb.page.evaluate(LAYOUT_JS)
+                problems += [f"{width} px, {rel}: {p}" for p in found["hidden_columns"] + found["covered"]]
+        finally:
+            sb.close()
+    assert not problems, "\n".join(problems)
+
+
+def test_checker_sees_hidden_columns_and_a_covered_legend(browser, tmp_path):
+    """The layout check above catches what it is meant to catch."""
+    from browser_support import LAYOUT_JS
+
+    page = tmp_path / "bad.html"
+    page.write_text(
+        '<!doctype html><html lang="en"><body style="margin:0"><div style="width:300px;overflow-x:auto">'
+        '<table><caption>wide</caption><tr>' + "<td>column&nbsp;with&nbsp;long&nbsp;text</td>" * 8 +
+        '</tr></table></div><div class="chart" data-figure="x" id="c" style="position:relative;width:300px;height:100px">'
+        '<div class="modebar" style="position:absolute;right:0;top:0;width:80px;height:20px"></div>'
+        '<svg width="300" height="100"><g class="legend"><rect x="200" y="5" width="90" height="20"/></g></svg>'
+        '</div></body></html>', encoding="utf-8")
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        p = ctx.new_page()
+        p.goto(page.resolve().as_uri())
+        found = p.evaluate(LAYOUT_JS)
+    finally:
+        ctx.close()
+    assert any(h.startswith("wide:") for h in found["hidden_columns"]), found
+    assert found["covered"] == ["c: the toolbar covers its legend"], found
+
+
 def test_compare_page(browser, site):
     """The comparison page: the toy's shipped snapshots and fine-tuned weights (added to every
     report of the toy classifier) drawn as bars, a curve and a Sankey, the note that names the

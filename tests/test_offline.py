@@ -252,8 +252,11 @@ def test_report_defaults_to_broden_and_skips_ablation_without_data(server, brode
                    cache_dir=tmp_path / "cache", progress=False, reproducible=True)
     results = json.loads((out / "resnet18" / "results.json").read_text())
     assert results["probe"]["name"] == "broden1_224" and results["probe"]["num_images"] == 8
-    assert "--ablation-data DIR" in results["ablation"]["error"]
-    assert "--ablation-data DIR" in (out / "resnet18" / "index.html").read_text()
+    # published: what is missing, in no front end's terms (the console says which option to pass)
+    assert "no class-labeled images for this model's classes" in results["ablation"]["error"]
+    assert "no class-labeled images" in (out / "resnet18" / "index.html").read_text()
+    assert "--ablation-data" not in results["ablation"]["error"]
+    assert "--ablation-data" not in (out / "resnet18" / "index.html").read_text()
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from ..errors import DissectError, warn_skipped_image
+from ..errors import DissectError, SkipError, warn_skipped_image
 from .broden import BrodenDataset, BrodenIndex, make_loader
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
@@ -138,9 +138,9 @@ def match_classes(data_names: Sequence[str], class_names: Sequence[str] | None,
     """Map data class names onto model output indices (exact, else ignoring case, ``_`` and
     ``-``). Returns ``(mapping, messages)``; raises when nothing matches."""
     if not class_names:
-        raise DissectError("the model has no class names, so its outputs cannot be matched to labeled "
-                           "images; give weights with a .json beside them holding {\"class_names\": [...]}, "
-                           "or pass --no-ablation")
+        raise SkipError("the model has no class names, so its outputs cannot be matched to labeled images",
+                        cli="pass --class-names FILE (one name per line, or JSON), or --no-ablation",
+                        python="pass class_names=[...] (or a file of names), or ablation=False")
     exact = {n: i for i, n in enumerate(class_names)}
     loose: dict[str, int] = {}
     for i, n in enumerate(class_names):
@@ -156,9 +156,12 @@ def match_classes(data_names: Sequence[str], class_names: Sequence[str] | None,
     if not mapping:
         shown = ", ".join(list(data_names)[:8]) + (" …" if len(data_names) > 8 else "")
         outs = ", ".join(list(class_names)[:8]) + (" …" if len(class_names) > 8 else "")
-        raise DissectError(f"none of the {len(data_names)} classes of {what} ({shown or 'none'}) is one of "
-                           f"the model's {len(class_names)} outputs ({outs}); pass --ablation-data with "
-                           "folders named after the model's classes, or --no-ablation")
+        raise SkipError(f"none of the {len(data_names)} classes of {what} ({shown or 'none'}) is one of "
+                        f"the model's {len(class_names)} outputs ({outs})",
+                        cli="pass --ablation-data with folders named after the model's classes (or "
+                        "--class-names FILE), or --no-ablation",
+                        python="pass ablation_data= a folder with sub-folders named after the model's classes "
+                        "(or class_names=), or ablation=False")
     msgs = []
     if missing:
         msgs.append(f"{len(missing)} class(es) of {what} are not outputs of the model and were left out: "
@@ -182,9 +185,11 @@ def labeled_from_broden(index: BrodenIndex | str | os.PathLike, class_names: Seq
     index = index if isinstance(index, BrodenIndex) else BrodenIndex(index)
     cat_labels = {num: lab.display for num, lab in index.labels.items() if lab.category == category}
     if not cat_labels:
-        raise DissectError(f"the labeled data {index.root} has no whole-image labels in category "
-                           f"{category!r} to use as classes; pass --ablation-data FOLDER "
-                           "(one sub-folder of images per class) or --no-ablation")
+        raise SkipError(f"the labeled data has no whole-image labels in category {category!r} to use as classes",
+                        cli=f"({index.root}) pass --ablation-data FOLDER (one sub-folder of images per class) "
+                        "or --no-ablation",
+                        python=f"({index.root}) pass ablation_data=FOLDER (one sub-folder of images per class) "
+                        "or ablation=False")
     names = sorted(set(cat_labels.values()))
     mapping, msgs = match_classes(names, class_names, f"the {category} labels of {index.root.name}")
     by_split: dict[str, list[int]] = {}
@@ -209,7 +214,9 @@ def labeled_from_broden(index: BrodenIndex | str | os.PathLike, class_names: Seq
                     "into ranking and evaluation halves")
         rank_name, eval_name = "even images", "odd images"
     if not rank or not ev:
-        raise DissectError(f"{index.root} has too few labeled images for ablation ({len(labels)})")
+        raise SkipError(f"the labeled data has too few labeled images for ablation ({len(labels)})",
+                        cli=f"add labeled images to {index.root}, or pass --ablation-data FOLDER",
+                        python=f"add labeled images to {index.root}, or pass ablation_data=FOLDER")
 
     def split(name: str, idx: list[int]) -> LabeledSplit:
         ds = BrodenDataset(index, input_size=input_size, mean=mean, std=std, with_labels=False, indices=idx)
@@ -247,7 +254,8 @@ def labeled_from_folder(root: str | os.PathLike, class_names: Sequence[str] | No
     (sorted by name) alternate between the ranking and the evaluation half."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise DissectError(f"--ablation-data {root} is not a folder")
+        raise SkipError("the labeled data is not a folder", cli=f"check --ablation-data {root}",
+                        python=f"check ablation_data={str(root)!r}")
     rs, es = root / rank_split, root / eval_split
     msgs: list[str] = []
     if rs.is_dir() and es.is_dir():
@@ -262,7 +270,8 @@ def labeled_from_folder(root: str | os.PathLike, class_names: Sequence[str] | No
             parts["rank"][n], parts["eval"][n] = _alternate(files)
         rank_name, eval_name = "even images", "odd images"
     if not names:
-        raise DissectError(f"--ablation-data {root} holds no class folders (expected {root}/<class>/image.jpg)")
+        raise SkipError("the labeled data holds no class folders (expected <folder>/<class>/image.jpg)",
+                        cli=f"check --ablation-data {root}", python=f"check ablation_data={str(root)!r}")
     mapping, more = match_classes(names, class_names, f"the folder {root.name}")
     msgs += more
 
@@ -274,9 +283,9 @@ def labeled_from_folder(root: str | os.PathLike, class_names: Sequence[str] | No
                 files += fs
                 labels += [mapping[n]] * len(fs)
         if not files:
-            raise DissectError(f"--ablation-data {root}: no images for the {name!r} split")
-        return LabeledSplit(name, FolderImages(files, input_size, mean, std, root=root),
-                            torch.tensor(labels, dtype=torch.long))
+            raise SkipError(f"the labeled data has no images for the {name!r} split",
+                            cli=f"check --ablation-data {root}", python=f"check ablation_data={str(root)!r}")
+        return LabeledSplit(name, FolderImages(files, input_size, mean, std, root=root), torch.tensor(labels, dtype=torch.long))
 
     return LabeledData(split(rank_name, "rank"), split(eval_name, "eval"), "folder", str(root),
                        list(class_names or []), msgs)

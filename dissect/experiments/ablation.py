@@ -50,14 +50,22 @@ from .. import distributed
 from ..data.labeled import (CLASS_CATEGORY, EVAL_SPLIT, RANK_SPLIT, LabeledData, LabeledSplit,
                             labeled_batches, open_labeled_data)
 from ..devices import resolve_device
-from ..errors import DissectError, unknown_choice
+from ..errors import DissectError, SkipError, unknown_choice
 from ..hooks import pools_first
 from .attack import attack_layer_summary, run_attack
-from .metrics import balanced_accuracy, rounded, spearman
+from .metrics import (BOOTSTRAP_DRAWS, INTERVAL_LEVEL, balanced_accuracy, balanced_accuracy_intervals,
+                      resample_counts, rounded, spearman, spearman_interval)
 from .runner import LayerRunner
 
 DEFAULT_TOP_N: tuple[int | str, ...] = (1, 2, 3, 4, 5, 10, 20, 50, 100, "all")
 RANKINGS = ("expected", "observed")
+#: The small-sample rule: a class needs this many images in each split (ranking and held-out)
+#: before a drop in its balanced accuracy can be told from chance; with fewer, one image moves
+#: its recall by more than 10 points. Below it the page carries a banner and the console warns.
+MIN_CLASS_IMAGES = 10
+#: Fewer ranked classes than this: the many-classes counts take few values, and their
+#: correlation with IoU is shown with a caveat.
+MIN_CLASSES_FOR_CORRELATION = 10
 
 
 # =============================================================================== config
@@ -70,7 +78,8 @@ class AblationConfig:
     important: int = 5               # a unit is "important" to c when among c's top `important`
     list_units: int = 20             # top units listed per class in the results
     random_draws: int = 5            # random unit sets per N for the baseline
-    seed: int = 1                    # seeds the random unit sets (and the attack's random start)
+    seed: int = 1                    # seeds the random unit sets, the bootstrap (and the attack's random start)
+    bootstrap: int = BOOTSTRAP_DRAWS  # resamples of the held-out images behind every 95% interval
     ranking: str = "observed"        # "observed": the paper's rule (ties: expected drop); "expected": expected drop first
     rank_split: str = RANK_SPLIT     # units are ranked on this split ...
     eval_split: str = EVAL_SPLIT     # ... and accuracies reported on this one
@@ -94,7 +103,7 @@ class AblationConfig:
             if n != "all" and not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
                 raise DissectError(f"--ablation-top-n: sizes are positive integers or 'all', got {n!r}")
         for name in ("important", "list_units", "random_draws", "attack_steps", "attack_images",
-                     "batch_size", "chunk_mb"):
+                     "batch_size", "chunk_mb", "bootstrap"):
             if getattr(self, name) < 1:
                 raise DissectError(f"ablation {name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.attack_pairs < 0:
@@ -138,6 +147,12 @@ class AblationConfig:
                              f"split when the unit alone is zeroed, ties broken by the drop in its {then}, then by "
                              "unit number; expected balanced accuracy = (mean softmax p_c over c's images + mean "
                              "(1 - p_c) over the other images) / 2")
+        d["interval_rule"] = (f"{round(100 * INTERVAL_LEVEL)}% percentile interval over {self.bootstrap} paired "
+                              f"bootstrap resamples of the {self.eval_split!r} images (stratified: each class's images "
+                              "resampled within the class; a drop's two balanced accuracies scored on the same "
+                              f"resampled images; numpy default_rng({self.seed}))")
+        d["small_sample_rule"] = (f"fewer than {MIN_CLASS_IMAGES} images of a ranked class in either split: too few "
+                                  "to tell a unit's effect on it from chance")
         d.pop("num_workers")
         d.pop("device")
         return d
@@ -423,6 +438,9 @@ def ablate_layer(model: nn.Module, layer: str, data: LabeledData, config: Ablati
         if n_eval[c] == 0:
             msgs.append(f"class {names[c] if names else c} has no image in the {ev.split!r} split: its balanced "
                         "accuracy is undefined there (shown as none)")
+        elif n_eval[c] == len(ev):
+            msgs.append(f"class {names[c] if names else c} is the only class in the {ev.split!r} split: its "
+                        "true-negative rate, and so its balanced accuracy, is undefined there (shown as none)")
     masks = []
     for c in ranked:
         for n in sizes:
@@ -456,8 +474,48 @@ def ablate_layer(model: nn.Module, layer: str, data: LabeledData, config: Ablati
     else:
         rnd_mean = rnd_std = torch.full((len(sizes), 2, K), float("nan"))
 
-    # ---------------------------------------------------------------- many classes
+    # ---------------------------------------------------------------- intervals (held-out images)
     imp = min(config.important, C)
+    counts_boot = resample_counts(ev.labels, config.bootstrap, config.seed)
+    listed = {c: order[c, :min(max(config.list_units, imp), C)].tolist() for c in ranked}
+    pairs = [(k, c) for c in ranked for k in listed[c]]
+    drop_iv = dict(zip(pairs, balanced_accuracy_intervals(
+        p_eval, ev.labels, [k + 1 for k, _ in pairs], [c for _, c in pairs], counts_boot,
+        base_rows=[0] * len(pairs)).tolist()))
+    base_iv = dict(zip(present, balanced_accuracy_intervals(p_eval, ev.labels, [0] * len(present), present,
+                                                            counts_boot).tolist()))
+    curve_iv: dict[int, dict[str, list]] = {}
+    if masks:
+        S = len(sizes)
+        rows = [i * S * 2 + j for i in range(len(ranked)) for j in range(S * 2)]
+        iv = balanced_accuracy_intervals(p_curve, ev.labels, rows, [c for c in ranked for _ in range(S * 2)],
+                                         counts_boot).tolist()
+        for i, c in enumerate(ranked):
+            block = iv[i * S * 2:(i + 1) * S * 2]
+            curve_iv[c] = {"remove": block[0::2], "keep": block[1::2]}
+
+    correct = (p_eval[0] == ev.labels).cpu().numpy().astype(np.float64)
+    acc_iv = np.quantile(counts_boot @ correct / max(1, len(correct)),
+                         [(1 - INTERVAL_LEVEL) / 2, (1 + INTERVAL_LEVEL) / 2]).tolist()
+
+    def interval(v: Sequence[float] | None) -> list[float | None] | None:
+        return None if v is None or any(x != x for x in v) else [rounded(x) for x in v]
+
+    # ---------------------------------------------------------------- small sample
+    few = [c for c in ranked if min(n_rank[c], n_eval[c]) < MIN_CLASS_IMAGES]
+    small = None
+    if few:
+        listed_few = ", ".join(f"{names[c] if names else c} ({n_rank[c]} ranking / {n_eval[c]} held-out)"
+                               for c in few[:8]) + (" …" if len(few) > 8 else "")
+        detail = (f"{len(few)} of {len(ranked)} ranked classes have fewer than {MIN_CLASS_IMAGES} images in a "
+                  f"split ({listed_few}); at these sizes even the bootstrap intervals understate the "
+                  "uncertainty (a class's images are resampled among themselves: one image always resamples "
+                  "to itself)")
+        small = {"min_images": MIN_CLASS_IMAGES, "classes": [names[c] if names else str(c) for c in few],
+                 "detail": detail, "warning": f"too few images to separate effects from chance: {detail}"}
+        msgs.insert(0, small["warning"])
+
+    # ---------------------------------------------------------------- many classes
     counts = np.zeros(C, dtype=np.int64)
     unit_classes: list[list[dict]] = [[] for _ in range(C)]
     for c in ranked:
@@ -465,6 +523,7 @@ def ablate_layer(model: nn.Module, layer: str, data: LabeledData, config: Ablati
             counts[k] += 1
             unit_classes[k].append({"class": names[c] if names else str(c), "rank": r + 1,
                                     "drop": rounded(drop_eval[k, c].item()),
+                                    "drop_interval": interval(drop_iv.get((k, c))),
                                     "drop_rank": rounded(drop_rank[k, c].item()),
                                     "expected_drop_rank": rounded(exp_drop[k, c].item())})
 
@@ -476,18 +535,25 @@ def ablate_layer(model: nn.Module, layer: str, data: LabeledData, config: Ablati
         entry = {
             "name": cname(c), "index": int(c), "images_rank": int(n_rank[c]), "images_eval": int(n_eval[c]),
             "balanced_accuracy": rounded(ba_eval[0, c].item()),
+            "balanced_accuracy_interval": interval(base_iv.get(c)),
             "balanced_accuracy_rank": rounded(ba_rank[0, c].item()),
+            "few_images": c in few,
+            "no_curves": _no_curves_reason(n_rank[c], n_eval[c], len(ev), rank.split, ev.split),
         }
         if c in curves:
             lst = order[c, :min(config.list_units, C)].tolist()
             entry["top_units"] = [{"unit": int(k), "drop": rounded(drop_eval[k, c].item()),
+                                   "drop_interval": interval(drop_iv.get((k, c))),
                                    "drop_rank": rounded(drop_rank[k, c].item()),
                                    "expected_drop_rank": rounded(exp_drop[k, c].item())} for k in lst]
             entry["remove_top"] = [rounded(v) for v in curves[c]["remove"].tolist()]
             entry["keep_top"] = [rounded(v) for v in curves[c]["keep"].tolist()]
+            entry["remove_top_interval"] = [interval(v) for v in curve_iv[c]["remove"]]
+            entry["keep_top_interval"] = [interval(v) for v in curve_iv[c]["keep"]]
         else:
             entry["top_units"] = []
             entry["remove_top"] = entry["keep_top"] = None
+            entry["remove_top_interval"] = entry["keep_top_interval"] = None
         entry["random_remove"] = [rounded(v) for v in rnd_mean[:, 0, c].tolist()]
         entry["random_keep"] = [rounded(v) for v in rnd_mean[:, 1, c].tolist()]
         entry["random_remove_std"] = [rounded(v) for v in rnd_std[:, 0, c].tolist()]
@@ -505,6 +571,10 @@ def ablate_layer(model: nn.Module, layer: str, data: LabeledData, config: Ablati
     if units is not None and len(units) == C:
         iou = np.array([float(u.get("iou") or 0.0) for u in units])
         many["spearman"] = rounded(spearman(counts.astype(float), iou), 4)
+        rho_iv = spearman_interval(counts.astype(float), iou, config.bootstrap, config.seed) \
+            if many["spearman"] is not None else None
+        many["spearman_interval"] = None if rho_iv is None else [rounded(v, 4) for v in rho_iv]
+        many["spearman_note"] = _correlation_caveat(len(ranked), small is not None)
         many["mean_iou_by_count"] = {str(n): rounded(float(iou[counts == n].mean()))
                                      for n in np.unique(counts).tolist()}
 
@@ -514,7 +584,7 @@ def ablate_layer(model: nn.Module, layer: str, data: LabeledData, config: Ablati
         "method": rank.method,
         "top_n": sizes,
         "top_n_dropped": dropped,
-        "accuracy": {"rank": rounded(acc_rank), "eval": rounded(acc_eval)},
+        "accuracy": {"rank": rounded(acc_rank), "eval": rounded(acc_eval), "eval_interval": interval(acc_iv)},
         "images": {"rank": len(rank), "eval": len(ev), "skipped": rank.skipped + ev.skipped},
         "classes": classes,
         "class_order": [cname(c) for c in present],
@@ -525,10 +595,36 @@ def ablate_layer(model: nn.Module, layer: str, data: LabeledData, config: Ablati
         },
         "units": unit_rows,
         "many_classes": many,
+        "small_sample": small,
         "messages": msgs,
         "_order": order,  # used by the attack summary; dropped before writing
         "_seconds": time.time() - t0,
     }
+
+
+def _no_curves_reason(n_rank: int, n_eval: int, eval_total: int, rank_split: str, eval_split: str) -> str | None:
+    """Why a class gets no curves or no balanced accuracy, in the data's own terms; None when
+    it gets both."""
+    if n_rank == 0 and n_eval == 0:
+        return "no image in either split"
+    if n_rank == 0:
+        return f"no image in the ranking split ({rank_split}; {n_eval} held-out): its units cannot be ranked"
+    if n_eval == 0:
+        return f"no held-out image (split {eval_split}; {n_rank} ranking): its balanced accuracy is undefined"
+    if n_eval == eval_total:
+        return (f"the held-out split ({eval_split}) holds no image of another class: the true-negative rate, "
+                "and so the balanced accuracy, is undefined")
+    return None
+
+
+def _correlation_caveat(ranked: int, small: bool) -> str | None:
+    """The caveat shown beside the many-classes correlation, or None."""
+    if ranked < MIN_CLASSES_FOR_CORRELATION:
+        return (f"only {ranked} class{'es' if ranked != 1 else ''} ranked: each unit's count takes at most "
+                f"{ranked + 1} values, too few for the correlation to mean much")
+    if small:
+        return "the counts come from classes with too few images to rank units reliably"
+    return None
 
 
 # =============================================================================== report glue
@@ -557,12 +653,15 @@ def select_layers(layers: Sequence[dict], wanted: Sequence[str]) -> tuple[list[d
 
 def ablation_for_report(loaded, layers: Sequence[dict], probe_root: str | os.PathLike | None,
                         data: str | None = None, config: AblationConfig | None = None,
-                        progress: bool = True) -> dict:
+                        progress: bool = True, frontend: str = "python") -> dict:
     """Run the ablation (and attack) for every dissected layer; never raises a DissectError.
 
     ``layers`` are results.json layer records (``name``, ``slug``, ``units``). Problems with
     the labeled data are written into the returned dict as ``error`` (one line), problems
     with one layer into that layer's entry, so that the rest of the report is still written.
+    What is written (and so published) names no local path and no option; what to do is
+    said on the console, in the terms of ``frontend`` (``"cli"``: flags, ``"python"``: the
+    keywords of :func:`dissect.report`).
     """
     config = config or AblationConfig()
     out: dict[str, Any] = {"params": config.to_dict(), "data": None, "layers": {}, "attack": None,
@@ -573,20 +672,27 @@ def ablation_for_report(loaded, layers: Sequence[dict], probe_root: str | os.Pat
         if progress:
             tqdm.write(f"dissect: ablation: {msg}")
 
+    def skipped_because(e: DissectError) -> str:
+        """The published reason of ``e``; its advice goes to the console."""
+        note(f"skipped: {e.advise(frontend) if isinstance(e, SkipError) else e}")
+        return e.reason if isinstance(e, SkipError) else str(e)
+
     try:
         config.validate()
         dev = resolve_device(config.device)
         source = data if data is not None else probe_root
         if source is None:
-            raise DissectError("no class-labeled images for this model's classes (the probe set's "
-                               "scenes are not its classes); pass --ablation-data DIR with one folder "
-                               "of images per class, DIR/<class>/*.jpg, to run the ablation")
+            raise SkipError("no class-labeled images for this model's classes (the probe set's scenes are "
+                            "not its classes)",
+                            cli="pass --ablation-data DIR with one folder of images per class, "
+                            "DIR/<class>/*.jpg, to run the ablation (or --no-ablation)",
+                            python="pass ablation_data=DIR with one folder of images per class, "
+                            "DIR/<class>/*.jpg, to run the ablation (or ablation=False)")
         labeled = open_labeled_data(source, loaded.class_names, loaded.input_size, loaded.mean,
                                     loaded.std, category=config.category, rank_split=config.rank_split,
                                     eval_split=config.eval_split)
     except DissectError as e:
-        out["error"] = str(e)
-        note(f"skipped: {e}")
+        out["error"] = skipped_because(e)
         return out
     out["data"] = labeled.info()
     out["messages"] += labeled.messages
@@ -596,14 +702,15 @@ def ablation_for_report(loaded, layers: Sequence[dict], probe_root: str | os.Pat
     try:
         chosen, skipped = select_layers(layers, config.layers)
     except DissectError as e:
-        out["error"] = str(e)
-        note(f"skipped: {e}")
+        out["error"] = skipped_because(e)
         return out
     if skipped:
         msg = (f"ablation ran on {', '.join(l['name'] for l in chosen)} only (the deepest dissected layer); "
-               f"not on {', '.join(l['name'] for l in skipped)} (pass --ablation-layer NAME or all)")
+               f"not on {', '.join(l['name'] for l in skipped)}")
         out["messages"].append(msg)
-        note(msg)
+        more = "--ablation-layer NAME or all" if frontend == "cli" else \
+            "ablation=AblationConfig(layers=(NAME,)) or layers=('all',)"
+        note(f"{msg} (pass {more})")
     attack = None
     for i, layer in enumerate(chosen):
         name = layer["name"]

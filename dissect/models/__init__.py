@@ -19,6 +19,7 @@ from dissect.models.loading import (
     import_user_module,
     layer_names,
     load_model,
+    with_class_names,
     resolve_layer,
     spatial_layers,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "layer_names",
     "list_models",
     "load_model",
+    "with_class_names",
     "output_range",
     "quantize",
     "read_class_names",

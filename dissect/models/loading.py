@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -26,8 +27,8 @@ from dissect.feature_maps import infer_layout
 from dissect.models.latents import output_range
 from dissect.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, get_model_spec, is_registered
 from dissect.models.lookalike import lookalike_hint
-from dissect.models.weights import (WeightsSource, apply_state_dict, default_class_names, resolve_weights,
-                                    state_dict_sha256)
+from dissect.models.weights import (WeightsSource, apply_state_dict, default_class_names, parse_class_names,
+                                    resolve_weights, state_dict_sha256)
 
 INIT_SEED = 0
 
@@ -69,6 +70,37 @@ class LoadedModel:
 
 
 # --------------------------------------------------------------------------- loading
+
+
+def num_outputs(loaded: LoadedModel) -> int:
+    """How many class scores a classifier returns (one forward pass of a blank image)."""
+    p = next(loaded.module.parameters(), None)
+    x = torch.zeros(1, 3, loaded.input_size, loaded.input_size, device=p.device if p is not None else "cpu")
+    with torch.no_grad():
+        out = loaded.module(x)
+    out = getattr(out, "logits", out)
+    if isinstance(out, (tuple, list)) and out:
+        out = out[0]
+    if not isinstance(out, Tensor) or out.dim() < 2:
+        raise DissectError(f"model {loaded.name} returns {type(out).__name__}, not class scores [N, classes]")
+    return int(out.shape[-1])
+
+
+def with_class_names(loaded: LoadedModel, source: str | os.PathLike | Sequence[str]) -> LoadedModel:
+    """``loaded`` with the class names of ``source`` (a list, or a text or JSON file: see
+    :func:`~dissect.models.weights.parse_class_names`), checked against its number of outputs."""
+    if loaded.kind != "classifier":
+        raise DissectError(f"class names apply to classifiers; {loaded.name} is a {loaded.kind}")
+    names = parse_class_names(source)
+    where = f" in {source}" if isinstance(source, (str, os.PathLike)) else ""
+    k = num_outputs(loaded)
+    if len(names) != k:
+        raise DissectError(f"{len(names)} class names{where}, but model {loaded.name} has {k} outputs; "
+                           "give one name per output, in output order")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise DissectError(f"the class names{where} name {dup!r} twice; each output needs its own name")
+    return dataclasses.replace(loaded, class_names=names)
 
 
 def _no_inplace(module: nn.Module) -> None:

@@ -174,6 +174,44 @@ def read_class_names(json_path: Path) -> list[str] | None:
     return names
 
 
+def parse_class_names(source: str | os.PathLike | Sequence[str]) -> list[str]:
+    """Class names given by the user: a list of names, or a file of them: text with one
+    name per line (blank lines left out), or JSON holding a list, a dict ``{index: name}``
+    with every index from 0, or ``{"class_names": [...]}``."""
+    if not isinstance(source, (str, os.PathLike)):
+        names = list(source)
+        if not all(isinstance(n, str) for n in names):
+            raise DissectError("class names must be strings (or a file of them)")
+        return names
+    path = Path(source).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DissectError(f"cannot read the class names {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if path.suffix.lower() != ".json":
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise DissectError(f"the class names {path} are not valid JSON ({exc}); give a list of names, "
+                           "a dict of index to name, or a text file with one name per line") from None
+    if isinstance(data, dict) and isinstance(data.get("class_names"), list):
+        data = data["class_names"]
+    if isinstance(data, dict):
+        try:
+            index = {int(k): v for k, v in data.items()}
+        except (TypeError, ValueError):
+            raise DissectError(f"the class names {path}: a dict's keys must be class indices 0, 1, …") from None
+        missing = sorted(set(range(len(index))) - set(index))
+        if missing:
+            raise DissectError(f"the class names {path}: indices run from 0 to {len(index) - 1} without gaps; "
+                               f"missing {missing[:5]}")
+        data = [index[i] for i in range(len(index))]
+    if not isinstance(data, list) or not all(isinstance(n, str) for n in data):
+        raise DissectError(f"the class names {path} must be a JSON list of strings or a dict of index to name")
+    return data
+
+
 # --------------------------------------------------------------------------- torchvision's weights
 
 

@@ -9,6 +9,7 @@ into plotly figures HTML-escaped.
 from __future__ import annotations
 
 import html
+from pathlib import PurePath
 from typing import Any
 
 from dissect.site.cells import unit_cell, units_by_number
@@ -39,13 +40,51 @@ def layer_entry(results: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any
     return entry
 
 
+def _folder_name(path: str | None) -> str:
+    """The labeled data's folder by its name only: a page names no local path."""
+    return PurePath(path).name or "–" if path else "–"
+
+
 def _pts(x: float | None) -> str:
     """An accuracy difference in percentage points, signed (never "-0.0")."""
     return "–" if x is None else f"{round(100 * x, 1) + 0.0:+.1f}"
 
 
+def _interval_pts(iv: list[float | None] | None) -> str:
+    """A drop's 95% interval in signed points, ``"–"`` without one."""
+    if not iv or iv[0] is None or iv[1] is None:
+        return "–"
+    return f"{_pts(iv[0])} to {_pts(iv[1])}"
+
+
+def _straddles(iv: list[float | None] | None) -> bool:
+    """Whether a drop's interval reaches 0 or below: the drop is not told from no effect."""
+    return bool(iv) and iv[0] is not None and iv[0] <= 0
+
+
+def _pct_interval(value: float | None, iv: list[float | None] | None) -> str:
+    """A balanced accuracy in percent with its interval, e.g. ``"97.1 (94.0–99.2)"``."""
+    if value is None:
+        return "–"
+    if not iv or iv[0] is None or iv[1] is None:
+        return pct(value)
+    return f"{pct(value)} ({pct(iv[0])}–{pct(iv[1])})"
+
+
+def _error_bars(ys: list[float | None], ivs: list[Any] | None) -> dict[str, Any] | None:
+    """Plotly asymmetric error bars (percent) for curve points ``ys`` with intervals ``ivs``."""
+    if not ivs:
+        return None
+    up, down = [], []
+    for y, iv in zip(ys, ivs):
+        ok = y is not None and iv and iv[0] is not None and iv[1] is not None
+        up.append(round(100 * (iv[1] - y), 3) if ok else None)
+        down.append(round(100 * (y - iv[0]), 3) if ok else None)
+    return {"type": "data", "symmetric": False, "array": up, "arrayminus": down, "thickness": 1, "width": 3}
+
+
 def _curve_chart(sizes: list[int], series: dict[str, list[float | None]], baseline: float | None,
-                 num_units: int) -> dict[str, Any]:
+                 num_units: int, intervals: dict[str, list[Any] | None] | None = None) -> dict[str, Any]:
     names = {"remove": "remove top N", "keep": "keep only top N",
              "random_remove": "remove N random", "random_keep": "keep only N random"}
     traces = []
@@ -59,6 +98,9 @@ def _curve_chart(sizes: list[int], series: dict[str, list[float | None]], baseli
             "line": {"color": _COLORS[key], "dash": "dot" if key.startswith("random") else "solid"},
             "hovertemplate": "N=%{x}: %{y:.1f}%<extra>" + names[key] + "</extra>",
         })
+        bars = _error_bars(ys, (intervals or {}).get(key))
+        if bars is not None:
+            traces[-1]["error_y"] = {**bars, "color": _COLORS[key]}
     return {"data": traces,
             "layout": curve_layout(f"N units (of {num_units})", "balanced accuracy (%)", sizes, {"range": [0, 102]},
                                    None if baseline is None else round(100 * baseline, 3), _COLORS["baseline"],
@@ -103,6 +145,8 @@ def ablation_page(ctx: ModelContext, layer: dict[str, Any], entry: dict[str, Any
     sizes = list(entry.get("top_n") or [])
     C = entry.get("num_units") or len(info)
 
+    many = entry.get("many_classes") or {}
+    important = many.get("important", params.get("important", 5))
     classes = []
     for i, c in enumerate(entry.get("classes", [])[:MAX_CLASSES_SHOWN]):
         base = c.get("balanced_accuracy")
@@ -113,23 +157,36 @@ def ablation_page(ctx: ModelContext, layer: dict[str, Any], entry: dict[str, Any
             def at(key: str) -> float | None:
                 v = series.get(key)
                 return v[j] if v is not None and j < len(v) else None
-            curve_rows.append({"n": n, "remove": pct(at("remove")), "keep": pct(at("keep")),
+            def iv(key: str) -> list[float | None] | None:
+                v = c.get(f"{key}_top_interval")
+                return v[j] if v is not None and j < len(v) else None
+            curve_rows.append({"n": n, "remove": _pct_interval(at("remove"), iv("remove")),
+                               "keep": _pct_interval(at("keep"), iv("keep")),
                                "random_remove": pct(at("random_remove")), "random_keep": pct(at("random_keep"))})
         top = []
-        for t in (c.get("top_units") or [])[:UNITS_SHOWN]:
+        for r, t in enumerate((c.get("top_units") or [])[:UNITS_SHOWN]):
             cell = unit_cell(ctx, info, t["unit"])
             cell.update({"drop": _pts(t.get("drop")), "drop_rank": _pts(t.get("drop_rank")),
-                         "expected": _pts(t.get("expected_drop_rank"))})
+                         "expected": _pts(t.get("expected_drop_rank")),
+                         "interval": _interval_pts(t.get("drop_interval")),
+                         "important": r < important,
+                         "uncertain": r < important and _straddles(t.get("drop_interval"))})
             top.append(cell)
         has_curves = c.get("remove_top") is not None and base is not None
+        reason = c.get("no_curves") or (None if has_curves else "its balanced accuracy is undefined on the splits")
         classes.append({
             "name": c["name"],
             "anchor": f"class-{i}",
             "images_rank": fmt_num(c.get("images_rank")),
             "images_eval": fmt_num(c.get("images_eval")),
+            "few_images": bool(c.get("few_images")),
+            "no_curves": reason,
             "balanced_accuracy": pct(base),
+            "balanced_accuracy_interval": _pct_interval(base, c.get("balanced_accuracy_interval")),
             "top_units": top,
-            "chart": _curve_chart(sizes, series, base, C) if has_curves else None,
+            "uncertain": sum(1 for t in top if t["uncertain"]),
+            "chart": _curve_chart(sizes, series, base, C, {"remove": c.get("remove_top_interval"),
+                                                           "keep": c.get("keep_top_interval")}) if has_curves else None,
             "chart_id": f"chart-class-{i}",
             "curve_rows": curve_rows if has_curves else [],
         })
@@ -147,8 +204,6 @@ def ablation_page(ctx: ModelContext, layer: dict[str, Any], entry: dict[str, Any
         summary_rows.append({"n": n, **{k: pct(v[j]) for k, v in mean_series.items()}})
 
     # many classes vs IoU
-    many = entry.get("many_classes") or {}
-    important = many.get("important", params.get("important", 5))
     scatter_rows = []
     for row in entry.get("units", []):
         u = info.get(row["unit"], {})
@@ -209,9 +264,9 @@ def ablation_page(ctx: ModelContext, layer: dict[str, Any], entry: dict[str, Any
     skipped = list((entry.get("images") or {}).get("skipped") or [])
     setup = [
         {"key": "method", "value": entry.get("method", "–")},
-        {"key": "labeled data", "value": f"{data.get('source', '–')}: {data.get('path', '–')}"},
+        {"key": "labeled data", "value": f"{data.get('source', '–')}: {_folder_name(data.get('path'))}"},
         {"key": "ranking split", "value": f"{data.get('rank_split', '–')} ({fmt_num(data.get('rank_images'))} images, accuracy {pct(acc.get('rank'))}%)"},
-        {"key": "evaluation split", "value": f"{data.get('eval_split', '–')} ({fmt_num(data.get('eval_images'))} images, accuracy {pct(acc.get('eval'))}%)"},
+        {"key": "evaluation split", "value": f"{data.get('eval_split', '–')} ({fmt_num(data.get('eval_images'))} images, accuracy {_pct_interval(acc.get('eval'), acc.get('eval_interval'))}%)"},
         *([{"key": "unreadable images skipped",
             "value": f"{len(skipped)}: " + ", ".join(skipped[:10]) + (" …" if len(skipped) > 10 else "")}]
           if skipped else []),
@@ -220,12 +275,21 @@ def ablation_page(ctx: ModelContext, layer: dict[str, Any], entry: dict[str, Any
         {"key": "seed", "value": fmt_num(params.get("seed"))},
         {"key": "ranking", "value": f"{params.get('ranking', '–')}: {params.get('ranking_rule', '–')}"},
         {"key": "balanced accuracy", "value": params.get("balanced_accuracy", "–")},
+        {"key": "intervals", "value": params.get("interval_rule", "–")},
+        {"key": "small-sample rule", "value": params.get("small_sample_rule", "–")},
     ]
+    small = entry.get("small_sample") or None
+    rho, rho_iv = many.get("spearman"), many.get("spearman_interval")
     return {
         "layer": {"name": layer["name"], "alias": layer.get("alias"), "num_units": fmt_num(C)},
         "setup": setup,
-        "messages": list(abl.get("messages") or []) + list(entry.get("messages") or []),
-        "class_links": [{"name": c["name"], "anchor": c["anchor"], "ba": c["balanced_accuracy"]} for c in classes],
+        "messages": [m for m in list(abl.get("messages") or []) + list(entry.get("messages") or [])
+                     if not small or m != small.get("warning")],
+        "small_sample": None if not small else {"detail": small.get("detail") or small.get("warning"),
+                                                "rule": params.get("small_sample_rule")},
+        "class_links": [{"name": c["name"], "anchor": c["anchor"], "ba": c["balanced_accuracy"],
+                         "images_rank": c["images_rank"], "images_eval": c["images_eval"],
+                         "few_images": c["few_images"]} for c in classes],
         "summary_chart": _curve_chart(sizes, mean_series, mean_base, C) if shown_all else None,
         "summary_rows": summary_rows,
         "classes": classes,
@@ -234,7 +298,9 @@ def ablation_page(ctx: ModelContext, layer: dict[str, Any], entry: dict[str, Any
         "many_chart": _many_chart(ctx, scatter_rows, important),
         "many_rows": count_rows,
         "many_units": many_units,
-        "spearman": "–" if many.get("spearman") is None else f"{many['spearman']:+.2f}",
+        "spearman": "–" if rho is None else f"{rho:+.2f}",
+        "spearman_interval": None if not rho_iv else f"{rho_iv[0]:+.2f} to {rho_iv[1]:+.2f}",
+        "spearman_note": many.get("spearman_note"),
         "attack": attack_rows,
         "attack_params": {
             "epsilon": f"{ap['epsilon'] * 255:.3g}/255" if ap.get("epsilon") is not None else "–",
@@ -253,7 +319,12 @@ def unit_dependents(ctx: ModelContext, layer: dict[str, Any], entry: dict[str, A
     rows = []
     for c in (row or {}).get("classes", []):
         a = anchors.get(c["class"])
+        counts = next((x for x in entry.get("classes", []) if x.get("name") == c["class"]), {})
         rows.append({"name": c["class"], "rank": c.get("rank"), "drop": _pts(c.get("drop")),
+                     "interval": _interval_pts(c.get("drop_interval")),
+                     "uncertain": _straddles(c.get("drop_interval")),
+                     "images_rank": fmt_num(counts.get("images_rank")),
+                     "images_eval": fmt_num(counts.get("images_eval")),
                      "drop_rank": _pts(c.get("drop_rank")), "expected": _pts(c.get("expected_drop_rank")),
                      "href": f"{PAGE}#{a}" if a else PAGE})
     many = entry.get("many_classes") or {}
