@@ -52,6 +52,7 @@ from ..data.labeled import (CLASS_CATEGORY, EVAL_SPLIT, RANK_SPLIT, LabeledData,
 from ..devices import resolve_device
 from ..errors import DissectError, unknown_choice
 from ..hooks import pools_first
+from ..slugs import layer_title
 from .attack import attack_layer_summary, run_attack
 from .metrics import balanced_accuracy, rounded, spearman
 from .runner import LayerRunner
@@ -600,8 +601,8 @@ def ablation_for_report(loaded, layers: Sequence[dict], probe_root: str | os.Pat
         note(f"skipped: {e}")
         return out
     if skipped:
-        msg = (f"ablation ran on {', '.join(l['name'] for l in chosen)} only (the deepest dissected layer); "
-               f"not on {', '.join(l['name'] for l in skipped)} (pass --ablation-layer NAME or all)")
+        msg = (f"ablation ran on {', '.join(layer_title(l) for l in chosen)} only (the deepest dissected layer); "
+               f"not on {', '.join(layer_title(l) for l in skipped)} (pass --ablation-layer NAME or all)")
         out["messages"].append(msg)
         note(msg)
     attack = None
@@ -627,10 +628,10 @@ def ablation_for_report(loaded, layers: Sequence[dict], probe_root: str | os.Pat
                 note(m)
         except DissectError as e:
             res = {"layer": name, "error": str(e)}
-            note(f"layer {name} skipped: {e}")
+            note(f"layer {layer_title(layer)} skipped: {e}")
         res.pop("_order", None)
         if progress and "_seconds" in res:
-            note(f"layer {name}: {res['method']}, {time.time() - t_layer:.1f}s")
+            note(f"layer {layer_title(layer)}: {res['method']}, {time.time() - t_layer:.1f}s")
         res.pop("_seconds", None)
         res["slug"] = layer.get("slug", name)
         out["layers"][name] = res
