@@ -22,7 +22,11 @@ ASSETS = ("style.css", "site.js")
 
 
 def resource_dir(package: str) -> Traversable:
-    """The folder of a data package, installed or in a source checkout."""
+    """The folder of a data package, installed or in a source checkout (a checkout's own
+    folder first: an editable install of another checkout must not lend it its templates)."""
+    own = _CHECKOUT / _FALLBACK[package]
+    if (_CHECKOUT / "pyproject.toml").is_file() and (own / "__init__.py").is_file():
+        return own
     try:
         return importlib.resources.files(package)
     except ModuleNotFoundError:
