@@ -92,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-shipped-comparisons", action="store_true", help="the toy classifier: do not "
                    "add its shipped training snapshots and fine-tuned weights to the comparison page")
     r.add_argument("--layer", action="append", default=[], metavar="NAME",
-                   help="layer to dissect (dotted named_modules() path or alias like conv5_3); "
-                   "repeatable (default: the model's last conv block)")
+                   help="layer to dissect (dotted named_modules() path or alias like conv5_3; NAME#K: "
+                   "call K of a module that runs more than once); repeatable (default: the model's "
+                   "last conv block; see `dissect layers MODEL`)")
     r.add_argument("--data", default=None, help="probe set: 'toyworld' (generated), "
                    "'broden1_224' or 'broden1_227' (downloaded; 'broden' is broden1_224), a "
                    "Broden-format folder, or a folder of images (labeled by --segmenter) (default: the "

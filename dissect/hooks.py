@@ -48,7 +48,7 @@ def get_module(model: nn.Module, path: str) -> nn.Module:
     """Return the submodule at dotted ``path`` (``path#K`` names the same module); unknown
     paths list the valid ones."""
     base, _ = split_call(path)
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules(remove_duplicate=False))   # a module shared by two paths: both
     if base not in modules or base == "":
         raise unknown_choice("layer", base, [n for n in modules if n])
     return modules[base]

@@ -292,7 +292,8 @@ def layer_paths(loaded: LoadedModel, layers: Sequence[str]) -> list[tuple[str, s
         path, alias = resolve_layer(loaded, name)
         paths.append((path, alias or paper_name(loaded, path)))
     if not paths:
-        raise DissectError(f"no layer to dissect in {loaded.name}: pass --layer NAME "
+        why = f" ({loaded.default_reason})" if loaded.default_reason else ""
+        raise DissectError(f"no layer to dissect in {loaded.name}{why}: pass --layer NAME "
                            f"(see `dissect layers {loaded.name}`)")
     return list(dict.fromkeys(paths))
 
