@@ -378,7 +378,7 @@ def _results(loaded: LoadedModel, layer_results: list[dict], probe: dict, config
             "num_parameters": sum(p.numel() for p in loaded.module.parameters()),
             "input_size": loaded.input_size, "class_names": loaded.class_names,
             "z_dim": loaded.z_dim,
-            "default_layers": list(loaded.default_layers),
+            "default_layers": [{"name": d, "alias": paper_name(loaded, d)} for d in loaded.default_layers],
             "default_reason": loaded.default_reason or None,
             "layer_reason": layer_reason(loaded, opts.layers),
         },

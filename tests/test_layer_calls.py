@@ -225,7 +225,7 @@ def test_dissecting_call_2_is_the_head(tmp_path, user_module, toyworld_small, ca
     assert layer["name"] == "_swish#2" and layer["call"] == 2 and layer["calls"] == 2
     assert layer["num_units"] == 24 and layer["activation_shape"] == [24, 16, 16]
     assert layer["slug"] == "_swish-2"
-    assert res["model"]["default_layers"] == ["_bn1"] and res["model"]["layer_reason"] == "named with --layer"
+    assert res["model"]["default_layers"] == [{"name": "_bn1", "alias": None}] and res["model"]["layer_reason"] == "named with --layer"
     assert "_swish#2" in res["model"]["default_reason"]
     # the recorded activations are the head's: each unit's best image, recomputed by hand
     probe = open_probe_data(str(toyworld_small), 64, IMAGENET_MEAN, IMAGENET_STD, tmp_path / "c", progress=False)
@@ -239,4 +239,5 @@ def test_dissecting_call_2_is_the_head(tmp_path, user_module, toyworld_small, ca
     assert "call 2 of the 2 calls of its module per forward pass" in page
     overview = (site / "index.html").read_text()
     assert "Layer dissected: <strong>_swish#2</strong>, named with --layer." in overview
+    assert "The model's default is _bn1, the last module whose output is a spatial map (24x16x16)" in overview
     assert "(use _swish#2)" in overview      # why the default is _bn1

@@ -193,12 +193,11 @@ def _layer_choice(results: dict[str, Any]) -> dict[str, Any] | None:
         return None
     dissected = [layer["name"] for layer in results["layers"]]
     defaults = list(model.get("default_layers") or [])
-    aliases = {layer["name"]: layer.get("alias") for layer in results["layers"]}
     return {
         "layers": ", ".join(layer_title(layer) for layer in results["layers"]),
         "reason": model["layer_reason"],
-        "default": ", ".join(layer_title({"name": d, "alias": aliases.get(d)}) for d in defaults)
-        if defaults and defaults != dissected else None,
+        "default": ", ".join(layer_title(d) for d in defaults)
+        if defaults and [d["name"] for d in defaults] != dissected else None,
         "default_reason": model.get("default_reason"),
     }
 
@@ -269,7 +268,7 @@ def model_page(ctx: ModelContext, layer_slugs: list[str], notes: Markup | None,
         "model_rows": _rows(
             {**model, "class_names": f"{len(model['class_names'])} classes" if model.get("class_names") else None},
             ["name", "kind", "weights", "weights_sha256", "weights_file_sha256", "num_parameters", "input_size",
-             "class_names", "default_layers", "default_reason"],
+             "class_names", "default_reason"],
         ),
         "probe_rows": _rows(
             {**probe, "skipped": f"{len(probe.get('skipped') or [])} listed" if probe.get("skipped") else None,
