@@ -5,7 +5,7 @@
 ``dissect data broden``      download and unpack Broden
 ``dissect fetch MODEL``      download everything a report on MODEL needs (for offline runs)
 ``dissect models``           list registered models: weights source, size, cached or not
-``dissect layers MODEL``     list a model's layer names (paper aliases first)
+``dissect layers MODEL``     a model's layers in execution order: shapes, units, calls, the default
 ``dissect train toy-classifier``  retrain the shipped toy classifier (``--snapshots``: its training snapshots)
 ``dissect train toy-finetune``    fine-tune it on a changed task (the shipped fine-tuned weights)
 
@@ -97,8 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-shipped-comparisons", action="store_true", help="the toy classifier: do not "
                    "add its shipped training snapshots and fine-tuned weights to the comparison page")
     r.add_argument("--layer", action="append", default=[], metavar="NAME",
-                   help="layer to dissect (dotted named_modules() path or alias like conv5_3); "
-                   "repeatable (default: the model's last conv block)")
+                   help="layer to dissect (dotted named_modules() path or alias like conv5_3; NAME#K: "
+                   "call K of a module that runs more than once); repeatable (default: the model's "
+                   "last conv block; see `dissect layers MODEL`)")
     r.add_argument("--data", default=None, help="probe set: 'toyworld' (generated), "
                    "'broden1_224' or 'broden1_227' (downloaded; 'broden' is broden1_224), a "
                    "Broden-format folder, or a folder of images (labeled by --segmenter) (default: the "
@@ -208,8 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--quiet", action="store_true", help="no progress bars")
 
     sub.add_parser("models", help="list registered models: weights source, size, cached or not")
-    lp = sub.add_parser("layers", help="list a model's layer names")
+    lp = sub.add_parser("layers", help="list a model's layers: names, paper names, output shapes, "
+                        "units and calls per forward pass, the default marked")
     lp.add_argument("model")
+    lp.add_argument("--input-size", type=_positive_int, default=None, help="input size in px of the "
+                    "dummy forward pass (default: the model's own; 224 for package.module:callable)")
+    lp.add_argument("--kind", choices=["classifier", "generator"], default=None,
+                    help="what a package.module:callable model is (default classifier)")
+    lp.add_argument("--z-dim", type=_positive_int, default=None, metavar="N",
+                    help="latent size of a --kind generator model")
 
     tp = sub.add_parser("train", help="train a shipped toy model from scratch")
     tsub = tp.add_subparsers(dest="what", required=True, metavar="MODEL")
@@ -349,11 +357,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         for row in model_rows():
             print(row)
     elif args.command == "layers":
-        from .models.loading import layer_names, load_model
-        loaded = load_model(args.model, weights="none", progress=False)
-        for name in layer_names(loaded):
-            target = loaded.aliases.get(name)
-            print(f"{name}  ->  {target}" if target else name)
+        from .models.catalog import layer_rows
+        from .models.loading import load_model
+        loaded = load_model(args.model, weights="none", progress=False, input_size=args.input_size,
+                            kind=args.kind, z_dim=args.z_dim)
+        print("\n".join(layer_rows(loaded)))
     elif args.command == "train" and args.what == "toy-segmenter":
         from .training.segmenter import train_segmenter
         rec = train_segmenter(args.out, seed=args.seed, train_size=args.train_size, steps=args.steps)

@@ -7,6 +7,13 @@ replaces or edits them (ablation, insertion). Both see a layer's output as a map
 every handle on ``__exit__``, even when an exception flies, and both nest.
 :func:`split_tail` cuts a model after a layer, so that the rest of the network can run on
 edited activations without the part before the layer.
+
+A module that runs more than once per forward pass (one activation object reused at the
+stem and the head) is named one call at a time: ``NAME#K`` is its K-th call (1-based) in each
+call of the model (:func:`split_call`). Hooks on ``NAME#K`` act on that call only (they
+count the module's calls from the start of each call of the model); a hook on a plain
+``NAME`` sees every call, so name a module that runs several times with ``#K``
+(:func:`dissect.models.resolve_layer` refuses it otherwise).
 """
 
 from __future__ import annotations
@@ -21,12 +28,57 @@ from .errors import DissectError, unknown_choice
 from .feature_maps import MapLayout, infer_layout
 
 
+def split_call(name: str) -> tuple[str, int | None]:
+    """``"_swish#2"`` -> ``("_swish", 2)``; ``"features.3"`` -> ``("features.3", None)``."""
+    base, sep, k = name.rpartition("#")
+    if not sep:
+        return name, None
+    if not base or not k.isdigit() or int(k) < 1:
+        raise DissectError(f"layer {name!r}: write NAME#K with K a call number from 1 "
+                           "(see `dissect layers MODEL`)")
+    return base, int(k)
+
+
+def call_name(name: str, call: int | None) -> str:
+    """The layer name of call ``call`` of ``name`` (``name`` itself for None)."""
+    return name if call is None else f"{name}#{call}"
+
+
 def get_module(model: nn.Module, path: str) -> nn.Module:
-    """Return the submodule at dotted ``path``; unknown paths list the valid ones."""
-    modules = dict(model.named_modules())
-    if path not in modules or path == "":
-        raise unknown_choice("layer", path, [n for n in modules if n])
-    return modules[path]
+    """Return the submodule at dotted ``path`` (``path#K`` names the same module); unknown
+    paths list the valid ones."""
+    base, _ = split_call(path)
+    modules = dict(model.named_modules(remove_duplicate=False))   # a module shared by two paths: both
+    if base not in modules or base == "":
+        raise unknown_choice("layer", base, [n for n in modules if n])
+    return modules[base]
+
+
+class _CallCounter:
+    """Which call of a module this is, for a layer named ``NAME#K``: calls are counted from
+    the start of each call of ``model`` (by a forward pre-hook on it)."""
+
+    def __init__(self, model: nn.Module, call: int):
+        self.call = call
+        self.seen = 0
+        self._handle = model.register_forward_pre_hook(self._start)
+
+    def _start(self, module, inputs) -> None:
+        self.seen = 0
+
+    def wanted(self) -> bool:
+        """Count one call of the module; True when it is call K."""
+        self.seen += 1
+        return self.seen == self.call
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def _counter(model: nn.Module, name: str) -> _CallCounter | None:
+    """A :class:`_CallCounter` for ``NAME#K``; None for a plain name (every call)."""
+    call = split_call(name)[1]
+    return _CallCounter(model, call) if call is not None else None
 
 
 class StopForward(Exception):
@@ -42,6 +94,7 @@ class Trace:
 
     With ``stop=True`` the forward pass is cut short (by :class:`StopForward`, caught on
     exit) once all traced layers have produced output, which saves the rest of the network.
+    ``NAME#K`` records the K-th call of a module that runs several times (and stops after it).
     Outputs are cloned so that a later in-place op (``ReLU(inplace=True)``) cannot change
     them. They are read as maps ``[N, C, H, W]`` (``tr.layouts[name]`` says how, see
     :mod:`dissect.feature_maps`); ``maps=False`` keeps them as the layer gave them.
@@ -59,8 +112,10 @@ class Trace:
         self.layouts: dict[str, MapLayout] = {}
         self._handles: list = []
 
-    def _hook(self, name: str):
+    def _hook(self, name: str, counter: _CallCounter | None):
         def hook(module, inputs, output):
+            if counter is not None and not counter.wanted():
+                return
             if not isinstance(output, torch.Tensor):
                 raise DissectError(f"layer {name!r} returns a {type(output).__name__}, not one tensor; "
                                    "choose a layer that returns a feature map, e.g. one of its "
@@ -77,7 +132,10 @@ class Trace:
         self.outputs = {}
         try:
             for name, module in zip(self.layers, self.modules):
-                self._handles.append(module.register_forward_hook(self._hook(name)))
+                counter = _counter(self.model, name)
+                if counter is not None:
+                    self._handles.append(counter)
+                self._handles.append(module.register_forward_hook(self._hook(name, counter)))
         except BaseException:
             self.close()
             raise
@@ -101,30 +159,37 @@ class Intervene:
 
     ``edit(output) -> new_output`` is applied to the layer's output read as a map ``[N, C,
     H, W]`` (:mod:`dissect.feature_maps`), and the result is written back in the layer's own
-    layout (a class token kept as it was); everything after the layer runs as usual. Use
+    layout (a class token kept as it was); everything after the layer runs as usual.
+    ``NAME#K`` edits only the K-th call of a module that runs several times. Use
     :func:`ablate` and :func:`set_units` for the common cases.
     """
 
     def __init__(self, model: nn.Module, layer: str, edit: Callable[[torch.Tensor], torch.Tensor]):
+        self.model = model
         self.module = get_module(model, layer)
         self.layer = layer
         self.edit = edit
         self._handle = None
+        self._counter: _CallCounter | None = None
 
-    def _hook(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+    def _hook(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor | None:
+        if self._counter is not None and not self._counter.wanted():
+            return None
         layout = infer_layout(output.shape)
         if layout.identity:
             return self.edit(output)
         return layout.from_map(self.edit(layout.to_map(output)), output)
 
     def __enter__(self) -> "Intervene":
+        self._counter = _counter(self.model, self.layer)
         self._handle = self.module.register_forward_hook(self._hook)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        for h in (self._handle, self._counter):
+            if h is not None:
+                h.remove()
+        self._handle = self._counter = None
         return False
 
 
@@ -169,34 +234,36 @@ def set_units(model: nn.Module, layer: str, units: Iterable[int], values, mask=N
 class _LeafTracer(torch.fx.Tracer):
     """An fx tracer that keeps the layer to split at as one call (its output = the node's)."""
 
-    def __init__(self, leaf: str):
+    def __init__(self, leaf: nn.Module):
         super().__init__()
         self.leaf = leaf
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return qualname == self.leaf or super().is_leaf_module(m, qualname)
+        return m is self.leaf or super().is_leaf_module(m, qualname)
 
 
 def split_tail(model: nn.Module, layer: str) -> tuple[nn.Module | None, str]:
     """The part of ``model`` after ``layer``, as a module ``tail(activation) -> output``.
 
     Traces the model with ``torch.fx`` (the layer kept as one call) and keeps what the output
-    needs after the layer. Returns ``(tail, "split (torch.fx)")``, or ``(None, reason)`` when
-    the graph cannot be split: tracing fails, the layer runs more than once, or the network
+    needs after the layer; ``NAME#K`` splits after the K-th call of a module that runs several
+    times. Returns ``(tail, "split (torch.fx)")``, or ``(None, reason)`` when
+    the graph cannot be split: tracing fails, a plain name runs more than once, or the network
     after the layer also reads values computed before it (a skip connection around it).
     """
-    get_module(model, layer)
-    tracer = _LeafTracer(layer)
+    module = get_module(model, layer)
+    _, call = split_call(layer)
+    tracer = _LeafTracer(module)
     try:
         graph = tracer.trace(model)
     except Exception as e:  # fx raises many types on untraceable code; any of them means "fall back"
         first = (str(e).strip().splitlines() or [""])[0][:120]
         return None, f"full forward (torch.fx could not trace the model: {type(e).__name__}: {first})"
     nodes = list(graph.nodes)
-    calls = [n for n in nodes if n.op == "call_module" and n.target == layer]
-    if len(calls) != 1:
+    calls = [n for n in nodes if n.op == "call_module" and model.get_submodule(n.target) is module]
+    if call is None and len(calls) != 1 or call is not None and not 1 <= call <= len(calls):
         return None, f"full forward (the layer is called {len(calls)} times in the traced graph)"
-    at = calls[0]
+    at = calls[(call or 1) - 1]
     from_input: set = set()
     from_layer: set = {at}
     for n in nodes:

@@ -48,14 +48,15 @@ from dissect.experiments.dissection import MASK_RULE, DissectConfig, dissect_lay
 from dissect.experiments.generator import GeneratorExperimentConfig, generator_for_report
 from dissect.experiments.rotation import ROTATION_SEED
 from dissect.experiments.strips import render_unit_strips
-from dissect.models.loading import LoadedModel, from_module, load_model, resolve_layer, with_class_names
+from dissect.hooks import split_call
+from dissect.models.loading import LoadedModel, from_module, load_model, paper_name, resolve_layer, with_class_names
 from dissect.models.series import expand_weights, steps_from_names, toy_comparison_weights, weights_section_name
 from dissect.publish import format_size_report, site_size, zip_site
 from dissect.requirements import ablation_probe, default_ablation_data, default_data_name, report_files
 from dissect.segmenters.registry import list_segmenters, unknown_segmenter
 from dissect.site.build import write_site
 from dissect.site.folder import check_out_dir
-from dissect.slugs import slugify
+from dissect.slugs import layer_title, slugify
 from dissect.version import __version__
 
 DEFAULT_MODELS = ("toy", "toygan")
@@ -292,18 +293,38 @@ def run_report(opts: ReportOptions) -> Path:
 
 
 def layer_paths(loaded: LoadedModel, layers: Sequence[str]) -> list[tuple[str, str | None]]:
-    """``(dotted path, paper name or None)`` of each layer to dissect (default: the model's)."""
+    """``(layer, paper name or None)`` of each layer to dissect (default: the model's); the
+    layer is a dotted path, or ``path#K`` for call K of a module that runs several times."""
     paths: list[tuple[str, str | None]] = []
-    by_path: dict[str, str] = {}
-    for alias, target in loaded.aliases.items():
-        by_path.setdefault(target, alias)   # the first (paper) name given for a module
     for name in (layers or loaded.default_layers):
         path, alias = resolve_layer(loaded, name)
-        paths.append((path, alias or by_path.get(path)))
+        paths.append((path, alias or paper_name(loaded, path)))
     if not paths:
-        raise DissectError(f"no layer to dissect in {loaded.name}: pass --layer NAME "
+        why = f" ({loaded.default_reason})" if loaded.default_reason else ""
+        raise DissectError(f"no layer to dissect in {loaded.name}{why}: pass --layer NAME "
                            f"(see `dissect layers {loaded.name}`)")
     return list(dict.fromkeys(paths))
+
+
+def layer_reason(loaded: LoadedModel, layers: Sequence[str]) -> str:
+    """Why the layers dissected are these, one sentence."""
+    return "named with --layer" if layers else (loaded.default_reason or f"the default of {loaded.name}")
+
+
+def announce_layers(loaded: LoadedModel, paths: list[tuple[str, str | None]], reason: str,
+                    progress: bool) -> None:
+    """Say on the console, before the work, which layers are dissected and why (one line)."""
+    if progress and distributed.is_main():
+        names = ", ".join(layer_title({"name": p, "alias": a}) for p, a in paths)
+        print(f"dissect: {loaded.name}: layer{'s' if len(paths) > 1 else ''} {names}: {reason}", flush=True)
+
+
+def _call_fields(loaded: LoadedModel, layer: str) -> dict[str, Any]:
+    """A layer record's ``call`` (K of ``path#K``, else None) and ``calls`` (how many times its
+    module runs per forward pass, None when it did not run on the dummy input)."""
+    path, call = split_call(layer)
+    n = sum(1 for c in loaded.layer_calls() if c.path == path)
+    return {"call": call, "calls": n or None}
 
 
 @dataclass
@@ -332,7 +353,7 @@ def _dissect(loaded: LoadedModel, paths: list[tuple[str, str | None]], dataset, 
                                         tile_size=config.tile_size, progress=opts.progress)
             for unit, strip in zip(summary["units"], strips):
                 unit["strip"] = strip
-        layer_results.append({"name": path, "alias": alias, "slug": slug, **summary})
+        layer_results.append({"name": path, "alias": alias, "slug": slug, **_call_fields(loaded, path), **summary})
     return Dissection(paths, stats, layer_results, run_dir)
 
 
@@ -365,6 +386,9 @@ def _results(loaded: LoadedModel, layer_results: list[dict], probe: dict, config
             "num_parameters": sum(p.numel() for p in loaded.module.parameters()),
             "input_size": loaded.input_size, "class_names": loaded.class_names,
             "z_dim": loaded.z_dim,
+            "default_layers": [{"name": d, "alias": paper_name(loaded, d)} for d in loaded.default_layers],
+            "default_reason": loaded.default_reason or None,
+            "layer_reason": layer_reason(loaded, opts.layers),
         },
         "probe": probe,
         "params": {
@@ -421,6 +445,7 @@ def _comparisons(loaded: LoadedModel, opts: ReportOptions, comparison: dict | No
 def _classifier_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict | None = None) -> tuple[dict, Path]:
     config = opts.config_for(loaded.kind)
     paths = layer_paths(loaded, opts.layers)
+    announce_layers(loaded, paths, layer_reason(loaded, opts.layers), opts.progress)
     data = opts.data or default_data_name(loaded.spec)
     with distributed.main_first():   # rank 0 writes the cached probe set, the others read it
         probe = open_probe_data(data, loaded.input_size, loaded.mean, loaded.std, opts.cache,
@@ -455,6 +480,7 @@ def _classifier_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict |
 def _generator_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict | None = None) -> tuple[dict, Path]:
     config = opts.config_for(loaded.kind)
     paths = layer_paths(loaded, opts.layers)
+    announce_layers(loaded, paths, layer_reason(loaded, opts.layers), opts.progress)
     with distributed.main_first():   # rank 0 writes the cached probe set, the others read it
         probe = open_generated_probe(loaded, opts.cache, opts.segmenter, opts.data_size, opts.data_seed,
                                      batch_size=config.batch_size, device=resolve_device(config.device),

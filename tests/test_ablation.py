@@ -351,7 +351,7 @@ def test_report_ablation_page(tmp_path, toyworld_small):
     res = json.loads((root / "results.json").read_text())
     abl = res["ablation"]
     assert abl["error"] is None and list(abl["layers"]) == ["features.18"]       # the deepest layer
-    assert any("not on features.13" in m for m in abl["messages"])
+    assert any("not on conv3_2 (features.13)" in m for m in abl["messages"])
     layer = abl["layers"]["features.18"]
     assert layer["slug"] == "conv4_2" and layer["method"].startswith("split")
     assert abl["params"]["top_n"] == [1, 5, "all"] and layer["top_n"] == [1, 5, 128]

@@ -52,6 +52,7 @@ from ..data.labeled import (CLASS_CATEGORY, EVAL_SPLIT, RANK_SPLIT, LabeledData,
 from ..devices import resolve_device
 from ..errors import DissectError, SkipError, unknown_choice
 from ..hooks import pools_first
+from ..slugs import layer_title
 from .attack import attack_layer_summary, run_attack
 from .metrics import (BOOTSTRAP_DRAWS, INTERVAL_LEVEL, balanced_accuracy, balanced_accuracy_intervals,
                       resample_counts, rounded, spearman, spearman_interval)
@@ -705,8 +706,8 @@ def ablation_for_report(loaded, layers: Sequence[dict], probe_root: str | os.Pat
         out["error"] = skipped_because(e)
         return out
     if skipped:
-        msg = (f"ablation ran on {', '.join(l['name'] for l in chosen)} only (the deepest dissected layer); "
-               f"not on {', '.join(l['name'] for l in skipped)}")
+        msg = (f"ablation ran on {', '.join(layer_title(l) for l in chosen)} only (the deepest dissected layer); "
+               f"not on {', '.join(layer_title(l) for l in skipped)}")
         out["messages"].append(msg)
         more = "--ablation-layer NAME or all" if frontend == "cli" else \
             "ablation=AblationConfig(layers=(NAME,)) or layers=('all',)"
@@ -734,10 +735,10 @@ def ablation_for_report(loaded, layers: Sequence[dict], probe_root: str | os.Pat
                 note(m)
         except DissectError as e:
             res = {"layer": name, "error": str(e)}
-            note(f"layer {name} skipped: {e}")
+            note(f"layer {layer_title(layer)} skipped: {e}")
         res.pop("_order", None)
         if progress and "_seconds" in res:
-            note(f"layer {name}: {res['method']}, {time.time() - t_layer:.1f}s")
+            note(f"layer {layer_title(layer)}: {res['method']}, {time.time() - t_layer:.1f}s")
         res.pop("_seconds", None)
         res["slug"] = layer.get("slug", name)
         out["layers"][name] = res

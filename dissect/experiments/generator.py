@@ -42,7 +42,7 @@ from ..devices import resolve_device
 from ..errors import DissectError
 from ..models.latents import output_range, quantize, sample_z, to_unit
 from ..segmenters.base import Segmenter
-from ..slugs import slugify
+from ..slugs import layer_title, slugify
 from ..stats.quantile import TopQuantile
 from .dissection import LayerStats
 from .runner import LayerRunner
@@ -567,7 +567,7 @@ def intervention_layers(layers: Sequence[dict], wanted: Sequence[str]) -> list[d
     for w in wanted:
         if w not in names:
             raise DissectError(f"--intervene-layer {w!r} is not a dissected layer "
-                               f"({', '.join(layer['name'] for layer in layers)})")
+                               f"({', '.join(layer_title(layer) for layer in layers)})")
     return [layer for layer in layers if layer["name"] in wanted or layer.get("alias") in wanted]
 
 

@@ -11,7 +11,9 @@ Importing this package registers the model zoo (:mod:`dissect.models.zoo`).
 from dissect.models import zoo  # registers every family of the zoo
 from dissect.models.latents import output_range, quantize, sample_z, to_unit
 from dissect.models.loading import (
+    LayerCall,
     LoadedModel,
+    choose_default_layer,
     find_generator_layer,
     find_last_spatial_layer,
     from_module,
@@ -20,6 +22,8 @@ from dissect.models.loading import (
     layer_names,
     load_model,
     with_class_names,
+    module_calls,
+    paper_name,
     resolve_layer,
     spatial_layers,
 )
@@ -52,6 +56,7 @@ from dissect.models.zoo.toy import TOY_ALIASES, ToyClassifier, ToyGenerator
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "LayerCall",
     "LoadedModel",
     "ModelSpec",
     "TOY_ALIASES",
@@ -62,6 +67,7 @@ __all__ = [
     "add_model_spec",
     "apply_state_dict",
     "checkpoint_dir",
+    "choose_default_layer",
     "default_class_names",
     "fetch_torchvision_checkpoint",
     "fetch_torchvision_weights",
@@ -76,7 +82,9 @@ __all__ = [
     "list_models",
     "load_model",
     "with_class_names",
+    "module_calls",
     "output_range",
+    "paper_name",
     "quantize",
     "read_class_names",
     "read_state_dict",

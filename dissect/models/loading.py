@@ -6,8 +6,11 @@
 to say which network was dissected; :func:`from_module` wraps a module you already hold.
 Random initialization (``--weights none``) is deterministic: seed 0, without touching the
 global RNG. Layers are addressed by alias or dotted ``named_modules()`` path
-(:func:`resolve_layer`); default layers are found by running the model on a dummy input
-(:func:`find_last_spatial_layer`, :func:`find_generator_layer`).
+(:func:`resolve_layer`), and a module that runs more than once per forward pass by one of
+its calls, ``NAME#K``. Every call of every module is read off one forward pass on a dummy
+input (:func:`module_calls`, :meth:`LoadedModel.layer_calls`); default layers are found from
+it (:func:`choose_default_layer`), never a module that runs more than once, with the reason
+they were chosen.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from torch import Tensor, nn
 
 from dissect.errors import DissectError, unknown_choice
 from dissect.feature_maps import infer_layout
+from dissect.hooks import call_name, split_call
 from dissect.models.latents import output_range
 from dissect.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, get_model_spec, is_registered
 from dissect.models.lookalike import lookalike_hint
@@ -31,6 +35,34 @@ from dissect.models.weights import (WeightsSource, apply_state_dict, default_cla
                                     resolve_weights, state_dict_sha256)
 
 INIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class LayerCall:
+    """One call of one module in a forward pass on a dummy input."""
+
+    path: str           # dotted named_modules() path
+    call: int           # 1-based number of this call of the module in the forward pass
+    calls: int          # how many times the module runs in the forward pass
+    started: int        # the order in which the calls started (a container before its parts)
+    shape: tuple[int, ...] | None   # the output as a tensor, else None (a tuple, a dict, ...)
+    map_shape: tuple[int, ...] | None  # the output read as a map (C, H, W), None if it is not one
+
+    @property
+    def spatial(self) -> bool:
+        """A map with more than one spatial position."""
+        return self.map_shape is not None and len(self.map_shape) == 3 and self.map_shape[1] * self.map_shape[2] > 1
+
+    @property
+    def name(self) -> str:
+        """The layer name of this call: ``path``, or ``path#K`` for a module that runs more than once."""
+        return call_name(self.path, self.call if self.calls > 1 else None)
+
+    @property
+    def shape_text(self) -> str:
+        """``C x H x W`` of a map, the tensor's shape otherwise (without the batch), ``-`` for no tensor."""
+        shape = self.map_shape or (self.shape[1:] if self.shape else None)
+        return "x".join(str(d) for d in shape) if shape else "-"
 
 
 @dataclass
@@ -52,6 +84,22 @@ class LoadedModel:
     aliases: dict[str, str]
     z_dim: int | None = None  # generators: latent size (input is z, output an image batch)
     declared_range: str | None = None  # generators: "tanh"/"unit" as declared (then clamped), None: checked
+    default_reason: str = ""  # why default_layers are the default, one sentence
+    calls: list[LayerCall] | None = field(default=None, repr=False)  # module_calls, once known
+
+    def dummy_input(self) -> Tensor:
+        """One input of the model's size: an image (classifiers) or a latent (generators)."""
+        if self.kind == "generator":
+            return torch.zeros(1, self.z_dim or 1)
+        return torch.zeros(1, 3, self.input_size, self.input_size)
+
+    def layer_calls(self) -> list[LayerCall]:
+        """Every call of every module in one forward pass on :meth:`dummy_input`, in the
+        order they finish (computed once)."""
+        if self.calls is None:
+            self.calls = module_calls(self.module, self.dummy_input(), "pass --layer with a module "
+                                      "that runs once, or --input-size")
+        return self.calls
 
     def provenance(self) -> dict[str, Any]:
         """What a report records about the model (JSON-serializable)."""
@@ -161,6 +209,7 @@ def load_model(
         class_names = None
     aliases = dict(spec.aliases)
     default = spec.default_layer
+    defaults = (default,) if isinstance(default, str) else tuple(default or ())
     return LoadedModel(
         name=spec.name,
         spec=spec,
@@ -174,10 +223,11 @@ def load_model(
         weights=src.label,
         weights_sha256=state_dict_sha256(module),
         weights_file_sha256=src.file_sha256,
-        default_layers=[aliases.get(d, d) for d in ((default,) if isinstance(default, str) else (default or ()))],
+        default_layers=[aliases.get(d, d) for d in defaults],
         aliases=aliases,
         z_dim=int(getattr(module, "z_dim", None) or spec.z_dim) if spec.z_dim else None,
         declared_range=spec.declared_range,
+        default_reason=f"the registered default{'s' if len(defaults) > 1 else ''} of {spec.name}",
     )
 
 
@@ -245,20 +295,31 @@ def _load_callable(target: str, weights: str | None, num_classes: int | None, in
     )
 
 
-def spatial_layers(module: nn.Module, dummy: Tensor, what: str = "") -> list[tuple[str, tuple[int, ...]]]:
-    """``(dotted path, map shape)`` of every module whose output, on ``dummy``, read as a map
-    (:mod:`dissect.feature_maps`: a 4-D map, channels-last, or a token sequence), has more
-    than one spatial position, in the order they finish."""
-    order: list[tuple[str, tuple[int, ...]]] = []
+def module_calls(module: nn.Module, dummy: Tensor, what: str = "") -> list[LayerCall]:
+    """Every call of every named module in one forward pass of ``module`` on ``dummy``, in the
+    order the calls finish; a failing model is a one-line :class:`DissectError` ending in
+    ``what`` (what to do instead)."""
+    found: list[tuple[str, int, Any, Any]] = []   # (path, started, shape, map shape)
+    stack: dict[str, list[int]] = {}                # path -> start numbers of the calls running
+    counter = [0]
+
+    def make_pre(path: str) -> Callable[..., None]:
+        def pre(_m: nn.Module, _inp: Any) -> None:
+            counter[0] += 1
+            stack.setdefault(path, []).append(counter[0])
+        return pre
 
     def make_hook(path: str) -> Callable[..., None]:
         def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
-            layout = infer_layout(out.shape) if isinstance(out, Tensor) and out.dim() in (3, 4) else None
-            if layout is not None and layout.kind != "other":
-                shape = tuple(layout.to_map(out).shape[1:])
-                if shape[-1] * shape[-2] > 1:
-                    order.append((path, shape))
-
+            shape = map_shape = None
+            if isinstance(out, Tensor):
+                shape = tuple(out.shape)
+                layout = infer_layout(out.shape) if out.dim() in (3, 4) else None
+                if layout is not None and layout.kind != "other":
+                    map_shape = tuple(layout.to_map(out).shape[1:])
+                elif out.dim() == 4:
+                    map_shape = shape[1:]
+            found.append((path, stack[path].pop(), shape, map_shape))
         return hook
 
     param = next(iter(module.parameters()), None)
@@ -266,29 +327,31 @@ def spatial_layers(module: nn.Module, dummy: Tensor, what: str = "") -> list[tup
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     handles = []
     try:
-        for path, m in module.named_modules():
+        for path, m in module.named_modules(remove_duplicate=False):
             if path:
+                handles.append(m.register_forward_pre_hook(make_pre(path)))
                 handles.append(m.register_forward_hook(make_hook(path)))
         with torch.no_grad():
             module(dummy.to(device=device, dtype=dtype))
     except Exception as exc:  # the user's model failed on a dummy input; say so in one line
         shape = "x".join(str(d) for d in dummy.shape)
         raise DissectError(
-            f"could not run the model on a {shape} input to find its default "
-            f"layer ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            f"could not run the model on a {shape} input to find its layers "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
             f"{what or 'pass --input-size or --layer'}"
         ) from exc
     finally:
         for h in handles:
             h.remove()
-    return order
-
-
-def find_last_spatial_layer(module: nn.Module, input_size: int = 224) -> str | None:
-    """Dotted path of the last module to finish, on a dummy input, whose output is a map
-    with more than one spatial position (see :func:`spatial_layers`); None if there is none."""
-    order = spatial_layers(module, torch.zeros(1, 3, input_size, input_size))
-    return order[-1][0] if order else None
+    total: dict[str, int] = {}
+    for path, *_ in found:
+        total[path] = total.get(path, 0) + 1
+    seen: dict[str, int] = {}
+    calls = []
+    for path, start, shape, map_shape in found:
+        seen[path] = seen.get(path, 0) + 1
+        calls.append(LayerCall(path, seen[path], total[path], start, shape, map_shape))
+    return calls
 
 
 def _generator_output_size(module: nn.Module, z_dim: int, name: str, declared_range: str | None = None) -> int:
@@ -305,16 +368,66 @@ def _generator_output_size(module: nn.Module, z_dim: int, name: str, declared_ra
     return int(out.shape[-1])
 
 
+def spatial_layers(module: nn.Module, dummy: Tensor, what: str = "") -> list[tuple[str, tuple[int, ...]]]:
+    """``(dotted path, map shape)`` of every module that runs once on ``dummy`` and whose
+    output, read as a map (:mod:`dissect.feature_maps`: a 4-D map, channels-last, or a token
+    sequence), has more than one spatial position, in the order they finish."""
+    return [(c.path, c.map_shape) for c in module_calls(module, dummy, what) if c.spatial and c.calls == 1]
+
+
+def _skipped(calls: Sequence[LayerCall]) -> str:
+    """What a default skipped among ``calls`` (those after it): the modules that run more
+    than once with a spatial output there, each with its last such call."""
+    last: dict[str, LayerCall] = {}
+    for c in calls:
+        if c.calls > 1 and c.spatial:
+            last[c.path] = c
+    names = list(last.values())
+    shown = "".join(f"; {c.path} runs {c.calls} times and was skipped (use {c.path}#{c.call})" for c in names[:3])
+    return shown + (f"; {len(names) - 3} more modules that run several times were skipped" if len(names) > 3 else "")
+
+
+def choose_default_layer(calls: Sequence[LayerCall], kind: str = "classifier") -> tuple[str | None, str]:
+    """``(default layer, why)`` from a forward pass's :func:`module_calls`; a module that runs
+    more than once is never a default.
+
+    A classifier's: the last module to finish whose output is a map with more than one
+    spatial position. A generator's: the first such map of at least 8x8 with more than 3
+    channels (GAN dissection's featured layer4 of a Progressive GAN is 8x8), taken at the end
+    of its block (the modules after it with the same shape), else the last map."""
+    calls = list(calls)
+    once = [i for i, c in enumerate(calls) if c.spatial and c.calls == 1]
+    if not once:
+        return None, "no module that runs once per forward pass outputs a spatial map"
+
+    def shape(i: int) -> str:
+        return "x".join(str(d) for d in calls[i].map_shape)
+
+    if kind == "generator":
+        for j, i in enumerate(once):
+            s = calls[i].map_shape
+            if s[0] > 3 and min(s[1:]) >= 8:
+                while j + 1 < len(once) and calls[once[j + 1]].map_shape == s:  # conv, norm, relu, block:
+                    j += 1                                                      # take the block's output
+                i = once[j]
+                return calls[i].path, (f"the first module whose output is a map of at least 8x8 with more "
+                                       f"than 3 channels, at the end of its block ({shape(i)}), in one "
+                                       f"forward pass on a latent")
+    i = once[-1]
+    return calls[i].path, (f"the last module whose output is a spatial map ({shape(i)}) in one forward "
+                           f"pass{_skipped(calls[i + 1:])}")
+
+
+def find_last_spatial_layer(module: nn.Module, input_size: int = 224) -> str | None:
+    """Dotted path of a classifier's default layer (:func:`choose_default_layer`) on a dummy
+    image; None if no module that runs once outputs a spatial map."""
+    return choose_default_layer(module_calls(module, torch.zeros(1, 3, input_size, input_size)))[0]
+
+
 def find_generator_layer(module: nn.Module, z_dim: int) -> str | None:
-    """A generator's default layer: the first with a spatial map of at least 8x8 that has
-    more than 3 channels (GAN dissection's featured layer4 of a Progressive GAN is 8x8)."""
-    order = spatial_layers(module, torch.zeros(1, z_dim), "pass --z-dim N (the latent size) or --layer")
-    for i, (path, shape) in enumerate(order):
-        if len(shape) == 3 and shape[0] > 3 and min(shape[1:]) >= 8:
-            while i + 1 < len(order) and order[i + 1][1] == shape:  # conv, norm, relu, block:
-                i += 1                                            # take the block's output
-            return order[i][0]
-    return order[-1][0] if order else None
+    """A generator's default layer (:func:`choose_default_layer`) on a dummy latent."""
+    calls = module_calls(module, torch.zeros(1, z_dim), "pass --z-dim N (the latent size) or --layer")
+    return choose_default_layer(calls, "generator")[0]
 
 
 def from_module(
@@ -337,22 +450,24 @@ def from_module(
     ``kind="generator"``: the module maps latents ``[N, z_dim]`` to images ``[N, 3, H, W]``
     in [-1, 1] or [0, 1]; ``z_dim`` is then required. ``declared_range`` (``"tanh"`` or
     ``"unit"``) says which, for a generator that overshoots it a little: its output is then
-    clamped rather than checked. Without ``default_layers``, the
-    default is :func:`find_last_spatial_layer` (classifiers) or
-    :func:`find_generator_layer` (generators).
+    clamped rather than checked. Without ``default_layers``, the default is found on one
+    forward pass of a dummy input (:func:`choose_default_layer`; never a module that runs
+    more than once), and ``default_reason`` says why.
     """
     module.eval()
     if kind not in ("classifier", "generator"):
         raise DissectError(f"--kind must be classifier or generator, not {kind!r}")
+    calls, reason = None, "given by the caller (from_module's default_layers)"
     if kind == "generator":
         if not z_dim or z_dim < 1:
             raise DissectError(f"generator {name}: pass --z-dim N, the size of its latent vector")
-        if default_layers is None:
-            found = find_generator_layer(module, z_dim)
-            default_layers = [found] if found else []
+        dummy, what = torch.zeros(1, z_dim), "pass --z-dim N (the latent size) or --layer"
         input_size = _generator_output_size(module, z_dim, name, declared_range)
+    else:
+        dummy, what = torch.zeros(1, 3, input_size, input_size), "pass --input-size or --layer"
     if default_layers is None:
-        found = find_last_spatial_layer(module, input_size)
+        calls = module_calls(module, dummy, what)
+        found, reason = choose_default_layer(calls, kind)
         default_layers = [found] if found else []
     return LoadedModel(
         name=name,
@@ -370,6 +485,8 @@ def from_module(
         aliases=dict(aliases or {}),
         z_dim=z_dim if kind == "generator" else None,
         declared_range=declared_range if kind == "generator" else None,
+        default_reason=reason,
+        calls=calls,
     )
 
 
@@ -377,24 +494,73 @@ def from_module(
 
 
 def _module_paths(loaded: LoadedModel) -> list[str]:
-    return [path for path, _ in loaded.module.named_modules() if path]
+    return [path for path, _ in loaded.module.named_modules(remove_duplicate=False) if path]
 
 
 def layer_names(loaded: LoadedModel) -> list[str]:
-    """Valid layer names: aliases first, then dotted ``named_modules()`` paths."""
+    """Valid layer names: aliases first, then dotted ``named_modules()`` paths (a module that
+    runs more than once is named one call at a time, ``NAME#K``)."""
     return list(loaded.aliases) + _module_paths(loaded)
 
 
+def _calls_text(calls: Sequence[LayerCall]) -> str:
+    return ", ".join(f"call {c.call}: {c.shape_text}" for c in calls)
+
+
+def _check_call(loaded: LoadedModel, path: str, call: int | None, shown: str) -> int | None:
+    """``call`` checked against the calls of ``path`` in a forward pass (``shown``: the name
+    the user gave, without ``#K``): None for a module that runs once, K for one that runs
+    several times; a plain name of a module that runs several times, or a K out of range,
+    is a one-line error listing the calls."""
+    mine = [c for c in loaded.layer_calls() if c.path == path]
+    n = len(mine)
+    if call is None and n > 1:
+        options = ", ".join(f"{shown}#{k}" for k in range(1, n)) + f" or {shown}#{n}"
+        raise DissectError(f"layer {shown!r} runs {n} times per forward pass ({_calls_text(mine)}); "
+                           f"name one call: {options}")
+    if call is not None and call > max(n, 1):
+        runs = f"runs {n} times per forward pass ({_calls_text(mine)})" if n else \
+            "does not run in a forward pass on a dummy input"
+        raise DissectError(f"layer {shown}#{call}: {shown!r} {runs}; K goes from 1 to {max(n, 1)}")
+    return call if n > 1 else None
+
+
 def resolve_layer(loaded: LoadedModel, name: str) -> tuple[str, str | None]:
-    """``(dotted path, alias or None)`` for an alias or a dotted module path."""
-    if name in loaded.aliases:
-        return loaded.aliases[name], name
-    if name and name in set(_module_paths(loaded)):
-        return name, None
-    raise unknown_choice("layer", name, layer_names(loaded), hint=f"see `dissect layers {loaded.name}`")
+    """``(layer, alias or None)`` for an alias or a dotted module path, optionally with
+    ``#K``, the K-th call of a module that runs several times per forward pass (then the
+    layer is ``path#K`` and the alias ``alias#K``). A module that runs several times must be
+    named with ``#K``; ``#1`` of one that runs once is the module itself."""
+    base, call = split_call(name)
+    alias = None
+    if base in loaded.aliases:
+        alias = base
+        path, fixed = split_call(loaded.aliases[base])
+        if fixed is not None:       # an alias of one call
+            if call not in (None, fixed):
+                raise DissectError(f"layer {name!r}: {base!r} names call {fixed} of {path}; write {base}")
+            return call_name(path, _check_call(loaded, path, fixed, path)), base
+    elif base and base in set(_module_paths(loaded)):
+        path = base
+    else:
+        raise unknown_choice("layer", base, layer_names(loaded), hint=f"see `dissect layers {loaded.name}`")
+    call = _check_call(loaded, path, call, base)
+    return call_name(path, call), call_name(alias, call) if alias else None
+
+
+def paper_name(loaded: LoadedModel, layer: str) -> str | None:
+    """The alias of ``layer`` (a resolved ``path`` or ``path#K``): the first alias given for
+    that module (with the same ``#K``), or for that very call; None without one."""
+    path, call = split_call(layer)
+    for alias, target in loaded.aliases.items():
+        if target == layer:
+            return alias
+    for alias, target in loaded.aliases.items():
+        if target == path:
+            return call_name(alias, call)
+    return None
 
 
 def get_layer(loaded: LoadedModel, name: str) -> nn.Module:
-    """The module for an alias or dotted path."""
-    path, _ = resolve_layer(loaded, name)
+    """The module for an alias or dotted path (``#K`` names the same module)."""
+    path, _ = split_call(resolve_layer(loaded, name)[0])
     return loaded.module.get_submodule(path)

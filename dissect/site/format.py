@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from dissect.slugs import layer_title  # noqa: F401  (pages name layers as the console does)
+
 
 def fmt_iou(x: float | None) -> str:
     """An IoU with three decimals."""
@@ -34,9 +36,11 @@ def fmt_shape(shape: list[int] | None) -> str:
     return "×".join(str(s) for s in shape) if shape else "–"
 
 
-def layer_title(layer: dict[str, Any]) -> str:
-    """A layer's name as pages show it: ``name (alias)`` when it has an alias."""
-    return layer["name"] + (f" ({layer['alias']})" if layer.get("alias") else "")
+def call_note(layer: dict[str, Any]) -> str:
+    """For a layer that is one call of a module that runs several times per forward pass
+    (``name#K``): ``call K of N per forward pass``; else empty."""
+    calls, call = layer.get("calls"), layer.get("call")
+    return f"call {call} of the {calls} calls of its module per forward pass" if call and (calls or 0) > 1 else ""
 
 
 def unit_label(unit: dict[str, Any]) -> str:

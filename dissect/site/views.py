@@ -19,7 +19,7 @@ from markupsafe import Markup
 
 from dissect.site.charts import PALETTE, category_classes
 from dissect.site.context import ModelContext
-from dissect.site.format import fmt_iou, fmt_num, fmt_shape, unit_file, unit_label
+from dissect.site.format import call_note, fmt_iou, fmt_num, fmt_shape, layer_title, unit_file, unit_label
 from dissect.site.pagekind import LayerPages
 
 #: Tags allowed in notes: nh3's safe set, minus anything that loads a resource.
@@ -185,6 +185,23 @@ def _rows(mapping: dict[str, Any], keys: list[str] | None = None) -> list[dict[s
     return out
 
 
+def _layer_choice(results: dict[str, Any]) -> dict[str, Any] | None:
+    """Which layers were dissected and why, and the model's default when they are not it
+    (None for results written before these fields)."""
+    model = results["model"]
+    if not model.get("layer_reason"):
+        return None
+    dissected = [layer["name"] for layer in results["layers"]]
+    defaults = list(model.get("default_layers") or [])
+    return {
+        "layers": ", ".join(layer_title(layer) for layer in results["layers"]),
+        "reason": model["layer_reason"],
+        "default": ", ".join(layer_title(d) for d in defaults)
+        if defaults and [d["name"] for d in defaults] != dissected else None,
+        "default_reason": model.get("default_reason"),
+    }
+
+
 def model_page(ctx: ModelContext, layer_slugs: list[str], notes: Markup | None,
                pages: list[LayerPages]) -> dict[str, Any]:
     """The model overview's own data; ``pages`` are each layer's page kinds, linked per layer."""
@@ -207,6 +224,8 @@ def model_page(ctx: ModelContext, layer_slugs: list[str], notes: Markup | None,
         layers.append({
             "name": layer["name"],
             "alias": layer.get("alias"),
+            "title": layer_title(layer),
+            "call_note": call_note(layer),
             "href": f"{slug}/index.html",
             "csv_href": f"{slug}/units.csv",
             "anchor": f"layer-{i}",
@@ -235,6 +254,7 @@ def model_page(ctx: ModelContext, layer_slugs: list[str], notes: Markup | None,
             "probe": probe.get("name", "–"),
             "num_images": fmt_num(probe.get("num_images")),
         },
+        "choice": _layer_choice(r),
         "stats": [
             {"label": "layers", "value": fmt_num(len(layers))},
             {"label": "units", "value": fmt_num(total_units)},
@@ -247,7 +267,8 @@ def model_page(ctx: ModelContext, layer_slugs: list[str], notes: Markup | None,
         "params": _rows(ctx.params),
         "model_rows": _rows(
             {**model, "class_names": f"{len(model['class_names'])} classes" if model.get("class_names") else None},
-            ["name", "kind", "weights", "weights_sha256", "weights_file_sha256", "num_parameters", "input_size", "class_names"],
+            ["name", "kind", "weights", "weights_sha256", "weights_file_sha256", "num_parameters", "input_size",
+             "class_names", "default_reason"],
         ),
         "probe_rows": _rows(
             {**probe, "skipped": f"{len(probe.get('skipped') or [])} listed" if probe.get("skipped") else None,
@@ -303,6 +324,8 @@ def layer_page(ctx: ModelContext, layer: dict[str, Any], images: dict[int, Any])
         "layer": {
             "name": layer["name"],
             "alias": layer.get("alias"),
+            "title": layer_title(layer),
+            "call_note": call_note(layer),
             "num_units": fmt_num(len(units)),
             "detectors": fmt_num(det),
             "unique": fmt_num(len({c["label"] for c in cards if c["detector"]})),
