@@ -187,3 +187,53 @@ def _dedupe(labels: torch.Tensor) -> torch.Tensor:
                 dup = out[:, j] == out[:, i]
                 out[:, i][dup] = 0
     return out
+
+
+def concept_counts(img: torch.Tensor, unit: torch.Tensor, masks: torch.Tensor, labels: LabelBatch,
+                   concepts: torch.Tensor, primary_category: torch.Tensor,
+                   num_labels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image and unit, the intersection and union pixels of unit ``k`` with the one concept
+    ``concepts[k]`` (-1: none, counts 0), float64 ``[B, units]`` each: the terms of
+    :class:`IoUTally`'s sums for that concept, counted by the same rules (the unit's on-pixels
+    count in the union when the image is annotated in the concept's category; a whole-image
+    label covers every pixel), so that summed over the images they give its ``inter`` and
+    ``unit_cat + label_pixels - inter``. The masks come as in :meth:`IoUTally.add_sparse`."""
+    dev = labels.pixel.device
+    nb, nlayers, hw = labels.pixel.shape[0], labels.pixel.shape[1], labels.hw
+    units = concepts.numel()
+    has = concepts >= 0
+    c = concepts.clamp(min=0).to(dev)                                               # [units]
+    # the concept's pixels in each image: pixel labels, and whole-image labels x every pixel
+    lab_px = torch.zeros((nb, num_labels), dtype=torch.float64, device=dev)
+    if nlayers and hw:
+        key = torch.arange(nb, device=dev).view(nb, 1, 1) * num_labels + labels.pixel
+        lab_px += torch.bincount(key.flatten(), minlength=nb * num_labels).view(nb, num_labels).to(torch.float64)
+    for j in range(labels.image.shape[1]):
+        lab_px.index_put_((torch.arange(nb, device=dev), labels.image[:, j]),
+                          torch.full((nb,), float(hw), dtype=torch.float64, device=dev), accumulate=True)
+    lab_px[:, 0] = 0
+    label_pixels = lab_px[:, c]                                                      # [B, units]
+    on = torch.zeros((nb, units), dtype=torch.float64, device=dev)
+    inter = torch.zeros((nb, units), dtype=torch.float64, device=dev)
+    if img.numel():
+        flat = masks.reshape(masks.shape[0], -1)
+        cm = c[unit]                                                                 # [M]
+        if nlayers:
+            m, p = flat.nonzero(as_tuple=True)
+            counts = torch.bincount(m, minlength=flat.shape[0]).to(torch.float64)
+            offsets = torch.arange(nlayers, device=dev) * hw
+            lab = torch.take(labels.pixel, (img[m] * (nlayers * hw) + p).unsqueeze(1) + offsets)
+            hit = ((lab == cm[m].unsqueeze(1)) & (lab > 0)).sum(dim=1).to(torch.float64)
+            hits = torch.zeros(flat.shape[0], dtype=torch.float64, device=dev).index_add_(0, m, hit)
+        else:
+            counts = flat.view(torch.uint8).sum(dim=1, dtype=torch.int32).to(torch.float64)
+            hits = torch.zeros_like(counts)
+        for j in range(labels.image.shape[1]):
+            whole = labels.image[img, j]
+            hits += counts * ((whole == cm) & (whole > 0)).to(torch.float64)
+        on.index_put_((img, unit), counts, accumulate=True)
+        inter.index_put_((img, unit), hits, accumulate=True)
+    annotated = labels.has_cat[:, primary_category.to(dev)[c]]                       # [B, units]
+    union = on * annotated + label_pixels - inter
+    keep = has.to(dev).view(1, -1).to(torch.float64)
+    return inter * keep, union * keep
