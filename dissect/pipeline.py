@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -56,6 +57,7 @@ from dissect.segmenters.registry import list_segmenters
 from dissect.site.build import write_site
 from dissect.site.folder import check_out_dir
 from dissect.slugs import slugify
+from dissect.stats.intervals import SAMPLE_WARNING
 from dissect.version import __version__
 
 DEFAULT_MODELS = ("toy", "toygan")
@@ -277,6 +279,12 @@ def run_report(opts: ReportOptions) -> Path:
             print(f"dissect: {name}: {len(layer_results)} layer(s), {units} units, "
                   f"{dets} detectors in {secs:.0f}s")
         print(f"dissect: done in {time.time() - t0:.0f}s; open {(Path(site_dir) / 'index.html').resolve()}")
+    for name, layer_results, _ in summaries:   # warnings: --quiet or not
+        for layer in layer_results:
+            if layer.get("sample_warning"):
+                shown = f"{layer['alias']} ({layer['name']})" if layer.get("alias") else layer["name"]
+                print(f"dissect: warning: {name} {shown}: {SAMPLE_WARNING} ({layer['sample_warning']})",
+                      file=sys.stderr)
     return Path(site_dir) / "index.html"
 
 

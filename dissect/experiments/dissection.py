@@ -318,7 +318,7 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
                         labels = tallies[layer].prepare(batch["pixel_labels"].long(), batch["image_labels"])
                     img, unit, masks = active_masks(a.to(device), thresholds[layer], (sh, sw))
                     inter, union = concept_counts(img, unit, masks, labels, concepts[layer],
-                                                  tallies[layer].primary_category, index.num_labels)
+                                                  tallies[layer].primary_category)
                     boots[layer].add(batch["index"], inter, union)
         boots = distributed.merge_tallies(boots, new_boot)
         for layer in todo:

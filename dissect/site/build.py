@@ -81,6 +81,7 @@ def _units_csv(ctx: ModelContext, layer: dict[str, Any]) -> str:
     head = ["unit", "label", "category", "iou", "detector", "threshold", "active_fraction", "max_activation", "dead"]
     for c in cats:
         head += [f"top_{c}", f"top_{c}_iou"]
+    head += ["iou_lo", "iou_hi", "detector_interval"]
     w.writerow(head)
 
     def cell(v: Any) -> Any:
@@ -96,6 +97,8 @@ def _units_csv(ctx: ModelContext, layer: dict[str, Any]) -> str:
         for c in cats:
             t = by_cat.get(c) or {}
             row += [cell(t.get("name")), cell(t.get("iou"))]
+        lo, hi = u.get("iou_interval") or (None, None)
+        row += [cell(lo), cell(hi), cell(u.get("detector_interval"))]
         w.writerow(row)
     return buf.getvalue()
 

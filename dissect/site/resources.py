@@ -22,7 +22,12 @@ ASSETS = ("style.css", "site.js")
 
 
 def resource_dir(package: str) -> Traversable:
-    """The folder of a data package, installed or in a source checkout."""
+    """The folder of a data package, installed or in a source checkout. Code run from a
+    checkout (``pyproject.toml`` beside this ``dissect/``) reads its own checkout's folders,
+    even when another checkout of dissect is installed in editable mode."""
+    own = _CHECKOUT / _FALLBACK[package]
+    if (_CHECKOUT / "pyproject.toml").is_file() and own.is_dir():
+        return own
     try:
         return importlib.resources.files(package)
     except ModuleNotFoundError:

@@ -45,6 +45,8 @@ MIN_IMAGES = 100
 #: ... or more than this fraction of the labelled units have an interval straddling the threshold.
 MAX_UNDECIDED = 0.5
 DECISIONS = ("above", "straddles", "below")
+#: What a layer's ``sample_warning`` means (the console and the layer page say it).
+SAMPLE_WARNING = "the probe sample is too small to separate detectors from chance"
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,6 @@ def too_small(num_images: int, labelled: int, straddling: int) -> str | None:
     if num_images < MIN_IMAGES:
         return f"{num_images} probe images, fewer than {MIN_IMAGES}"
     if labelled and straddling > MAX_UNDECIDED * labelled:
-        return (f"the 95% intervals of {straddling} of the {labelled} labelled units straddle the "
-                "IoU threshold (more than half)")
+        return (f"the intervals of {straddling} of the {labelled} labelled units straddle the "
+                "IoU threshold, more than half")
     return None

@@ -34,6 +34,7 @@ class LabelBatch:
     has_cat: torch.Tensor      # float64 [B, categories]
     label_pixels: torch.Tensor  # float64 [labels]
     hw: int
+    image_label_pixels: torch.Tensor  # float64 [B, labels]: label_pixels per image
 
 
 class IoUTally:
@@ -160,13 +161,16 @@ def prepare_labels(pixel_labels: torch.Tensor, image_labels: torch.Tensor, num_l
     has_cat = ((present.to(torch.float64) @ cat_onehot) > 0).to(torch.float64)
     if all_annotated:
         has_cat.fill_(1.0)
-    label_pixels = torch.zeros(nl, dtype=torch.float64, device=dev)
+    per_image = torch.zeros((b, nl), dtype=torch.float64, device=dev)   # each image's pixels of each label
+    rows = torch.arange(b, device=dev).view(b, 1) * nl
     if pixel_labels.numel():
-        label_pixels += torch.bincount(pixel_labels.flatten(), minlength=nl)[:nl].to(torch.float64)
+        key = (rows.unsqueeze(2) + pixel_labels).flatten()
+        per_image += torch.bincount(key, minlength=b * nl)[:b * nl].view(b, nl).to(torch.float64)
     if image_labels.numel():
-        label_pixels += torch.bincount(image_labels.flatten(), minlength=nl)[:nl].to(torch.float64) * hw
-    label_pixels[0] = 0
-    return LabelBatch(pixel_labels, image_labels, has_cat, label_pixels, hw)
+        key = (rows + image_labels).flatten()
+        per_image += torch.bincount(key, minlength=b * nl)[:b * nl].view(b, nl).to(torch.float64) * hw
+    per_image[:, 0] = 0
+    return LabelBatch(pixel_labels, image_labels, has_cat, per_image.sum(dim=0), hw, per_image)
 
 
 def _dedupe(labels: torch.Tensor) -> torch.Tensor:
@@ -190,8 +194,7 @@ def _dedupe(labels: torch.Tensor) -> torch.Tensor:
 
 
 def concept_counts(img: torch.Tensor, unit: torch.Tensor, masks: torch.Tensor, labels: LabelBatch,
-                   concepts: torch.Tensor, primary_category: torch.Tensor,
-                   num_labels: int) -> tuple[torch.Tensor, torch.Tensor]:
+                   concepts: torch.Tensor, primary_category: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image and unit, the intersection and union pixels of unit ``k`` with the one concept
     ``concepts[k]`` (-1: none, counts 0), float64 ``[B, units]`` each: the terms of
     :class:`IoUTally`'s sums for that concept, counted by the same rules (the unit's on-pixels
@@ -203,16 +206,7 @@ def concept_counts(img: torch.Tensor, unit: torch.Tensor, masks: torch.Tensor, l
     units = concepts.numel()
     has = concepts >= 0
     c = concepts.clamp(min=0).to(dev)                                               # [units]
-    # the concept's pixels in each image: pixel labels, and whole-image labels x every pixel
-    lab_px = torch.zeros((nb, num_labels), dtype=torch.float64, device=dev)
-    if nlayers and hw:
-        key = torch.arange(nb, device=dev).view(nb, 1, 1) * num_labels + labels.pixel
-        lab_px += torch.bincount(key.flatten(), minlength=nb * num_labels).view(nb, num_labels).to(torch.float64)
-    for j in range(labels.image.shape[1]):
-        lab_px.index_put_((torch.arange(nb, device=dev), labels.image[:, j]),
-                          torch.full((nb,), float(hw), dtype=torch.float64, device=dev), accumulate=True)
-    lab_px[:, 0] = 0
-    label_pixels = lab_px[:, c]                                                      # [B, units]
+    label_pixels = labels.image_label_pixels[:, c]                                  # [B, units]
     on = torch.zeros((nb, units), dtype=torch.float64, device=dev)
     inter = torch.zeros((nb, units), dtype=torch.float64, device=dev)
     if img.numel():
