@@ -337,7 +337,8 @@ def _interval_note(intervals: dict[str, Any]) -> str:
     """How the layer's intervals were computed, in words ("" without them)."""
     if not intervals:
         return ""
-    return (f"{intervals.get('level', 0.95):.0%} intervals over images by a {intervals.get('method', '?')} "
+    method = str(intervals.get("method", "?")).replace("poisson", "Poisson")
+    return (f"{intervals.get('level', 0.95):.0%} intervals over images by a {method} "
             f"of {fmt_num(intervals.get('replicates'))} replicates (seed {intervals.get('seed')})")
 
 
