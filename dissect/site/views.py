@@ -214,6 +214,8 @@ def model_page(ctx: ModelContext, layer_slugs: list[str], notes: Markup | None,
             "num_units": fmt_num(len(units)),
             "shape": fmt_shape(layer.get("activation_shape")),
             "detectors": fmt_num(det),
+            "uncertain": (layer.get("intervals") or {}).get("uncertain_detectors", 0),
+            "sample_warning": f"{SAMPLE_WARNING}: {layer['sample_warning']}" if layer.get("sample_warning") else None,
             "unique": fmt_num(len({c["name"] for c in concepts})),
             "dead": fmt_num(sum(1 for u in units if u.get("dead"))),
             "by_category": [
