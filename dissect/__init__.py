@@ -28,6 +28,7 @@ _PUBLIC = {
     "ReportOptions": "dissect.pipeline",
     "DissectConfig": "dissect.experiments.dissection",
     "dissect_layers": "dissect.experiments.dissection",
+    "IntervalOptions": "dissect.stats.intervals",
     "load_model": "dissect.models",
     "from_module": "dissect.models",
     "list_models": "dissect.models",

@@ -53,6 +53,7 @@ def _int_list(text: str | None, flag: str) -> list[int] | None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .experiments.dissection import DissectConfig
+    from .stats import intervals
     d = DissectConfig()
     p = argparse.ArgumentParser(prog="dissect", description="Network dissection: what each "
                                 "unit of a vision network detects, as a browsable static site.")
@@ -134,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cache-budget", type=int, default=d.activation_cache_mb, metavar="MB",
                    help="keep pass-1 activations in memory up to MB for pass 2 (default "
                    f"{d.activation_cache_mb}); past it, pass 2 runs the model again")
+    intervals.add_arguments(r)
     r.add_argument("--out", default="site", help="site folder (default: site)")
     r.add_argument("--cache-dir", default=None, help="cache folder (default: $DISSECT_CACHE "
                    "or ~/.cache/dissect)")
@@ -303,13 +305,15 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "report":
         from .experiments.dissection import DissectConfig
         from .experiments.rotation import parse_rotations
+        from .stats.intervals import IntervalOptions
         from .pipeline import DEFAULT_MODELS, ReportOptions, run_report
         config = DissectConfig(quantile=args.quantile or DissectConfig.quantile,
                                quantile_space=args.quantile_space or DissectConfig.quantile_space,
                                iou_threshold=args.iou_threshold, top_k=args.top_k,
                                batch_size=args.batch_size, num_workers=args.workers,
                                device=args.device, nonfinite=args.nonfinite, precision=args.precision,
-                               activation_cache_mb=args.cache_budget)
+                               activation_cache_mb=args.cache_budget,
+                               intervals=IntervalOptions.from_args(args))
         run_report(ReportOptions(
             model=args.model or list(DEFAULT_MODELS), weights=args.weights, layers=args.layer,
             snapshot_steps=_int_list(args.snapshot_steps, "--snapshot-steps"),

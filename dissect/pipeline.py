@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -57,6 +58,7 @@ from dissect.segmenters.registry import list_segmenters, unknown_segmenter
 from dissect.site.build import write_site
 from dissect.site.folder import check_out_dir
 from dissect.slugs import layer_title, slugify
+from dissect.stats.intervals import SAMPLE_WARNING
 from dissect.version import __version__
 
 DEFAULT_MODELS = ("toy", "toygan")
@@ -286,6 +288,11 @@ def run_report(opts: ReportOptions) -> Path:
             for layer in layer_results:
                 print(layer_line(layer))
         print(f"dissect: done in {time.time() - t0:.0f}s; open {(Path(site_dir) / 'index.html').resolve()}")
+    for name, layer_results, _ in summaries:   # warnings: --quiet or not
+        for layer in layer_results:
+            if layer.get("sample_warning"):
+                print(f"dissect: warning: {name} {layer_title(layer)}: {SAMPLE_WARNING} ({layer['sample_warning']})",
+                      file=sys.stderr)
     return Path(site_dir) / "index.html"
 
 

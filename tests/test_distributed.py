@@ -99,9 +99,10 @@ def test_two_gloo_processes_equal_one(tmp_path, toyworld_small):
     assert len(one["layers"]) == len(two["layers"]) == 3
     for a, b in zip(one["layers"], two["layers"]):
         assert a["summary"] == b["summary"]
+        assert a["intervals"] == b["intervals"] and a["intervals"]["replicates"] == 1000   # pass 3 merged
         for ua, ub in zip(a["units"], b["units"]):
             for key in ("label", "iou", "threshold", "active_fraction", "max_activation", "top_concepts",
-                        "top_images"):
+                        "top_images", "iou_interval", "detector_interval"):
                 assert ua[key] == ub[key], (a["name"], ua["unit"], key)
     assert one["probe"]["num_images"] == two["probe"]["num_images"] == 200
     # the ablation's unit sets were split across the ranks: the same curves and rankings

@@ -12,6 +12,7 @@ from dissect.data.broden import BrodenDataset
 from dissect.errors import DissectError
 from dissect.experiments.dissection import DissectConfig, dissect_layers
 from dissect.inference import fold_batchnorm, resolve_precision
+from dissect.stats.intervals import IntervalOptions
 
 
 class CountingConv(nn.Module):
@@ -29,26 +30,35 @@ class CountingConv(nn.Module):
         return self.relu(self.conv(x))
 
 
-def test_cache_budget_changes_speed_not_results(toyworld_small):
-    """Budget 0: pass 2 runs the model again for every image; 1 MB: for the images past the
-    budget only; 2 GB: one pass. The statistics are identical."""
+@pytest.mark.parametrize("replicates", [0, 200])
+def test_cache_budget_changes_speed_not_results(toyworld_small, replicates):
+    """Budget 0: pass 2 (and pass 3, the intervals, unless --bootstrap 0) runs the model again
+    for every image; 1 MB: for the images past the budget only; 2 GB: one pass. The
+    statistics are identical."""
     ds = BrodenDataset(toyworld_small, input_size=64, indices=range(48))
     runs = {}
     for mb in (0, 1, 2048):
         model = CountingConv().eval()
         stats = dissect_layers(model, ["relu"], ds, DissectConfig(batch_size=8, num_workers=0,
-                                                                  activation_cache_mb=mb), progress=False)["relu"]
+                                                                  activation_cache_mb=mb,
+                                                                  intervals=IntervalOptions(replicates)),
+                               progress=False)["relu"]
         runs[mb] = (stats, model.seen - 1)      # (one image finds the layer's shape)
     per_image = 6 * 64 * 64 * 4 + 8 * 64 * 64 * 2
     kept = 2 ** 20 // per_image
     assert 0 < kept < 48
-    assert [runs[mb][1] for mb in (0, 1, 2048)] == [96, 96 - kept, 48]
+    if replicates == 0:
+        assert [runs[mb][1] for mb in (0, 1, 2048)] == [96, 96 - kept, 48]
+    else:   # pass 3 runs the model again for the same images as pass 2
+        assert [runs[mb][1] for mb in (0, 1, 2048)] == [144, 144 - 2 * kept, 48]
     ref = runs[2048][0]
     for mb in (0, 1):
         s = runs[mb][0]
         assert torch.equal(s.thresholds, ref.thresholds) and torch.equal(s.top_indices, ref.top_indices)
         for key in ("inter", "unit_cat", "label_pixels", "active"):
             assert torch.equal(s.tally[key], ref.tally[key])
+        assert (s.intervals is None and ref.intervals is None) if replicates == 0 else \
+            torch.equal(s.intervals, ref.intervals)
 
 
 def test_folded_batchnorm_gives_the_same_labels():

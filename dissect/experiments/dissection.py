@@ -4,10 +4,12 @@ Pass 1 runs the model over the probe images and tallies, per unit, the top-``q``
 threshold ``T_k`` and the top-k images by maximum activation. Pass 2 upsamples each
 activation map to the label resolution (bilinear), binarises it with ``S_k > T_k`` (strict;
 ``S_k >= T_k`` for a saturated unit, whose threshold is its maximum: :func:`binarize`) and
-tallies intersections and unions with every concept. Both passes stream: memory does
-not grow with the probe set. Layer activations from pass 1 are kept in RAM for pass 2 only
-while they fit ``activation_cache_mb`` (otherwise pass 2 runs the model again), which
-changes speed, never results.
+tallies intersections and unions with every concept. Pass 3 (unless
+``config.intervals.replicates`` is 0) tallies, for each unit's best concept, the Poisson
+bootstrap of its IoU over images (:mod:`dissect.stats.intervals`). Every pass streams:
+memory does not grow with the probe set. Layer activations from pass 1 are kept in RAM for
+passes 2 and 3 only while they fit ``activation_cache_mb`` (otherwise those passes run the
+model again), which changes speed, never results.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ from ..data.broden import BrodenDataset, make_loader, warn_bad
 from ..devices import resolve_device
 from ..errors import DissectError
 from ..hooks import Trace
+from ..slugs import layer_title
 from ..stats.finite import NONFINITE_POLICIES, FiniteCheck
 from ..inference import PRECISIONS, autocast, resolve_precision
-from ..stats.iou import IoUTally
+from ..stats.intervals import BootstrapTally, IntervalOptions, decision, too_small
+from ..stats.iou import IoUTally, concept_counts
 from ..stats.quantile import TopQuantile
 from ..stats.topk import TopK
 from .metrics import rounded
@@ -63,6 +67,7 @@ class DissectConfig:
     precision: str = "auto"          # auto | fp32 | bf16 | fp16: the forward pass (autocast); tallies stay float32+
     tile_size: int = 0               # unit image tile size in px (0: label size, >= 96)
     nonfinite: str = "error"         # NaN/inf activations: "error" stops, "invalid" reports the units
+    intervals: IntervalOptions = field(default_factory=IntervalOptions)   # best-IoU intervals (--bootstrap)
 
     def validate(self) -> None:
         if not 0.0 < self.quantile < 0.5:
@@ -81,12 +86,14 @@ class DissectConfig:
             raise DissectError(f"--cache-budget must be at least 0 MB, got {self.activation_cache_mb}")
         if self.precision not in PRECISIONS:
             raise DissectError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        self.intervals.validate()
 
     def stats_key(self) -> dict:
         """The fields that change the tallied statistics (the cache key)."""
         return {"quantile": self.quantile, "quantile_space": self.quantile_space,
                 "top_k": self.top_k, "mask": MASK_RULE,
-                **({"nonfinite": self.nonfinite} if self.nonfinite != "error" else {})}
+                **({"nonfinite": self.nonfinite} if self.nonfinite != "error" else {}),
+                "intervals": self.intervals.key()}
 
 
 @dataclass
@@ -106,6 +113,11 @@ class LayerStats:
     skipped: list[str] = field(default_factory=list)
     invalid: list[int] = field(default_factory=list)   # units with non-finite activations
     reading: str = ""   # how the output was read as maps (feature_maps.MapLayout.describe)
+    # pass 3 (None when off): float64 [units, 2], the interval of each unit's best IoU, the
+    # best concepts it is for (label numbers, -1: none) and IntervalOptions.describe()
+    intervals: torch.Tensor | None = None
+    interval_concepts: torch.Tensor | None = None
+    bootstrap: dict | None = None
 
     def __post_init__(self) -> None:
         self._ious: dict[tuple, torch.Tensor] = {}   # iou() per label set; not part of the state
@@ -237,7 +249,8 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
                 topk[layer].add(a, batch["index"])
             if "pixel_labels" in batch:
                 cached.append(({k: v.cpu() for k, v in acts.items()},   # labels: int16 (see BrodenDataset)
-                               {"pixel_labels": batch["pixel_labels"], "image_labels": batch["image_labels"]}))
+                               {"pixel_labels": batch["pixel_labels"], "image_labels": batch["image_labels"],
+                                "index": batch["index"]}))
     quant = distributed.merge_tallies(quant, new_quantile)
     topk = distributed.merge_tallies(topk, new_topk)
     if len(set(skipped)) >= n:
@@ -257,16 +270,23 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
 
     tallies = {layer: new_tally(layer) for layer in todo}
 
-    def batches():
-        while cached:
-            yield cached.pop(0)   # free each batch once it is tallied
+    bootstrap = config.intervals
+
+    def batches(release: bool):
+        """Every (activations, labels) batch of this shard: the kept ones (freed as they are
+        read when ``release``), then the model run again on the rest."""
+        if release:
+            while cached:
+                yield cached.pop(0)   # free each batch once it is tallied
+        else:
+            yield from cached
         for batch in loader(lo + n_keep, hi, True):
             if len(batch["index"]):
                 yield finite.check(_forward(model, todo, batch["image"].to(device, non_blocking=True), dtype,
                                             _batch_name(dataset, batch)), batch["index"]), batch
 
     with torch.no_grad():
-        for acts, batch in tqdm(batches(), desc="dissect: IoU", unit="batch",
+        for acts, batch in tqdm(batches(release=not bootstrap.enabled), desc="dissect: IoU", unit="batch",
                                 total=math.ceil((hi - lo) / config.batch_size), disable=not progress,
                                 leave=False):
             labels = None
@@ -277,30 +297,64 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
                 img, unit, masks = active_masks(a.to(device), thresholds[layer], (sh, sw),
                                                 saturated=saturated[layer])
                 tally.add_sparse(img, unit, masks, labels)
-    cached.clear()  # (already empty: each batch was popped once tallied)
     tallies = distributed.merge_tallies(tallies, new_tally)
     # every rank's unreadable images, and its units with non-finite values (--nonfinite invalid)
     parts = distributed.gather_objects((skipped, {layer: finite.units(layer) for layer in todo}))
     skipped = [p for part, _ in parts for p in part]
     invalid = {layer: sorted({k for _, units in parts for k in units[layer]}) for layer in todo}
-
+    done: dict[str, LayerStats] = {}
     for layer in todo:
         tk = topk[layer]
-        stats = LayerStats(
+        done[layer] = LayerStats(
             layer=layer, shape=tuple(shapes[layer]), thresholds=thresholds[layer].cpu(),
             minimum=quant[layer].min.cpu(), maximum=quant[layer].max.cpu(),
             tally=tallies[layer].state_dict(), top_values=tk.values.cpu(),
             top_indices=tk.indices.cpu(), top_maps=tk.maps.cpu(),
             num_images=n - len(skipped), skipped=sorted(set(skipped)), invalid=invalid[layer],
             reading=readings[layer])
-        results[layer] = stats
+    t2 = time.time()
+
+    # ----------------------------------------------------------------- pass 3
+    # The bootstrap of each unit's best IoU: the best concepts are known now (the same choice
+    # as summarize_layer's), so each image's intersection and union with them are tallied
+    # under the Poisson weights of that image (dissect.stats.intervals).
+    if bootstrap.enabled:
+        concepts = {layer: torch.from_numpy(unit_scores(done[layer], index).best).to(device) for layer in todo}
+
+        def new_boot(layer: str) -> BootstrapTally:
+            return BootstrapTally(shapes[layer][0], bootstrap.replicates, bootstrap.seed, device=device)
+
+        boots = {layer: new_boot(layer) for layer in todo}
+        with torch.no_grad():
+            for acts, batch in tqdm(batches(release=True), desc="dissect: intervals", unit="batch",
+                                    total=math.ceil((hi - lo) / config.batch_size), disable=not progress,
+                                    leave=False):
+                labels = None
+                for layer, a in acts.items():
+                    if labels is None:
+                        labels = tallies[layer].prepare(batch["pixel_labels"].long(), batch["image_labels"])
+                    img, unit, masks = active_masks(a.to(device), thresholds[layer], (sh, sw),
+                                                    saturated=saturated[layer])
+                    inter, union = concept_counts(img, unit, masks, labels, concepts[layer],
+                                                  tallies[layer].primary_category)
+                    boots[layer].add(batch["index"], inter, union)
+        boots = distributed.merge_tallies(boots, new_boot)
+        for layer in todo:
+            done[layer].intervals = boots[layer].intervals(bootstrap.level).cpu()
+            done[layer].interval_concepts = concepts[layer].cpu()
+            done[layer].bootstrap = bootstrap.describe()
+    cached.clear()  # (already empty: each batch was popped once tallied)
+
+    for layer in todo:
+        stats = results[layer] = done[layer]
         if layer in paths and distributed.is_main():
             paths[layer].parent.mkdir(parents=True, exist_ok=True)
             clean_leftovers(paths[layer].parent)   # temporary files of killed runs
             atomic_save(paths[layer], lambda tmp: torch.save(stats.to_state(), tmp))
     if progress:
         tqdm.write(f"dissect: {n} images, {len(todo)} layer(s) in {time.time() - t0:.1f}s "
-                   f"(thresholds {t1 - t0:.1f}s, IoU {time.time() - t1:.1f}s)"
+                   f"(thresholds {t1 - t0:.1f}s, IoU {t2 - t1:.1f}s"
+                   + (f", intervals {time.time() - t2:.1f}s)" if bootstrap.enabled else ")")
                    + (f", {len(set(skipped))} unreadable image(s) skipped" if skipped else ""))
     return results
 
@@ -407,23 +461,47 @@ def _layer_shapes(model, layers, dataset, device) -> tuple[dict[str, tuple], dic
 
 
 # --------------------------------------------------------------------- summaries
-def summarize_layer(stats: LayerStats, dataset: BrodenDataset, config: DissectConfig) -> dict:
-    """Labels, detectors and per-unit records for one layer (results.json ``layers[i]``)."""
-    index = dataset.index
-    cats = index.categories
+@dataclass
+class UnitScores:
+    """Every unit's IoU with every concept as the summary reads it, and its best concept."""
+
+    iou: np.ndarray       # [units, labels]: 0 for label numbers the index lacks, dead and invalid units
+    dead: np.ndarray      # [units] bool: the activation never varies
+    invalid: np.ndarray   # [units] bool: non-finite activations (--nonfinite invalid)
+    valid: np.ndarray     # [labels] bool: label numbers of the index
+    best: np.ndarray      # [units] int64: the best concept's label number, -1 for none
+
+
+def unit_scores(stats: LayerStats, index) -> UnitScores:
+    """The IoUs of ``stats`` against ``index``'s concepts and each unit's best concept: the
+    highest IoU, ties to the lower label number; none (-1) for a dead or invalid unit or when
+    no concept's IoU is above 0. The one choice of a unit's label (the summary's and the
+    intervals' pass 3)."""
     prim = index.primary_category_tensor()
-    iou = stats.iou(prim, len(cats)).numpy()                 # [units, labels]
-    tally = stats.tally
-    active = (tally["active"] / max(tally["pixels"], 1)).numpy()
+    iou = stats.iou(prim, len(index.categories)).numpy()                 # [units, labels]
     invalid = np.zeros(iou.shape[0], dtype=bool)
     invalid[list(stats.invalid)] = True              # non-finite activations: no statistic holds
     dead = (stats.maximum <= stats.minimum).numpy() & ~invalid
-    saturated = stats.saturated.numpy()
     valid = np.zeros(iou.shape[1], dtype=bool)
     valid[list(index.labels)] = True
     iou = np.where(valid[None, :], iou, 0.0)
     iou[dead | invalid] = 0.0
-    primcat = prim.numpy()
+    best = iou.argmax(axis=1)                        # the first maximum: ties go to the lower label number
+    best = np.where(iou[np.arange(iou.shape[0]), best] > 0, best, -1).astype(np.int64)
+    return UnitScores(iou, dead, invalid, valid, best)
+
+
+def summarize_layer(stats: LayerStats, dataset: BrodenDataset, config: DissectConfig) -> dict:
+    """Labels, detectors and per-unit records for one layer (results.json ``layers[i]``)."""
+    index = dataset.index
+    cats = index.categories
+    scores = unit_scores(stats, index)
+    iou, dead, invalid, valid = scores.iou, scores.dead, scores.invalid, scores.valid
+    tally = stats.tally
+    active = (tally["active"] / max(tally["pixels"], 1)).numpy()
+    primcat = index.primary_category_tensor().numpy()
+    intervals = _intervals(stats, scores)
+    saturated = stats.saturated.numpy()
 
     units = []
     for k in range(iou.shape[0]):
@@ -433,8 +511,9 @@ def summarize_layer(stats: LayerStats, dataset: BrodenDataset, config: DissectCo
         row = iou[k]
         # best first; ties go to the lower label number, so results are deterministic
         order = np.lexsort((np.arange(row.size), -row))
-        best = int(order[0])
-        has = (not dead[k]) and row[best] > 0
+        has = bool(scores.best[k] >= 0)
+        best = int(scores.best[k]) if has else int(order[0])
+        interval = intervals[k] if has and intervals is not None else None
         top = [{"name": index.labels[int(c)].display, "category": cats[primcat[c]],
                 "iou": rounded(row[c])} for c in order[: config.top_concepts] if row[c] > 0 and valid[c]]
         by_cat = {}
@@ -451,6 +530,8 @@ def summarize_layer(stats: LayerStats, dataset: BrodenDataset, config: DissectCo
             "category": cats[primcat[best]] if has else None,
             "iou": rounded(row[best]) if has else 0.0,
             "detector": bool(has and row[best] > config.iou_threshold),
+            "iou_interval": interval,
+            "detector_interval": decision(interval, config.iou_threshold),
             "threshold": _s(stats.thresholds[k].item()),
             "active_fraction": _s(float(active[k])),
             "max_activation": _s(stats.maximum[k].item()),
@@ -477,11 +558,18 @@ def summarize_layer(stats: LayerStats, dataset: BrodenDataset, config: DissectCo
     for u in detectors:
         concept_counts.setdefault(u["category"], {})
         concept_counts[u["category"]][u["label"]] = concept_counts[u["category"]].get(u["label"], 0) + 1
+    labelled = [u for u in units if u["label"] is not None]
+    straddling = sum(1 for u in labelled if u["detector_interval"] == "straddles")
+    interval_block = None if stats.bootstrap is None else {
+        **stats.bootstrap, "labelled_units": len(labelled), "straddling_units": straddling,
+        "uncertain_detectors": sum(1 for u in detectors if u["detector_interval"] != "above")}
     return {
         "name": stats.layer,
         "num_units": int(iou.shape[0]),
         "activation_shape": list(stats.shape),
         "reading": stats.reading,
+        "intervals": interval_block,
+        "sample_warning": too_small(stats.num_images, len(labelled), straddling),
         "summary": {
             "detectors": len(detectors),
             "unique_concepts": len({u["label"] for u in detectors}),
@@ -519,13 +607,12 @@ def _none_reason(dead: bool, saturated: bool, active: float, maximum: float) -> 
 def layer_line(layer: dict) -> str:
     """One console line of a summarised layer (:func:`summarize_layer` plus ``name``/``alias``)."""
     s = layer["summary"]
-    name = layer["name"] + (f" ({layer['alias']})" if layer.get("alias") else "")
     flags = [f"{s['dead_units']} dead"]
     if s.get("saturated_units"):
         flags.append(f"{s['saturated_units']} saturated (threshold = maximum; masked S_k >= T_k)")
     if s.get("invalid_units"):
         flags.append(f"{s['invalid_units']} invalid")
-    return (f"dissect: layer {name}: {layer['num_units']} units, {s['detectors']} detectors, "
+    return (f"dissect: layer {layer_title(layer)}: {layer['num_units']} units, {s['detectors']} detectors, "
             f"{s['unique_concepts']} unique concepts, " + ", ".join(flags))
 
 
@@ -533,6 +620,7 @@ def _invalid_unit(k: int, stats: LayerStats, dataset: BrodenDataset) -> dict:
     """The record of a unit with non-finite activations (``--nonfinite invalid``): no
     threshold, IoU, label or activation is reported, since none of them is defined."""
     return {"unit": k, "label": None, "category": None, "iou": None, "detector": False,
+            "iou_interval": None, "detector_interval": None,
             "threshold": None, "active_fraction": None, "max_activation": None, "dead": False,
             "saturated": False, "none_reason": INVALID_REASON,
             "invalid": True, "top_concepts": [], "top_by_category": {},
@@ -545,6 +633,17 @@ def _top_image(dataset: BrodenDataset, i: int, value: float | None) -> dict:
     unit's maximum activation on it."""
     name = dataset.index.records[dataset.indices[int(i)]].image
     return {"index": int(i), "image": name, "source": dataset.index.source(name), "max_activation": value}
+
+
+def _intervals(stats: LayerStats, scores: UnitScores) -> list[list[float]] | None:
+    """Each unit's best-IoU interval ``[lo, hi]`` (rounded as the IoUs are), or None when
+    pass 3 did not run. They are for the concepts ``unit_scores`` chooses, by construction."""
+    if stats.intervals is None:
+        return None
+    if not np.array_equal(stats.interval_concepts.numpy(), scores.best):
+        raise RuntimeError(f"layer {stats.layer}: the intervals were computed for other concepts than "
+                           "the summary's labels (a bug: both come from unit_scores)")
+    return [[rounded(lo), rounded(hi)] for lo, hi in stats.intervals.tolist()]
 
 
 def _s(x: float) -> float | None:

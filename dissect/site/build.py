@@ -81,7 +81,7 @@ def _units_csv(ctx: ModelContext, layer: dict[str, Any]) -> str:
     head = ["unit", "label", "category", "iou", "detector", "threshold", "active_fraction", "max_activation", "dead"]
     for c in cats:
         head += [f"top_{c}", f"top_{c}_iou"]
-    head += ["saturated", "none_reason"]   # added later, so at the end (docs/results-schema.md)
+    head += ["saturated", "none_reason", "iou_lo", "iou_hi", "detector_interval"]   # added later, so at the end (docs/results-schema.md)
     w.writerow(head)
 
     def cell(v: Any) -> Any:
@@ -98,6 +98,8 @@ def _units_csv(ctx: ModelContext, layer: dict[str, Any]) -> str:
             t = by_cat.get(c) or {}
             row += [cell(t.get("name")), cell(t.get("iou"))]
         row += [cell(u.get("saturated")), cell(u.get("none_reason"))]
+        lo, hi = u.get("iou_interval") or (None, None)
+        row += [cell(lo), cell(hi), cell(u.get("detector_interval"))]
         w.writerow(row)
     return buf.getvalue()
 

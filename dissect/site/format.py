@@ -54,3 +54,25 @@ def unit_label(unit: dict[str, Any]) -> str:
 def unit_file(unit: int) -> str:
     """The file name of a unit's page in its layer folder."""
     return f"unit-{unit:04d}.html"
+
+
+def fmt_interval(interval: list[float] | None) -> str:
+    """A best-IoU interval as ``0.151–0.372`` (three decimals), ``–`` without one."""
+    return "–" if not interval else f"{interval[0]:.3f}–{interval[1]:.3f}"
+
+
+def detector_badge(unit: dict[str, Any], threshold: float | None) -> dict[str, str] | None:
+    """The detector badge of a unit: ``detector`` when its best-IoU interval lies above the
+    threshold (or it has no interval), ``detector?`` when the interval reaches the threshold;
+    None for a unit that is not a detector. ``title`` says why."""
+    if not unit.get("detector"):
+        return None
+    interval, where = unit.get("iou_interval"), unit.get("detector_interval")
+    t = fmt_num(threshold)
+    if interval is None or where == "above":
+        sure = f"; 95% interval {fmt_interval(interval)} above {t}" if interval else ""
+        return {"text": "detector", "cls": "ok", "title": f"best IoU {fmt_iou(unit.get('iou'))} > {t}{sure}"}
+    what = "straddles" if where == "straddles" else "lies below"
+    return {"text": "detector?", "cls": "unsure",
+            "title": f"best IoU {fmt_iou(unit.get('iou'))} > {t}, but its 95% interval "
+                     f"{fmt_interval(interval)} {what} {t}"}

@@ -19,8 +19,10 @@ from markupsafe import Markup
 
 from dissect.site.charts import PALETTE, category_classes
 from dissect.site.context import ModelContext
-from dissect.site.format import call_note, fmt_iou, fmt_num, fmt_shape, layer_title, unit_file, unit_label
+from dissect.site.format import (call_note, detector_badge, fmt_interval, fmt_iou, fmt_num, fmt_shape,
+                                   layer_title, unit_file, unit_label)
 from dissect.site.pagekind import LayerPages
+from dissect.stats.intervals import MAX_UNDECIDED, MIN_IMAGES, SAMPLE_WARNING
 
 #: Tags allowed in notes: nh3's safe set, minus anything that loads a resource.
 _NOTE_TAGS = set(nh3.ALLOWED_TAGS) - {"img", "picture", "source", "audio", "video", "track", "map", "area"}
@@ -232,6 +234,8 @@ def model_page(ctx: ModelContext, layer_slugs: list[str], notes: Markup | None,
             "num_units": fmt_num(len(units)),
             "shape": fmt_shape(layer.get("activation_shape")),
             "detectors": fmt_num(det),
+            "uncertain": (layer.get("intervals") or {}).get("uncertain_detectors", 0),
+            "sample_warning": f"{SAMPLE_WARNING}: {layer['sample_warning']}" if layer.get("sample_warning") else None,
             "unique": fmt_num(len({c["name"] for c in concepts})),
             "dead": fmt_num(sum(1 for u in units if u.get("dead"))),
             "by_category": [
@@ -311,6 +315,7 @@ def layer_page(ctx: ModelContext, layer: dict[str, Any], images: dict[int, Any])
             "iou": fmt_iou(u.get("iou", 0.0)),
             "iou_raw": repr(float(u.get("iou") or 0.0)),
             "detector": bool(u.get("detector")),
+            "badge": detector_badge(u, ctx.iou_threshold),
             "dead": bool(u.get("dead")),
             "invalid": bool(u.get("invalid")),
             "saturated": bool(u.get("saturated")),
@@ -320,6 +325,7 @@ def layer_page(ctx: ModelContext, layer: dict[str, Any], images: dict[int, Any])
             "alt": f"unit {u['unit']} top images: {label}",
         })
     det = sum(1 for c in cards if c["detector"])
+    intervals = layer.get("intervals") or {}
     return {
         "layer": {
             "name": layer["name"],
@@ -334,7 +340,11 @@ def layer_page(ctx: ModelContext, layer: dict[str, Any], images: dict[int, Any])
             "saturated": sum(1 for c in cards if c["saturated"]),
             "shape": fmt_shape(layer.get("activation_shape")),
             "reading": layer.get("reading") or "",
+            "uncertain": sum(1 for c in cards if c["badge"] and c["badge"]["text"] == "detector?"),
+            "intervals": _interval_note(intervals),
         },
+        "sample_warning": {"message": SAMPLE_WARNING, "reason": layer["sample_warning"],
+                           "rule": SAMPLE_RULE} if layer.get("sample_warning") else None,
         "iou_threshold": fmt_num(ctx.iou_threshold),
         "categories": [
             {"value": c, "count": cat_counts[c], "cls": ctx.cat_class(c)} for c in ctx.categories if cat_counts[c]
@@ -342,6 +352,23 @@ def layer_page(ctx: ModelContext, layer: dict[str, Any], images: dict[int, Any])
         "cards": cards,
         "total": len(cards),
     }
+
+
+#: The rule of the layer page's sample warning, as the page states it (dissect.stats.intervals.too_small).
+SAMPLE_RULE = (f"This warning shows when the probe set has fewer than {MIN_IMAGES} images, or when the "
+               f"95% intervals of more than {MAX_UNDECIDED:.0%} of the layer's labelled units straddle the "
+               "IoU threshold. Each interval is over images and holds the unit's concept fixed: it does "
+               "not count the choice of the best of many concepts on the same images, which makes small "
+               "samples look better still.")
+
+
+def _interval_note(intervals: dict[str, Any]) -> str:
+    """How the layer's intervals were computed, in words ("" without them)."""
+    if not intervals:
+        return ""
+    method = str(intervals.get("method", "?")).replace("poisson", "Poisson")
+    return (f"{intervals.get('level', 0.95):.0%} intervals over images by a {method} "
+            f"of {fmt_num(intervals.get('replicates'))} replicates (seed {intervals.get('seed')})")
 
 
 # ---------------------------------------------------------------------------- unit detail
@@ -360,6 +387,16 @@ SATURATED_NOTE = ("yes: its top-q threshold T_k is its largest activation on the
 
 def _bar(iou: float, scale: float) -> str:
     return f"{max(0.0, min(100.0, 100.0 * iou / scale)):.1f}" if scale > 0 else "0.0"
+
+
+def _interval_text(layer: dict[str, Any], u: dict[str, Any], threshold: float | None) -> str:
+    """The unit page's interval row: the interval, where it lies against the threshold, how
+    it was computed."""
+    where = {"above": "above the threshold", "below": "below the threshold",
+             "straddles": "straddles the threshold"}.get(u.get("detector_interval"), "")
+    how = _interval_note(layer.get("intervals") or {})
+    return (f"{fmt_interval(u['iou_interval'])} ({where} {fmt_num(threshold)}"
+            f"{'; ' + how + ', for this concept' if how else ''})")
 
 
 def unit_page(
@@ -391,7 +428,9 @@ def unit_page(
             "category": None if u.get("dead") else u.get("category"),
             "cls": ctx.cat_class(None if u.get("dead") else u.get("category")),
             "iou": fmt_iou(u.get("iou", 0.0)),
+            "interval": fmt_interval(u.get("iou_interval")) if u.get("iou_interval") else None,
             "detector": bool(u.get("detector")),
+            "badge": detector_badge(u, ctx.iou_threshold),
             "dead": bool(u.get("dead")),
             "invalid": bool(u.get("invalid")),
             "saturated": bool(u.get("saturated")),
@@ -403,6 +442,8 @@ def unit_page(
         },
         "stats": [
             {"key": "best IoU", "value": f"{fmt_iou(u.get('iou', 0.0))} ({'detector' if u.get('detector') else 'not a detector'}; threshold {fmt_num(ctx.iou_threshold)})"},
+            *([{"key": "95% interval of the best IoU", "value": _interval_text(layer, u, ctx.iou_threshold)}]
+              if u.get("iou_interval") else []),
             {"key": "activation threshold T_k", "value": fmt_num(u.get("threshold"))},
             {"key": f"active fraction P(S_k {rule} T_k)", "value": f"{fmt_num(af)} vs q = {fmt_num(q)}{ratio}"},
             {"key": "max activation", "value": fmt_num(u.get("max_activation"))},

@@ -34,6 +34,7 @@ class LabelBatch:
     has_cat: torch.Tensor      # float64 [B, categories]
     label_pixels: torch.Tensor  # float64 [labels]
     hw: int
+    image_label_pixels: torch.Tensor  # float64 [B, labels]: label_pixels per image
 
 
 class IoUTally:
@@ -160,13 +161,16 @@ def prepare_labels(pixel_labels: torch.Tensor, image_labels: torch.Tensor, num_l
     has_cat = ((present.to(torch.float64) @ cat_onehot) > 0).to(torch.float64)
     if all_annotated:
         has_cat.fill_(1.0)
-    label_pixels = torch.zeros(nl, dtype=torch.float64, device=dev)
+    per_image = torch.zeros((b, nl), dtype=torch.float64, device=dev)   # each image's pixels of each label
+    rows = torch.arange(b, device=dev).view(b, 1) * nl
     if pixel_labels.numel():
-        label_pixels += torch.bincount(pixel_labels.flatten(), minlength=nl)[:nl].to(torch.float64)
+        key = (rows.unsqueeze(2) + pixel_labels).flatten()
+        per_image += torch.bincount(key, minlength=b * nl)[:b * nl].view(b, nl).to(torch.float64)
     if image_labels.numel():
-        label_pixels += torch.bincount(image_labels.flatten(), minlength=nl)[:nl].to(torch.float64) * hw
-    label_pixels[0] = 0
-    return LabelBatch(pixel_labels, image_labels, has_cat, label_pixels, hw)
+        key = (rows + image_labels).flatten()
+        per_image += torch.bincount(key, minlength=b * nl)[:b * nl].view(b, nl).to(torch.float64) * hw
+    per_image[:, 0] = 0
+    return LabelBatch(pixel_labels, image_labels, has_cat, per_image.sum(dim=0), hw, per_image)
 
 
 def _dedupe(labels: torch.Tensor) -> torch.Tensor:
@@ -187,3 +191,43 @@ def _dedupe(labels: torch.Tensor) -> torch.Tensor:
                 dup = out[:, j] == out[:, i]
                 out[:, i][dup] = 0
     return out
+
+
+def concept_counts(img: torch.Tensor, unit: torch.Tensor, masks: torch.Tensor, labels: LabelBatch,
+                   concepts: torch.Tensor, primary_category: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image and unit, the intersection and union pixels of unit ``k`` with the one concept
+    ``concepts[k]`` (-1: none, counts 0), float64 ``[B, units]`` each: the terms of
+    :class:`IoUTally`'s sums for that concept, counted by the same rules (the unit's on-pixels
+    count in the union when the image is annotated in the concept's category; a whole-image
+    label covers every pixel), so that summed over the images they give its ``inter`` and
+    ``unit_cat + label_pixels - inter``. The masks come as in :meth:`IoUTally.add_sparse`."""
+    dev = labels.pixel.device
+    nb, nlayers, hw = labels.pixel.shape[0], labels.pixel.shape[1], labels.hw
+    units = concepts.numel()
+    has = concepts >= 0
+    c = concepts.clamp(min=0).to(dev)                                               # [units]
+    label_pixels = labels.image_label_pixels[:, c]                                  # [B, units]
+    on = torch.zeros((nb, units), dtype=torch.float64, device=dev)
+    inter = torch.zeros((nb, units), dtype=torch.float64, device=dev)
+    if img.numel():
+        flat = masks.reshape(masks.shape[0], -1)
+        cm = c[unit]                                                                 # [M]
+        if nlayers:
+            m, p = flat.nonzero(as_tuple=True)
+            counts = torch.bincount(m, minlength=flat.shape[0]).to(torch.float64)
+            offsets = torch.arange(nlayers, device=dev) * hw
+            lab = torch.take(labels.pixel, (img[m] * (nlayers * hw) + p).unsqueeze(1) + offsets)
+            hit = ((lab == cm[m].unsqueeze(1)) & (lab > 0)).sum(dim=1).to(torch.float64)
+            hits = torch.zeros(flat.shape[0], dtype=torch.float64, device=dev).index_add_(0, m, hit)
+        else:
+            counts = flat.view(torch.uint8).sum(dim=1, dtype=torch.int32).to(torch.float64)
+            hits = torch.zeros_like(counts)
+        for j in range(labels.image.shape[1]):
+            whole = labels.image[img, j]
+            hits += counts * ((whole == cm) & (whole > 0)).to(torch.float64)
+        on.index_put_((img, unit), counts, accumulate=True)
+        inter.index_put_((img, unit), hits, accumulate=True)
+    annotated = labels.has_cat[:, primary_category.to(dev)[c]]                       # [B, units]
+    union = on * annotated + label_pixels - inter
+    keep = has.to(dev).view(1, -1).to(torch.float64)
+    return inter * keep, union * keep

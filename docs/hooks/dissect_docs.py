@@ -77,13 +77,24 @@ def defaults_table() -> str:
     from dissect.experiments.dissection import DissectConfig
 
     rows = ["| setting | default | CLI option |", "| --- | --- | --- |"]
-    for f in dataclasses.fields(DissectConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        opt = "--" + f.name.replace("_", "-")
-        opt = {"--num-workers": "--workers", "--activation-cache-mb": "(Python API)",
-               "--tile-size": "(Python API)", "--top-concepts": "(Python API)"}.get(opt, opt)
-        rows.append(f"| `{f.name}` | `{default!r}` | `{opt}` |" if opt.startswith("--") else
-                    f"| `{f.name}` | `{default!r}` | {opt} |")
+
+    def settings(config, prefix=""):
+        """``(name, default)`` of every field, a nested options dataclass's fields expanded."""
+        for f in dataclasses.fields(config):
+            value = getattr(config, f.name)
+            if dataclasses.is_dataclass(value):
+                yield from settings(value, f"{prefix}{f.name}.")
+            else:
+                yield prefix + f.name, value
+
+    for name, default in settings(DissectConfig()):
+        opt = "--" + name.replace("_", "-")
+        opt = {"--num-workers": "--workers", "--activation-cache-mb": "--cache-budget",
+               "--tile-size": "(Python API)", "--top-concepts": "(Python API)",
+               "--intervals.replicates": "--bootstrap", "--intervals.seed": "--bootstrap-seed",
+               "--intervals.level": "(Python API)"}.get(opt, opt)
+        rows.append(f"| `{name}` | `{default!r}` | `{opt}` |" if opt.startswith("--") else
+                    f"| `{name}` | `{default!r}` | {opt} |")
     return "\n".join(rows) + "\n"
 
 
