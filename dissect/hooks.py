@@ -18,6 +18,7 @@ count the module's calls from the start of each call of the model); a hook on a 
 
 from __future__ import annotations
 
+import operator
 from typing import Callable, Iterable
 
 import torch
@@ -249,7 +250,9 @@ def split_tail(model: nn.Module, layer: str) -> tuple[nn.Module | None, str]:
     needs after the layer; ``NAME#K`` splits after the K-th call of a module that runs several
     times. Returns ``(tail, "split (torch.fx)")``, or ``(None, reason)`` when
     the graph cannot be split: tracing fails, a plain name runs more than once, or the network
-    after the layer also reads values computed before it (a skip connection around it).
+    after the layer also reads values computed before it (a skip connection around it). The
+    batch size read from the input (``x.size(0)``, ``x.shape[0]``, as in ``out.view(bs, -1)``)
+    is not such a value: the tail reads it from the activation, whose first dimension it is too.
     """
     module = get_module(model, layer)
     _, call = split_call(layer)
@@ -264,9 +267,13 @@ def split_tail(model: nn.Module, layer: str) -> tuple[nn.Module | None, str]:
     if call is None and len(calls) != 1 or call is not None and not 1 <= call <= len(calls):
         return None, f"full forward (the layer is called {len(calls)} times in the traced graph)"
     at = calls[(call or 1) - 1]
+    inputs = {n for n in nodes if n.op == "placeholder"}
+    batch = {n for n in nodes if _is_batch_size(n, inputs)}
     from_input: set = set()
     from_layer: set = {at}
     for n in nodes:
+        if n in batch:
+            continue
         ins = n.all_input_nodes
         if n.op == "placeholder" or any(i in from_input for i in ins):
             from_input.add(n)
@@ -279,7 +286,7 @@ def split_tail(model: nn.Module, layer: str) -> tuple[nn.Module | None, str]:
         if n in needed:
             continue
         needed.add(n)
-        if n is not at:
+        if n is not at and n not in batch:
             stack.extend(n.all_input_nodes)
     if at not in needed:
         return None, "full forward (the model's output does not depend on the layer)"
@@ -288,11 +295,24 @@ def split_tail(model: nn.Module, layer: str) -> tuple[nn.Module | None, str]:
     new = torch.fx.Graph()
     env = {at: new.placeholder("activation")}
     for n in nodes:
-        if n in needed and n is not at:
+        if n in needed and n in batch:
+            env[n] = new.call_method("size", (env[at], 0))
+        elif n in needed and n is not at:
             env[n] = new.node_copy(n, lambda a: env[a])
     tail = torch.fx.GraphModule(tracer.root, new, class_name="Tail")
     tail.train(model.training)
     return tail, "split (torch.fx)"
+
+
+def _is_batch_size(n: torch.fx.Node, inputs: set) -> bool:
+    """Whether fx node ``n`` is the batch size of a model input: ``x.size(0)`` or ``x.shape[0]``."""
+    if n.op == "call_method" and n.target == "size" and n.args and n.args[0] in inputs:
+        return (n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")) == 0
+    if n.op == "call_function" and n.target is operator.getitem and len(n.args) == 2 and n.args[1] == 0:
+        src = n.args[0]
+        return (isinstance(src, torch.fx.Node) and src.op == "call_function" and src.target is getattr
+                and src.args[0] in inputs and src.args[1] == "shape")
+    return False
 
 
 def pools_first(tail: nn.Module | None) -> bool:
@@ -304,9 +324,13 @@ def pools_first(tail: nn.Module | None) -> bool:
     if graph is None:
         return False
     inputs = [n for n in graph.nodes if n.op == "placeholder"]
-    if len(inputs) != 1 or len(inputs[0].users) != 1:
+    if len(inputs) != 1:
         return False
-    (user,) = inputs[0].users
+    # the batch size the tail reads from the activation (split_tail) is the pooled map's too
+    users = [u for u in inputs[0].users if not (u.op == "call_method" and u.target == "size")]
+    if len(users) != 1:
+        return False
+    (user,) = users
     if user.op == "call_module":
         mod = tail.get_submodule(user.target)
         size = mod.output_size if isinstance(mod, nn.AdaptiveAvgPool2d) else None

@@ -136,6 +136,46 @@ def test_resnet_split_and_fallback_agree():
     assert _hooks(net) == 0
 
 
+class BatchSizeFromInput(nn.Module):
+    """Reads the batch size from its input and uses it after the layer (``out.view(bs, -1)``,
+    as the common EfficientNet implementation does), through ``size(0)`` or ``shape[0]``."""
+
+    def __init__(self, shape_attr: bool):
+        super().__init__()
+        self.shape_attr = shape_attr
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.act = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        bs = x.shape[0] if self.shape_attr else x.size(0)
+        return self.fc(self.pool(self.act(self.conv(x))).view(bs, -1))
+
+
+@pytest.mark.parametrize("shape_attr", [False, True])
+def test_batch_size_read_from_the_input_still_splits(shape_attr):
+    """The input's batch size is no skip connection: the tail reads it from the activation,
+    splits, pools first, and ablates exactly as a full forward pass does."""
+    torch.manual_seed(0)
+    net = BatchSizeFromInput(shape_attr).eval()
+    tail, how = split_tail(net, "act")
+    assert tail is not None and how.startswith("split"), how
+    x = torch.randn(5, 3, 12, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(tail(net.act(net.conv(x))), net(x))
+    split = _random_split(8, 3, seed=4, size=12)
+    runner = AblationRunner(net, "act", split, batch_size=3)
+    assert runner.method.startswith("split") and runner.pooled
+    masks = torch.ones(2, 6)
+    masks[1, [0, 4]] = 0
+    got = runner.logits(masks)
+    with torch.no_grad(), ablate(net, "act", [0, 4]):
+        want = net(split.dataset.images)
+    torch.testing.assert_close(got[1], want, rtol=1e-5, atol=1e-5)
+    assert _hooks(net) == 0
+
+
 class Branchy(nn.Module):
     """Control flow on tensor values: torch.fx cannot trace it."""
 
