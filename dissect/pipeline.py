@@ -300,7 +300,8 @@ def run_report(opts: ReportOptions) -> Path:
 
 
 def layer_paths(loaded: LoadedModel, layers: Sequence[str]) -> list[tuple[str, str | None]]:
-    """``(layer, paper name or None)`` of each layer to dissect (default: the model's); the
+    """``(layer, paper name or None)`` of each layer to dissect (default: the model's), shallow
+    to deep (in the order their calls finish in a forward pass, as the pages list them); the
     layer is a dotted path, or ``path#K`` for call K of a module that runs several times."""
     paths: list[tuple[str, str | None]] = []
     for name in (layers or loaded.default_layers):
@@ -310,7 +311,15 @@ def layer_paths(loaded: LoadedModel, layers: Sequence[str]) -> list[tuple[str, s
         why = f" ({loaded.default_reason})" if loaded.default_reason else ""
         raise DissectError(f"no layer to dissect in {loaded.name}{why}: pass --layer NAME "
                            f"(see `dissect layers {loaded.name}`)")
-    return list(dict.fromkeys(paths))
+    paths = list(dict.fromkeys(paths))
+    if len(paths) < 2:
+        return paths
+    finished = {}
+    for i, c in enumerate(loaded.layer_calls()):
+        finished[f"{c.path}#{c.call}"] = i
+        if c.calls == 1:
+            finished[c.path] = i
+    return sorted(paths, key=lambda pa: finished.get(pa[0], len(finished)))   # stable: unknown ones last
 
 
 def layer_reason(loaded: LoadedModel, layers: Sequence[str]) -> str:

@@ -106,6 +106,16 @@ def test_registered_default_says_so_and_names_alias_first(capsys):
                     "the registered defaults of toy")
     # a dotted path gets the paper's name beside it too
     assert layer_paths(toy, ["features.18"]) == [("features.18", "conv4_2")]
+    # named in any order, layers are dissected and listed shallow to deep (as the pages say)
+    assert [p for p, _ in layer_paths(toy, ["conv4_2", "conv2_2", "features.13"])] == \
+        ["features.8", "features.13", "features.18"]
+
+
+def test_layers_are_ordered_by_the_call_not_the_module(user_module):
+    """Call 2 of the reused activation runs after ``_bn1``, call 1 before everything else."""
+    m = from_module(user_module.make(), name="reused", input_size=64)
+    got = layer_paths(m, ["_swish#2", "_bn1", "_swish#1", "_blocks"])
+    assert [p for p, _ in got] == ["_swish#1", "_blocks", "_bn1", "_swish#2"]
 
 
 # ----------------------------------------------------------------------------- naming a call
