@@ -228,9 +228,10 @@ def test_flags_reach_results_grid_unit_page_and_console(tmp_path, toyworld_small
     assert f"No label: {DEAD_REASON}." in page2
 
     rows = list(csv.reader(io.StringIO((site / "units" / "units.csv").read_text())))
-    assert rows[0][-2:] == ["saturated", "none_reason"]
-    assert [r[-2] for r in rows[1:]] == ["true", "false", "false"]
-    assert rows[3][-1] == DEAD_REASON and rows[1][-1] == ""
+    sat, why = rows[0].index("saturated"), rows[0].index("none_reason")
+    assert why == sat + 1 and sat > rows[0].index("iou")   # added at the end, after older columns
+    assert [r[sat] for r in rows[1:]] == ["true", "false", "false"]
+    assert rows[3][why] == DEAD_REASON and rows[1][why] == ""
 
 
 def test_saturated_filter_in_a_browser(tmp_path):
