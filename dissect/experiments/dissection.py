@@ -596,6 +596,9 @@ def _none_reason(dead: bool, saturated: bool, active: float, maximum: float) -> 
     """Why a unit that is not invalid has no concept (``label`` null)."""
     if dead:
         return DEAD_REASON
+    if saturated and active == 0:
+        return (f"saturated at its maximum {maximum:.6g} only at isolated positions of its map: "
+                "upsampling brings every pixel below that cap, so its region S_k >= T_k is empty")
     if saturated:
         return (f"saturated at its maximum {maximum:.6g} (region S_k >= T_k), "
                 "and no concept overlaps that region (every IoU is 0)")
