@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-from html.parser import HTMLParser
 
 import numpy as np
 import pytest
@@ -20,21 +19,11 @@ from dissect.experiments.metrics import (average_ranks, balanced_accuracy, balan
                                          resample_counts, spearman, spearman_interval)
 from dissect.models import load_model, with_class_names
 from dissect.models.weights import parse_class_names
-
-
-class _Text(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.parts: list[str] = []
-
-    def handle_data(self, data):
-        self.parts.append(data)
+from shared_support import visible_text
 
 
 def _text(path) -> str:
-    p = _Text()
-    p.feed(path.read_text(encoding="utf-8"))
-    return " ".join(" ".join(p.parts).split())
+    return visible_text(path, hidden=(), sep=" ")
 
 
 # ------------------------------------------------------------------------------ the bootstrap

@@ -16,13 +16,13 @@ import json
 import re
 import time
 from collections import deque
-from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urldefrag
 
 import pytest
 
 from browser_support import ARTIFACTS, CHROMIUM_ARGS, SiteBrowser, StaticServer, require_browser
+from shared_support import visible_text
 
 SUBPATH = "pages/dissect-demo"        # the site is served at http://127.0.0.1:PORT/pages/dissect-demo/
 # The first contentful paint of the page now open, in ms since navigation (None if none in 5 s).
@@ -513,34 +513,12 @@ def test_checker_catches_problems(browser, tmp_path):
         assert expected in found, f"{expected!r} not reported in:\n{found}"
 
 
-class _VisibleText(HTMLParser):
-    """The text a reader sees: every data node outside ``<script>``, ``<style>`` and ``<pre>``/``<code>``."""
-
-    HIDDEN = {"script", "style", "pre", "code"}
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.depth = 0
-        self.parts: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.depth += tag in self.HIDDEN
-
-    def handle_endtag(self, tag):
-        self.depth -= tag in self.HIDDEN and self.depth > 0
-
-    def handle_data(self, data):
-        self.parts.append(" " if self.depth else data)
-
-
 def test_no_sentence_or_separator_is_glued_to_the_next(site):
     """Template line breaks that Jinja trims can glue two sentences ("--layer.The model's") or a
     separator to a word ("dead ·units.csv"); every page's visible text has neither."""
     glued = []
     for page in sorted(site.rglob("*.html")):
-        parser = _VisibleText()
-        parser.feed(page.read_text(encoding="utf-8"))
-        text = " ".join("".join(parser.parts).split())
+        text = visible_text(page, hidden=("script", "style", "pre", "code"))
         for m in re.finditer(r"[a-z)]\.[A-Z][a-z]|[^\s(·]·|·[^\s)·]", text):
             glued.append(f"{page.relative_to(site)}: …{text[max(0, m.start() - 30):m.end() + 30]}…")
     assert not glued, "\n".join(glued[:20])

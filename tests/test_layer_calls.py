@@ -19,6 +19,7 @@ from dissect.hooks import Intervene, Trace, ablate, set_units, split_tail
 from dissect.models import IMAGENET_MEAN, IMAGENET_STD, from_module, load_model, resolve_layer
 from dissect.models.catalog import layer_rows
 from dissect.pipeline import announce_layers, layer_paths
+from shared_support import user_module as import_user_file
 
 NET_SOURCE = '''
 import torch
@@ -63,13 +64,7 @@ REFUSAL = ("layer '_swish' runs 2 times per forward pass (call 1: 8x32x32, call 
 @pytest.fixture
 def user_module(tmp_path, monkeypatch):
     """``reused_act_net.make`` importable as ``reused_act_net:make`` (from the current folder)."""
-    (tmp_path / "reused_act_net.py").write_text(NET_SOURCE)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.chdir(tmp_path)
-    import importlib
-    import sys
-    sys.modules.pop("reused_act_net", None)
-    return importlib.import_module("reused_act_net")
+    return import_user_file(tmp_path, monkeypatch, "reused_act_net", NET_SOURCE)
 
 
 def _brute(net, x):

@@ -9,7 +9,6 @@ published as "none" (issue 21)."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
@@ -21,6 +20,7 @@ from dissect import report  # noqa: E402
 from dissect.errors import DissectError  # noqa: E402
 from dissect.experiments.dissection import DissectConfig  # noqa: E402
 from dissect.models import load_model, resolve_layer  # noqa: E402
+from shared_support import user_module  # noqa: E402
 
 USER_MODULE = '''
 from efficientnet_lite_pytorch import EfficientNet
@@ -34,10 +34,7 @@ def make(num_classes=1000):
 @pytest.fixture
 def lite0(tmp_path, monkeypatch):
     """``lite0_net:make`` importable from the current folder, and the published weights file."""
-    (tmp_path / "lite0_net.py").write_text(USER_MODULE)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.chdir(tmp_path)
-    sys.modules.pop("lite0_net", None)
+    user_module(tmp_path, monkeypatch, "lite0_net", USER_MODULE)
     return lite0_files.EfficientnetLite0ModelFile.get_model_file_path()
 
 

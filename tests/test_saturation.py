@@ -20,6 +20,7 @@ from dissect.data.broden import BrodenDataset
 from dissect.experiments.dissection import (DEAD_REASON, DissectConfig, active_masks, binarize,
                                             dissect_layers, layer_line, saturated_units,
                                             summarize_layer)
+from shared_support import brute_iou
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -58,28 +59,6 @@ def _config(space="activation", **kw):
     return DissectConfig(quantile_space=space, top_k=3, batch_size=16, num_workers=0, device="cpu", **kw)
 
 
-def brute_iou(ds, masks: np.ndarray) -> np.ndarray:
-    """IoU of the unit masks ``masks`` ([images, sh, sw] bool) with every label, one image and
-    one label at a time, with NetDissect's category-restricted union (docs/method.md)."""
-    idx = ds.index
-    prim = idx.primary_category_tensor().numpy()
-    items = [ds[i] for i in range(len(ds))]
-    out = np.zeros(idx.num_labels)
-    for c in idx.labels:
-        inter = union_unit = lab = 0
-        for i, it in enumerate(items):
-            mk = masks[i]
-            pl = it["pixel_labels"].numpy()
-            il = it["image_labels"].tolist()
-            lc = (pl == c).any(0) | (c in il)
-            present = set(np.unique(pl).tolist()) | set(il)
-            if prim[c] in {prim[p] for p in present if p}:
-                union_unit += mk.sum()
-            lab += lc.sum()
-            inter += (mk & lc).sum()
-        den = union_unit + lab - inter
-        out[c] = inter / den if den else 0.0
-    return out
 
 
 @pytest.fixture(scope="module")

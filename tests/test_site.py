@@ -16,6 +16,7 @@ from PIL import Image
 
 from dissect.errors import DissectError
 from dissect.site import write_site
+from shared_support import visible_text
 
 XSS = "<script>alert(1)</script>"
 HOSTILE_MODEL = 'a"b<c>'
@@ -271,17 +272,7 @@ def test_index_sentences_are_spaced(tmp_path):
     runs = [make_run(tmp_path, name=slug, slug=slug) for slug in ("a", "b")]
     out = write_site(tmp_path / "site", runs)
 
-    class Text(HTMLParser):
-        def __init__(self):
-            super().__init__()
-            self.parts: list[str] = []
-
-        def handle_data(self, data):
-            self.parts.append(data)
-
-    parser = Text()
-    parser.feed((out / "index.html").read_text(encoding="utf-8"))
-    text = " ".join("".join(parser.parts).split())
+    text = visible_text(out / "index.html", hidden=())
     assert "2 models in this report. Compare them: unique detectors" in text, text[:400]
     assert not re.search(r"[a-z]\.[A-Z]", text)
 
