@@ -49,11 +49,11 @@ def _commands() -> list[tuple[str, int, str, str | None]]:
     found = []
     for path in DOCS:
         lines = path.read_text(encoding="utf-8").splitlines()
-        block, lang, start = None, "", 0
+        block, lang = None, ""
         for i, line in enumerate(lines):
             fence = FENCE.match(line)
             if fence and block is None:
-                block, lang, start = [], fence.group(1), i
+                block, lang = [], fence.group(1)
                 continue
             if fence and block is not None:
                 if lang in ("", "bash", "sh", "shell", "console"):

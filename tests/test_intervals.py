@@ -5,7 +5,6 @@ on a planted unit of the toy world, and shown where a small sample decides a lab
 import csv
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -9,7 +9,6 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from dissect import report
 from dissect.cli import main

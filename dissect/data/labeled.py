@@ -19,7 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from ..errors import DissectError, SkipError, warn_skipped_image
+from ..errors import SkipError, warn_skipped_image
 from .broden import BrodenDataset, BrodenIndex, make_loader
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
