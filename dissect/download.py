@@ -27,7 +27,7 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Sequence
+from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
@@ -280,6 +280,12 @@ class RemoteFile:
     size: int | None = None         # bytes, where known
     instead: str = ""               # what else the user can do: "or pass --weights FILE (a copy of x.pth)"
     flag: str = ""                  # the option that takes a copy of it instead: "--weights FILE"
+    # a file that a library keeps in its own cache (the Hugging Face hub's): whether it is
+    # there, and how that library downloads it (instead of dest and urllib)
+    present: Callable[[], bool] | None = None
+    fetcher: Callable[[bool], Path] | None = None
+    offline_env: str = ""           # an environment variable that also means offline ("HF_HUB_OFFLINE")
+    where: str = ""                 # where it goes, when not "save it as <dest>" (a library's cache)
 
     @property
     def target(self) -> Path:
@@ -288,6 +294,8 @@ class RemoteFile:
 
     def is_present(self) -> bool:
         """Whether the target is in place (a file: and its checksum matches)."""
+        if self.present is not None:
+            return self.present()
         if self.unpack_to is not None:
             return self.unpack_to.is_dir()
         return self.dest.is_file() and checksum_problem(self.dest, self.sha256, self.hash_prefix) is None
@@ -310,7 +318,7 @@ class RemoteFile:
 
     def missing_line(self) -> str:
         """One line: what is missing, its URL and checksum, and where to put it."""
-        where = f"save it as {self.dest}"
+        where = self.where or f"save it as {self.dest}"
         if self.unpack_to is not None:
             where += f" (it is unpacked into {self.unpack_to})"
         return f"{self.what}: {self.url} ({self.checksum()}); {where}" + (f", {self.instead}" if self.instead else "")
@@ -323,6 +331,8 @@ def fetch_file(rf: RemoteFile, progress: bool = True, timeout: float = 60.0, off
     (default: :func:`offline_mode`): only unpack an archive already downloaded."""
     if rf.is_present():
         return rf.target
+    if rf.fetcher is not None:          # the library's own download, into its own cache
+        return rf.fetcher(progress)
     with folder_lock(rf.dest.parent):   # runs sharing a cache fetch a file once; the others wait
         return _fetch_locked(rf, progress, timeout, offline)
 
@@ -348,9 +358,13 @@ def _fetch_locked(rf: RemoteFile, progress: bool, timeout: float, offline: bool 
     return rf.target
 
 
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def offline_mode() -> bool:
     """Whether ``DISSECT_OFFLINE`` asks never to use the network (1, true or yes)."""
-    return os.environ.get("DISSECT_OFFLINE", "").strip().lower() in ("1", "true", "yes")
+    return _env_true("DISSECT_OFFLINE")
 
 
 def _host(url: str) -> tuple[str, int] | None:
@@ -397,11 +411,13 @@ def ensure_files(files: Sequence[RemoteFile], progress: bool = True, offline: bo
     offline = offline_mode() if offline is None else offline
     failed: list[tuple[RemoteFile, str]] = []
     if missing:
-        ok = {} if offline else reachable_hosts([u for f in missing for u in (f.url, *f.mirrors)])
+        off_env = {f.url: bool(f.offline_env) and _env_true(f.offline_env) for f in missing}
+        ok = {} if offline else reachable_hosts([u for f in missing if not off_env[f.url]
+                                                 for u in (f.url, *f.mirrors)])
         for f in missing:
             local = f.unpack_to is not None and f.dest.is_file()   # a zip to unpack: no network
-            if offline and not local:
-                failed.append((f, "offline (DISSECT_OFFLINE)"))
+            if (offline or off_env[f.url]) and not local:
+                failed.append((f, f"offline ({f.offline_env if off_env[f.url] else 'DISSECT_OFFLINE'})"))
                 continue
             if not local and not any(ok.get(_host(u), False) for u in (f.url, *f.mirrors)):
                 failed.append((f, "cannot reach " + ", ".join(sorted({h[0] for u in (f.url, *f.mirrors) if (h := _host(u))}))))

@@ -401,7 +401,7 @@ def _results(loaded: LoadedModel, layer_results: list[dict], probe: dict, config
             "weights_file_sha256": loaded.weights_file_sha256,
             "num_parameters": sum(p.numel() for p in loaded.module.parameters()),
             "input_size": loaded.input_size, "class_names": loaded.class_names,
-            "z_dim": loaded.z_dim,
+            "z_dim": loaded.z_dim, "preprocess": loaded.preprocess,
             "default_layers": [{"name": d, "alias": paper_name(loaded, d)} for d in loaded.default_layers],
             "default_reason": loaded.default_reason or None,
             "layer_reason": layer_reason(loaded, opts.layers),
@@ -462,7 +462,7 @@ def _classifier_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict |
     config = opts.config_for(loaded.kind)
     paths = layer_paths(loaded, opts.layers)
     announce_layers(loaded, paths, layer_reason(loaded, opts.layers), opts.progress)
-    data = opts.data or default_data_name(loaded.spec)
+    data = opts.data or default_data_name(loaded.spec, loaded.weights)
     with distributed.main_first():   # rank 0 writes the cached probe set, the others read it
         probe = open_probe_data(data, loaded.input_size, loaded.mean, loaded.std, opts.cache,
                                 opts.data_size, opts.data_seed, opts.split, opts.progress, opts.segmenter,

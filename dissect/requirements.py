@@ -25,15 +25,19 @@ from dissect.data.catalog import ABLATION_FLAG, data_files, published_name
 from dissect.data.generated import segmenter_for
 from dissect.data.segmented import default_segmenter, is_image_folder
 from dissect.download import RemoteFile
-from dissect.models.registry import ModelSpec, get_model_spec, is_registered
+from dissect.models.registry import ModelSpec, get_model_spec, is_registered, model_source
 from dissect.models.weights import weights_files
 from dissect.segmenters.registry import segmenter_files
 
-def default_data_name(spec: ModelSpec | None) -> str:
+def default_data_name(spec: ModelSpec | None, weights: str | None = None) -> str:
     """The probe set of a classifier when ``--data`` is not given: the spec's own
     (``broden1_224``, ``broden1_227`` for AlexNet-Places365), else Broden at 224 px for a
-    registered model with downloaded weights, else the toy world (the toy models and a
+    registered model with downloaded weights or a prefixed name (``timm:``, ``hf:``,
+    ``openclip:``) with its library's pretrained weights (``weights``: the loaded model's
+    weights label, or the name), else the toy world (the toy models, random weights and a
     model you hold, ``package.module:callable``)."""
+    if spec is None and weights and model_source(weights) is not None:
+        return "broden1_224"
     if spec is not None and spec.default_data:
         return spec.default_data
     if spec is not None and spec.kind == "classifier" and spec.default_weights \
@@ -58,7 +62,13 @@ def ablation_probe(data: str) -> bool:
 def model_files(model: Any, opts: Any) -> list[RemoteFile]:
     """What one model of a report (``opts``: a ReportOptions) needs from the network."""
     name = model if isinstance(model, str) else None
-    if name is not None:   # a name: its weights are still to be read
+    prefixed = model_source(name) if name is not None else None
+    if prefixed is not None:   # timm:NAME, hf:ORG/NAME, openclip:ARCH/PRETRAINED
+        source, rest = prefixed
+        choices = getattr(opts, "weights_list", None) or [None]
+        files = [f for w in choices for f in source.files(rest, w)]
+        spec = None
+    elif name is not None:   # a name: its weights are still to be read
         spec = get_model_spec(name) if is_registered(name) or ":" not in name else None
         choices = getattr(opts, "weights_list", None) or [None]   # each --weights, or the default
         files = [f for w in choices for f in weights_files(spec, w)]
@@ -71,7 +81,7 @@ def model_files(model: Any, opts: Any) -> list[RemoteFile]:
         seg = opts.segmenter or (segmenter_for(spec, spec.input_size) if spec is not None else None)
         files += segmenter_files(seg) if seg and not opts.segmenter_weights else []
         return files
-    data = opts.data or default_data_name(spec)
+    data = opts.data or default_data_name(spec, name if prefixed and not getattr(opts, "weights_list", None) else None)
     files += data_files(data, opts.cache)
     seg = opts.segmenter
     if seg is None and data not in (None, "toyworld") and is_image_folder(Path(data).expanduser()):

@@ -29,7 +29,8 @@ from dissect.errors import DissectError, unknown_choice
 from dissect.feature_maps import infer_layout
 from dissect.hooks import call_name, split_call
 from dissect.models.latents import output_range
-from dissect.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, get_model_spec, is_registered
+from dissect.models.registry import (IMAGENET_MEAN, IMAGENET_STD, ModelSpec, get_model_spec, is_registered,
+                                     model_source)
 from dissect.models.lookalike import lookalike_hint
 from dissect.models.weights import (WeightsSource, apply_state_dict, default_class_names, parse_class_names,
                                     resolve_weights, state_dict_sha256)
@@ -86,6 +87,9 @@ class LoadedModel:
     declared_range: str | None = None  # generators: "tanh"/"unit" as declared (then clamped), None: checked
     default_reason: str = ""  # why default_layers are the default, one sentence
     calls: list[LayerCall] | None = field(default=None, repr=False)  # module_calls, once known
+    # how the model's own library says its images are prepared (size, mean, std, crop,
+    # interpolation, and where that was read: "timm pretrained_cfg", ...); None: not stated
+    preprocess: dict[str, Any] | None = None
 
     def dummy_input(self) -> Tensor:
         """One input of the model's size: an image (classifiers) or a latent (generators)."""
@@ -114,6 +118,7 @@ class LoadedModel:
             "std": list(self.std),
             "num_classes": len(self.class_names) if self.class_names else None,
             "z_dim": self.z_dim,
+            "preprocess": self.preprocess,
         }
 
 
@@ -158,7 +163,7 @@ def _no_inplace(module: nn.Module) -> None:
             m.inplace = False
 
 
-def _seeded(fn: Callable[[], Any]) -> Any:
+def seeded(fn: Callable[[], Any]) -> Any:
     """Run ``fn`` with the CPU RNG seeded to INIT_SEED, restoring the global RNG state after."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(INIT_SEED)
@@ -180,6 +185,11 @@ def load_model(
     ``"torchvision:ENUM"``/``"builtin:NAME"``. ``num_classes`` defaults to what the weights
     hold (or the model's usual number). ``input_size`` overrides the model's default.
     """
+    prefixed = model_source(name)
+    if prefixed is not None:   # timm:NAME, hf:ORG/NAME, openclip:ARCH/PRETRAINED
+        source, rest = prefixed
+        return source.load(rest, weights=weights, num_classes=num_classes, input_size=input_size,
+                           progress=progress)
     if not is_registered(name) and ":" in name:
         return _load_callable(name, weights, num_classes, input_size, progress, kind or "classifier", z_dim)
     spec = get_model_spec(name)
@@ -194,9 +204,9 @@ def load_model(
         state = None
     n = num_classes if num_classes is not None else spec.num_classes
     if state is not None and spec.builder_for_state is not None:
-        module = _seeded(lambda: spec.builder_for_state(state))
+        module = seeded(lambda: spec.builder_for_state(state))
     else:
-        module = _seeded(lambda: spec.builder(n))
+        module = seeded(lambda: spec.builder(n))
     if state is not None:
         _apply_or_explain(module, state, src, spec.name, exclude=spec.name)
     _no_inplace(module)
@@ -276,7 +286,7 @@ def _load_callable(target: str, weights: str | None, num_classes: int | None, in
     kwargs = {"num_classes": num_classes} if num_classes is not None else {}
     if kind == "generator" and not z_dim:
         raise DissectError(f"generator {target}: pass --z-dim N, the size of its latent vector")
-    net = _seeded(lambda: obj(**kwargs))
+    net = seeded(lambda: obj(**kwargs))
     if not isinstance(net, nn.Module):
         raise DissectError(f"{target}() returned a {type(net).__name__}, not a torch.nn.Module")
     src = resolve_weights(None, target, weights, progress)

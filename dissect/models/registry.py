@@ -94,6 +94,48 @@ def is_registered(name: str) -> bool:
     return name in _REGISTRY
 
 
+@dataclass(frozen=True, eq=False)
+class ModelSource:
+    """A library whose models are named with a prefix (``timm:NAME``, ``hf:ORG/NAME``,
+    ``openclip:ARCH/PRETRAINED``): how to load one and which files it needs from the network.
+
+    ``load(rest, weights, num_classes, input_size, progress)`` returns a LoadedModel for the
+    name after the prefix; ``files(rest, weights)`` lists the RemoteFile records of its
+    default weights (``dissect fetch`` and the offline check). Each library is an optional
+    extra (``extra``), imported only when one of its names is used."""
+
+    prefix: str
+    load: Callable[..., Any]
+    files: Callable[[str, str | None], list]
+    extra: str
+    description: str = ""
+    example: str = ""
+
+
+_SOURCES: dict[str, ModelSource] = {}
+
+
+def register_source(source: ModelSource) -> ModelSource:
+    """Register a prefixed family of names (once per prefix)."""
+    if source.prefix in _SOURCES:
+        raise ValueError(f"a model source {source.prefix!r} is already registered")
+    _SOURCES[source.prefix] = source
+    return source
+
+
+def model_source(name: str) -> tuple[ModelSource, str] | None:
+    """``(source, rest)`` for a name ``PREFIX:REST`` of a registered source, else None."""
+    prefix, sep, rest = name.partition(":")
+    if not sep or prefix not in _SOURCES or is_registered(name):
+        return None
+    return _SOURCES[prefix], rest
+
+
+def list_sources() -> list[ModelSource]:
+    """The registered prefixed families, by prefix."""
+    return [_SOURCES[p] for p in sorted(_SOURCES)]
+
+
 def get_model_spec(name: str) -> ModelSpec:
     """The spec registered as ``name`` (or its lower case); unknown names list the nearest."""
     spec = _REGISTRY.get(name) or _REGISTRY.get(name.lower())
