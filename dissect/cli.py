@@ -53,6 +53,7 @@ def _int_list(text: str | None, flag: str) -> list[int] | None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .experiments.dissection import DissectConfig
+    from .labelers import clip as clip_labels
     from .stats import intervals
     d = DissectConfig()
     p = argparse.ArgumentParser(prog="dissect", description="Network dissection: what each "
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep pass-1 activations in memory up to MB for pass 2 (default "
                    f"{d.activation_cache_mb}); past it, pass 2 runs the model again")
     intervals.add_arguments(r)
+    clip_labels.add_arguments(r)
     r.add_argument("--out", default="site", help="site folder (default: site)")
     r.add_argument("--cache-dir", default=None, help="cache folder (default: $DISSECT_CACHE "
                    "or ~/.cache/dissect)")
@@ -209,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--list", action="store_true", help="only list the files, their URLs, "
                     "checksums and places, and whether each is there")
     fp.add_argument("--quiet", action="store_true", help="no progress bars")
+    clip_labels.add_arguments(fp)
 
     sub.add_parser("models", help="list registered models: weights source, size, cached or not")
     lp = sub.add_parser("layers", help="list a model's layers: names, paper names, output shapes, "
@@ -306,6 +309,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         from .experiments.dissection import DissectConfig
         from .experiments.rotation import parse_rotations
         from .stats.intervals import IntervalOptions
+        from .labelers.clip import options_from_args
         from .pipeline import DEFAULT_MODELS, ReportOptions, run_report
         config = DissectConfig(quantile=args.quantile or DissectConfig.quantile,
                                quantile_space=args.quantile_space or DissectConfig.quantile_space,
@@ -329,6 +333,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             out=args.out, reproducible=args.reproducible, notes=args.notes, zip_path=args.zip,
             thumb_height=args.thumb_height, jpeg_quality=args.jpeg_quality,
             cache_dir=args.cache_dir, force=args.force, hash_files=args.hash_files, progress=not args.quiet,
+            labeler=options_from_args(args),
             command=" ".join(["dissect"] + [shlex.quote(a) for a in argv])))
     elif args.command == "data" and args.dataset == "toyworld":
         from .data.toyworld_probe import write_toyworld
@@ -340,11 +345,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"dissect: Broden is in {path}")
     elif args.command == "fetch":
         from .download import ensure_files, format_bytes
+        from .labelers.clip import options_from_args
         from .pipeline import DEFAULT_MODELS, ReportOptions
         from .requirements import report_files
         opts = ReportOptions(model=args.model or list(DEFAULT_MODELS), weights=args.weights,
                              data=args.data, ablation_data=args.ablation_data,
-                             segmenter=args.segmenter, cache_dir=args.cache_dir)
+                             segmenter=args.segmenter, cache_dir=args.cache_dir,
+                             labeler=options_from_args(args))
+        opts.labeler.validate()
         files = report_files(opts)
         if args.list:
             for f in files:

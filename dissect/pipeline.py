@@ -50,6 +50,7 @@ from dissect.experiments.generator import GeneratorExperimentConfig, generator_f
 from dissect.experiments.rotation import ROTATION_SEED
 from dissect.experiments.strips import render_unit_strips
 from dissect.hooks import split_call
+from dissect.labelers.clip import LabelerOptions, clip_labels_for_report
 from dissect.models.loading import LoadedModel, from_module, load_model, paper_name, resolve_layer, with_class_names
 from dissect.models.series import expand_weights, steps_from_names, toy_comparison_weights, weights_section_name
 from dissect.publish import format_size_report, site_size, zip_site
@@ -149,6 +150,7 @@ class ReportOptions:
     hash_files: bool = False
     progress: bool = True
     command: str | None = None
+    labeler: LabelerOptions = LabelerOptions()
 
     @property
     def models(self) -> list[Any]:
@@ -165,6 +167,7 @@ class ReportOptions:
     def validate(self) -> None:
         """Every check that can be made before any work: one-line :class:`DissectError`."""
         self.dissect_config.validate()
+        self.labeler.validate()
         if not (isinstance(self.thumb_height, int) and 8 <= self.thumb_height <= 1024):
             raise DissectError(f"thumb_height must be an integer from 8 to 1024 px, got {self.thumb_height!r}")
         if not (isinstance(self.jpeg_quality, int) and 1 <= self.jpeg_quality <= 95):
@@ -478,6 +481,10 @@ def _classifier_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict |
         num_skipped=len(skipped), skipped=skipped[:100], split=opts.split,
         seed=opts.data_seed if data == "toyworld" else None, **labeled_by)
     results = _results(loaded, run.layer_results, probe_info, config, dataset, opts)
+    if opts.labeler.clip:   # open-vocabulary labels beside the IoU labels (dissect.labelers.clip)
+        results["params"]["clip_labels"] = clip_labels_for_report(
+            loaded, run.layer_results, dataset, opts.labeler, opts.cache, parts, resolve_device(config.device),
+            progress=opts.progress, force=opts.force)
     if opts.ablation is not False:
         acfg = opts.ablation if isinstance(opts.ablation, AblationConfig) else AblationConfig(
             device=config.device, num_workers=config.num_workers)

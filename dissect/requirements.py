@@ -97,4 +97,6 @@ def model_files(model: Any, opts: Any) -> list[RemoteFile]:
 def report_files(opts: Any) -> list[RemoteFile]:
     """Every file the report ``opts`` needs from the network (each once)."""
     files = [f for model in opts.models for f in model_files(model, opts)]
+    labeler = getattr(opts, "labeler", None)
+    files += labeler.files() if labeler is not None else []
     return list({(f.url, str(f.target)): f for f in files}.values())

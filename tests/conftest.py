@@ -21,3 +21,18 @@ def toyworld_small(tmp_path_factory):
     from dissect.data.toyworld_probe import write_toyworld
     return write_toyworld(tmp_path_factory.mktemp("tw") / "toyworld", n=200, seed=7,
                           image_size=64, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_arch(tmp_path_factory):
+    """A tiny open_clip model config (random weights only), added with open_clip's own
+    ``add_model_config``: ``openclip:dissect-tiny-clip`` with ``--weights none``."""
+    open_clip = pytest.importorskip("open_clip")
+    import json
+    folder = tmp_path_factory.mktemp("openclip_cfg")
+    (folder / "dissect-tiny-clip.json").write_text(json.dumps({
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 64, "layers": 2, "width": 32, "head_width": 16, "patch_size": 16},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}))
+    open_clip.add_model_config(folder)
+    return "dissect-tiny-clip"

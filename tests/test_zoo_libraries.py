@@ -26,18 +26,7 @@ from dissect.pipeline import ReportOptions  # noqa: E402
 from dissect.stats.intervals import IntervalOptions  # noqa: E402
 
 FAST = DissectConfig(top_k=3, batch_size=50, num_workers=0, intervals=IntervalOptions(replicates=0))
-TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 2, "width": 32, "head_width": 16, "patch_size": 16},
-             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
 LABELS = ["red square", "blue circle", "green triangle"]
-
-
-@pytest.fixture(scope="session")
-def tiny_clip_arch(tmp_path_factory):
-    """A tiny open_clip config, added as open_clip's own mechanism for custom models allows."""
-    folder = tmp_path_factory.mktemp("openclip_cfg")
-    (folder / "dissect-tiny-clip.json").write_text(json.dumps(TINY_CLIP))
-    open_clip.add_model_config(folder)
-    return "dissect-tiny-clip"
 
 
 @pytest.fixture(scope="session")

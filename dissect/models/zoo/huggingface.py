@@ -80,7 +80,7 @@ def _config(name: str, transformers) -> dict:
     path = _file(name, CONFIG)
     if path is None:
         where = f"{name} has no {CONFIG}" if _local(name) else f"{CONFIG} of {name} is not in the hub's cache"
-        raise DissectError(f"model {PREFIX}:{name}: {where}; run `dissect fetch --model {PREFIX}:{name}`")
+        raise DissectError(f"model {PREFIX}:{name}: {where}; run `dissect fetch {PREFIX}:{name}`")
     cfg = _read_json(path)
     known = getattr(transformers, "CONFIG_MAPPING", None)
     if known is None:
@@ -157,7 +157,7 @@ def load_hf(name: str, weights: str | None = None, num_classes: int | None = Non
     except (OSError, ValueError, TypeError, KeyError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DissectError(f"transformers cannot load {PREFIX}:{name} ({first}); it needs {WEIGHTS} "
-                           f"(safetensors only): see `dissect fetch --model {PREFIX}:{name}`") from None
+                           f"(safetensors only): see `dissect fetch {PREFIX}:{name}`") from None
     weights_path = _file(name, WEIGHTS) if weights is None else None
     id2label = getattr(module.config, "id2label", None) or {}
     names = [str(id2label[i]) for i in sorted(id2label)] if classifier else None

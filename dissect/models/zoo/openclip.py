@@ -111,7 +111,7 @@ def load_clip(name: str, weights: str | None = None, input_size: int | None = No
     except (RuntimeError, OSError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DissectError(f"open_clip cannot build {arch}/{tag} ({first}); see "
-                           f"`dissect fetch --model {PREFIX}:{name}`") from None
+                           f"`dissect fetch {PREFIX}:{name}`") from None
     model.eval()
     cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
     size = cfg.get("size", getattr(model.visual, "image_size", 224))

@@ -119,7 +119,7 @@ def load_timm(name: str, weights: str | None = None, num_classes: int | None = N
         module = seeded(lambda: timm.create_model(name, pretrained=pretrained, **kwargs))
     except (RuntimeError, OSError, ValueError, TypeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DissectError(f"timm cannot build {name} ({first}); see `dissect fetch --model {PREFIX}:{name}`"
+        raise DissectError(f"timm cannot build {name} ({first}); see `dissect fetch {PREFIX}:{name}`"
                            if pretrained else f"timm cannot build {name} ({first})") from None
     label, file_sha = "none", None
     if pretrained:
