@@ -320,7 +320,7 @@ def clip_labels_for_report(loaded, layer_results: list[dict], dataset, opts: Lab
         scores = soft_wpmi(similarity, acts[layer["name"]][read], opts.softwpmi)
         for unit, label in zip(layer["units"], unit_labels(scores, concepts, opts.top_concepts)):
             unit["clip"] = None if unit.get("dead") or unit.get("invalid") else label
-        layer["clip"] = {"agreement": agreement(layer["units"], concepts)}
+        layer["clip"] = {"model": clip.name, "concepts": source, "agreement": agreement(layer["units"], concepts)}
     p = opts.softwpmi
     return {"model": clip.name, "weights": clip.weights, "weights_sha256": clip_sha,
             "weights_file_sha256": clip.weights_file_sha256, "preprocess": clip.preprocess,

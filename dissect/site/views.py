@@ -304,7 +304,9 @@ def layer_page(ctx: ModelContext, layer: dict[str, Any], images: dict[int, Any])
     cards = []
     for u in units:
         label = unit_label(u)
-        concepts = [label] + [t["name"] for t in u.get("top_concepts", [])] + (["saturated"] if u.get("saturated") else [])
+        clip = (u.get("clip") or {}).get("label")
+        concepts = [label] + [t["name"] for t in u.get("top_concepts", [])] + (["saturated"] if u.get("saturated") else []) \
+            + ([clip] if clip else [])
         thumb = images[u["unit"]]["thumb"]
         cards.append({
             "unit": u["unit"],
@@ -323,6 +325,7 @@ def layer_page(ctx: ModelContext, layer: dict[str, Any], images: dict[int, Any])
             "search": " ".join(dict.fromkeys(c.lower() for c in concepts)),
             "thumb": thumb,
             "alt": f"unit {u['unit']} top images: {label}",
+            "clip": clip,
         })
     det = sum(1 for c in cards if c["detector"])
     intervals = layer.get("intervals") or {}
@@ -342,6 +345,7 @@ def layer_page(ctx: ModelContext, layer: dict[str, Any], images: dict[int, Any])
             "reading": layer.get("reading") or "",
             "uncertain": sum(1 for c in cards if c["badge"] and c["badge"]["text"] == "detector?"),
             "intervals": _interval_note(intervals),
+            "clip": _clip_note(layer.get("clip")),
         },
         "sample_warning": {"message": SAMPLE_WARNING, "reason": layer["sample_warning"],
                            "rule": SAMPLE_RULE} if layer.get("sample_warning") else None,
@@ -360,6 +364,29 @@ SAMPLE_RULE = (f"This warning shows when the probe set has fewer than {MIN_IMAGE
                "IoU threshold. Each interval is over images and holds the unit's concept fixed: it does "
                "not count the choice of the best of many concepts on the same images, which makes small "
                "samples look better still.")
+
+
+def _clip_note(clip: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The layer page's line on its open-vocabulary labels and their agreement with IoU's."""
+    if not clip:
+        return None
+    agree = clip.get("agreement") or {}
+    fraction = agree.get("fraction")
+    return {"model": clip.get("model"), "concepts": clip.get("concepts"), "compared": agree.get("compared") or 0,
+            "agree": agree.get("agree") or 0, "percent": f"{100 * fraction:.0f}%" if fraction is not None else None}
+
+
+def _clip_section(u: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any] | None:
+    """A unit's open-vocabulary label and its top concepts with their SoftWPMI, for its page."""
+    clip = u.get("clip")
+    if not clip:
+        return None
+    scores = [t["score"] for t in clip["top"]]
+    lo, hi = min(scores), max(scores)
+    return {"label": clip["label"], "score": fmt_num(clip["score"]), "model": (layer.get("clip") or {}).get("model"),
+            "same": bool(u.get("label")) and clip["label"].lower() == str(u.get("label")).lower(),
+            "top": [{"concept": t["concept"], "iou": fmt_num(t["score"]), "cls": "clip",
+                     "bar": _bar(t["score"] - lo, hi - lo) if hi > lo else _bar(1.0, 1.0)} for t in clip["top"]]}
 
 
 def _interval_note(intervals: dict[str, Any]) -> str:
@@ -471,6 +498,7 @@ def unit_page(
         ],
         "sections": [{"template": kind.unit_template, "view": kind.unit_section(ctx, layer, entry, u)}
                      for kind, entry in pages if kind.unit_template and kind.unit_section],
+        "clip": _clip_section(u, layer),
         "prev": nav(index - 1),
         "next": nav(index + 1),
     }
