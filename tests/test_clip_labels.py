@@ -130,7 +130,7 @@ def test_clip_labels_in_a_report(tmp_path, toyworld_small, tiny_clip_arch, capsy
     pytest.importorskip("open_clip")
     out, cache = tmp_path / "site", tmp_path / "cache"
     args = ["report", "--model", "toy", "--data", str(toyworld_small), "--data-size", "120", "--out", str(out),
-            "--cache-dir", str(cache), "--no-ablation", "--no-shipped-comparisons", "--bootstrap", "0",
+            "--cache-dir", str(cache), "--no-ablation", "--no-shipped-comparisons", "--bootstrap", "0", "--layer", "conv4_2",
             "--quiet", "--reproducible", "--labeler", "both", "--concepts", "probe",
             "--clip-model", f"openclip:{tiny_clip_arch}", "--clip-weights", "none", "--clip-top-k", "20",
             "--workers", "0"]
