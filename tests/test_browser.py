@@ -77,6 +77,7 @@ def site(tmp_path_factory, browser):
                                                            top_n=(1, 10), random_draws=1, strip_samples=3))
     results, run_dir = make_run(root)  # 'a"b<c>' with <script> labels, slug "toy-hostile"
     results["model"]["slug"] = "toy-hostile"
+    _add_clip_labels(results)   # open-vocabulary labels beside the IoU labels, with hostile concepts
     write_site(out, [(results, run_dir)])
     return out
 
@@ -329,6 +330,47 @@ def test_screenshots_and_first_paint(browser, site):
     (ARTIFACTS / "browser-metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
     for name in ("overview", "layer-grid", "unit"):
         assert (shots / f"{name}.png").stat().st_size > 5000
+
+
+HOSTILE_CONCEPT = '<img src=x onerror=alert("clip")>'
+
+
+def _add_clip_labels(results: dict) -> None:
+    """The fields --labeler clip writes (docs/results-schema.md), some concepts hostile."""
+    for layer in results["layers"]:
+        for u in layer["units"]:
+            top = [{"concept": HOSTILE_CONCEPT if u["unit"] % 2 else (u["label"] or "sky"), "score": -1.25},
+                   {"concept": "grass", "score": -2.5}]
+            u["clip"] = {"label": top[0]["concept"], "score": -1.25, "top": top}
+        labelled = [u for u in layer["units"] if u["label"]]
+        agree = sum(1 for u in labelled if u["clip"]["label"] == u["label"])
+        layer["clip"] = {"model": "openclip:ViT-B-16/openai", "concepts": "the probe set's label names",
+                         "agreement": {"compared": len(labelled), "agree": agree,
+                                       "fraction": agree / len(labelled) if labelled else None}}
+
+
+def test_open_vocabulary_labels_on_cards_and_unit_pages(browser, site):
+    sb = SiteBrowser(browser, site.resolve().as_uri() + "/", site)
+    try:
+        v = sb.visit("toy-hostile/features.3/index.html")
+        assert not v.problems, v.problems
+        line = " ".join(sb.page.text_content("#clip-agreement").split())
+        assert "SoftWPMI with openclip:ViT-B-16/openai" in line and "agree with the IoU label on" in line
+        cards = sb.page.eval_on_selector_all(".card .clip-label", "els => els.map(e => e.textContent)")
+        assert cards and any(HOSTILE_CONCEPT in c for c in cards)   # shown as text, never run
+        # the search finds a unit by its open-vocabulary label
+        sb.page.fill("#grid-controls input[name=q]", "onerror")
+        shown = _visible(sb.page)
+        assert shown and all(c["unit"] % 2 == 1 for c in shown)
+        v = sb.visit("toy-hostile/features.3/unit-0001.html")
+        assert not v.problems, v.problems
+        assert HOSTILE_CONCEPT in sb.page.text_content("#clip-label")
+        rows = sb.page.eval_on_selector_all("#clip-concepts tbody tr", "els => els.map(e => e.textContent)")
+        assert len(rows) == 2 and "-1.25" in rows[0] and "grass" in rows[1]
+        assert sb.page.eval_on_selector_all("#clip-concepts img", "els => els.length") == 0
+        _assert_clean(sb.problems)
+    finally:
+        sb.close()
 
 
 def test_hostile_strings_do_not_run(browser, site):
