@@ -360,6 +360,7 @@ def test_open_vocabulary_labels_on_cards_and_unit_pages(browser, site):
         assert cards and any(HOSTILE_CONCEPT in c for c in cards)   # shown as text, never run
         # the search finds a unit by its open-vocabulary label
         sb.page.fill("#grid-controls input[name=q]", "onerror")
+        sb.page.wait_for_function("() => location.hash.includes('q=')")
         shown = _visible(sb.page)
         assert shown and all(c["unit"] % 2 == 1 for c in shown)
         v = sb.visit("toy-hostile/features.3/unit-0001.html")

@@ -129,7 +129,7 @@ def test_default_labeler_needs_no_extra(monkeypatch):
 def test_clip_labels_in_a_report(tmp_path, toyworld_small, tiny_clip_arch, capsys):
     pytest.importorskip("open_clip")
     out, cache = tmp_path / "site", tmp_path / "cache"
-    args = ["report", "--model", "toy", "--data", str(toyworld_small), "--data-size", "120", "--out", str(out),
+    args = ["report", "--model", "toy", "--data", str(toyworld_small), "--data-size", "60", "--out", str(out),
             "--cache-dir", str(cache), "--no-ablation", "--no-shipped-comparisons", "--bootstrap", "0", "--layer", "conv4_2",
             "--quiet", "--reproducible", "--labeler", "both", "--concepts", "probe",
             "--clip-model", f"openclip:{tiny_clip_arch}", "--clip-weights", "none", "--clip-top-k", "20",
@@ -138,7 +138,7 @@ def test_clip_labels_in_a_report(tmp_path, toyworld_small, tiny_clip_arch, capsy
     res = json.loads((out / "toy" / "results.json").read_text())
     params = res["params"]["clip_labels"]
     assert params["concepts"]["source"] == "the probe set's label names" and params["top_k"] == 20
-    assert (params["a"], params["lambda"], params["num_images"]) == (10.0, 1.0, 120)
+    assert (params["a"], params["lambda"], params["num_images"]) == (10.0, 1.0, 60)
     concepts_all = set()
     for layer in res["layers"]:
         for u in layer["units"]:
@@ -156,6 +156,21 @@ def test_clip_labels_in_a_report(tmp_path, toyworld_small, tiny_clip_arch, capsy
     assert concepts_all and all(not c.endswith("-c") for c in concepts_all)
     kinds = sorted(p.name.split("-")[0] for p in (cache / "clip").iterdir())
     assert kinds == ["images", "means", "texts"]
+    # the labels are SoftWPMI's over the cached pieces, recomputed here from them
+    from dissect.data.broden import BrodenIndex
+    from dissect.labelers.clip import probe_concepts
+    piece = {k: torch.load(next((cache / "clip").glob(f"{k}-*.pt")), weights_only=True) for k in kinds}
+    read = piece["means"]["read"]
+    assert int(read.sum()) == 60
+    concepts = probe_concepts(type("D", (), {"index": BrodenIndex(toyworld_small)})())
+    layer = res["layers"][0]
+    scores = soft_wpmi(cosine(piece["images"][read], piece["texts"]), piece["means"][layer["name"]][read],
+                       SoftWPMIParams(top_k=20))
+    for u in layer["units"]:
+        if u["clip"] is not None:
+            best = int(torch.argmax(scores[u["unit"]]))
+            assert u["clip"]["label"] == concepts[best]
+            assert u["clip"]["score"] == pytest.approx(float(scores[u["unit"], best]), abs=1e-4)
     # the pages show both labels and the agreement
     layer_page = (out / "toy" / res["layers"][0]["slug"] / "index.html").read_text()
     assert "open-vocabulary" in layer_page.lower()

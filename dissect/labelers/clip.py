@@ -43,8 +43,6 @@ from tqdm.auto import tqdm
 from dissect.cache import cache_key
 from dissect.errors import DissectError
 from dissect.hooks import Trace
-from dissect.models.hub import require
-from dissect.models.weights import state_dict_sha256
 from dissect.stats.softwpmi import SoftWPMIParams, soft_wpmi
 from dissect.version import __version__
 
@@ -82,8 +80,9 @@ class LabelerOptions:
         if not self.clip_model.startswith("openclip:"):
             raise DissectError(f"--clip-model takes an open_clip model, openclip:ARCH/PRETRAINED (e.g. "
                                f"{DEFAULT_CLIP_MODEL}), not {self.clip_model!r}")
-        require("clip", "--labeler clip")
+        from dissect.models.hub import require   # (the models package: only when the clip labeler runs)
         from dissect.models.zoo.openclip import parse_name
+        require("clip", "--labeler clip")
         parse_name(self.clip_model.removeprefix("openclip:"), self.clip_weights, "--clip-model")
         self.softwpmi.validate()
         if not isinstance(self.top_concepts, int) or self.top_concepts < 1:
@@ -295,6 +294,7 @@ def clip_labels_for_report(loaded, layer_results: list[dict], dataset, opts: Lab
                            parts: dict, device, progress: bool = False, force: bool = False) -> dict[str, Any]:
     """Add the open-vocabulary labels to ``layer_results`` (each unit's ``clip``, each
     layer's ``clip``); returns the run's ``clip_labels`` parameters (results' ``params``)."""
+    from dissect.models.weights import state_dict_sha256
     from dissect.models.zoo.openclip import load_clip
 
     concepts, source = concepts_for(opts, dataset)
