@@ -174,3 +174,32 @@ def test_clip_labels_in_a_report(tmp_path, toyworld_small, tiny_clip_arch, capsy
     # the pages show both labels and the agreement
     layer_page = (out / "toy" / res["layers"][0]["slug"] / "index.html").read_text()
     assert "open-vocabulary" in layer_page.lower()
+
+
+def test_clip_labels_over_any_image_folder(tmp_path, toyworld_small, tiny_clip_arch, monkeypatch):
+    """No probe set, no segmentation: a plain folder of images and a word list."""
+    import shutil
+
+    from dissect.labelers.clip import clip_labels_for_folder
+    from dissect.models import load_model
+    from dissect.segmenters import registry
+
+    monkeypatch.setattr(registry, "load_segmenter", lambda *a, **k: pytest.fail("a segmenter was loaded"))
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    for i, src in enumerate(sorted((toyworld_small / "images").glob("*.png"))[:30]):
+        shutil.copy(src, folder / ("sub" if i % 2 else ".") / f"p{i}.png")
+    words = tmp_path / "words.txt"
+    words.write_text("sky\ngrass\nwater\nred\nbuilding\n")
+    loaded = load_model("toy", input_size=64)
+    opts = LabelerOptions(labelers=("clip",), concepts=str(words), clip_model=f"openclip:{tiny_clip_arch}",
+                          clip_weights="none", softwpmi=SoftWPMIParams(top_k=10))
+    ov = clip_labels_for_folder(loaded, ["conv4_2"], folder, opts, tmp_path / "cache")
+    labels = ov.labels["features.18"]
+    assert ov.params["num_images"] == 30 and ov.concepts == ["sky", "grass", "water", "red", "building"]
+    assert len(labels) == 128 and all(lab["label"] in ov.concepts for lab in labels)   # conv4_2: 128 units
+    again = clip_labels_for_folder(loaded, ["conv4_2"], folder, opts, tmp_path / "cache")   # from the cache
+    assert again.labels == ov.labels and len(list((tmp_path / "cache" / "clip").iterdir())) == 3
+    with pytest.raises(DissectError, match="needs a probe set"):
+        clip_labels_for_folder(loaded, ["conv4_2"], folder, LabelerOptions(labelers=("clip",), concepts="probe",
+                               clip_model=f"openclip:{tiny_clip_arch}", clip_weights="none"), tmp_path / "cache")

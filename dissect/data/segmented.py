@@ -86,7 +86,7 @@ class SegmentedProbe:
     skipped: list[str]
 
 
-def _listing_digest(root: Path, files: list[Path]) -> str:
+def listing_digest(root: Path, files: list[Path]) -> str:
     h = hashlib.sha256()
     for p in files:
         st = p.resolve().stat()
@@ -110,7 +110,7 @@ def open_segmented_probe(folder: str | Path, input_size: int, cache_dir: Path, s
         files = files[:size]
     seg = load_segmenter(segmenter or default_segmenter(input_size), segmenter_weights, progress=progress)
     want = {"writer": "dissect.data.segmented", "version": VERSION, "folder": str(root),
-            "files": _listing_digest(root, files), "num_files": len(files), "input_size": int(input_size),
+            "files": listing_digest(root, files), "num_files": len(files), "input_size": int(input_size),
             "segmenter": seg.name, "segmenter_key": segmenter_key(seg)}
     key = cache_key(*want.values())
     out = cache_dir / "segmented" / f"{slugify(root.name, 'images')}-{key}"

@@ -162,7 +162,7 @@ def probe_concepts(dataset) -> list[str]:
 
 
 def concepts_for(opts: LabelerOptions, dataset) -> tuple[list[str], str]:
-    """``(concepts, where they came from)``."""
+    """``(concepts, where they came from)`` (``dataset``: the probe set, for ``probe``)."""
     if opts.concepts == PROBE_CONCEPTS:
         return probe_concepts(dataset), "the probe set's label names"
     if opts.concepts is None:
@@ -190,16 +190,15 @@ def _cached(path: Path, compute, force: bool) -> torch.Tensor:
 
 def unit_means(model: torch.nn.Module, layers: Sequence[str], dataset, batch_size: int, device,
                progress: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Each layer's ``[images, units]`` spatial means of its maps, and which images were read
-    (a bool mask; an unreadable image has zeros)."""
+    """Each layer's ``[images, units]`` spatial means of its maps over ``dataset`` (items
+    ``index``, ``ok``, ``image``: the model's inputs), and which images were read (a bool
+    mask; an unreadable image has zeros)."""
     from dissect.data.broden import make_loader
 
-    images = copy.copy(dataset)
-    images.with_labels = False
     model = model.to(device).eval()
     out: dict[str, torch.Tensor] = {}
     read = torch.zeros(len(dataset), dtype=torch.bool)
-    loader = make_loader(images, batch_size=batch_size, num_workers=0)
+    loader = make_loader(dataset, batch_size=batch_size, num_workers=0)
     with torch.no_grad():
         for batch in tqdm(loader, desc="dissect: unit means", unit="batch", disable=not progress, leave=False):
             if "image" not in batch:
@@ -231,22 +230,22 @@ def _clip_input(image: Image.Image, preprocess: dict[str, Any]) -> torch.Tensor:
     return (x - mean) / std
 
 
-def image_embeddings(clip, dataset, read: torch.Tensor, batch_size: int, device,
+def image_embeddings(clip, load_rgb, n: int, read: torch.Tensor, batch_size: int, device,
                      progress: bool = False) -> torch.Tensor:
-    """CLIP's image embedding ``[images, dim]`` of every read image of ``dataset``."""
+    """CLIP's image embedding ``[n, dim]`` of every read image ``load_rgb(i)``."""
     model = clip.model.to(device).eval()
-    rows = [i for i in range(len(dataset)) if read[i]]
+    rows = [i for i in range(n) if read[i]]
     out = None
     with torch.no_grad():
         for lo in tqdm(range(0, len(rows), batch_size), desc="dissect: CLIP images", unit="batch",
                        disable=not progress, leave=False):
             part = rows[lo:lo + batch_size]
-            x = torch.stack([_clip_input(dataset.load_rgb(i), clip.preprocess) for i in part]).to(device)
+            x = torch.stack([_clip_input(load_rgb(i), clip.preprocess) for i in part]).to(device)
             emb = model.encode_image(x).float().cpu()
             if out is None:
-                out = torch.zeros(len(dataset), emb.shape[1])
+                out = torch.zeros(n, emb.shape[1])
             out[part] = emb
-    return out if out is not None else torch.zeros(len(dataset), 1)
+    return out if out is not None else torch.zeros(n, 1)
 
 
 def text_embeddings(clip, concepts: Sequence[str], batch_size: int, device) -> torch.Tensor:
@@ -290,41 +289,100 @@ def agreement(units: Sequence[dict], concepts: Sequence[str]) -> dict[str, Any]:
             "fraction": round(agree / len(compared), 4) if compared else None}
 
 
-def clip_labels_for_report(loaded, layer_results: list[dict], dataset, opts: LabelerOptions, cache: Path,
-                           parts: dict, device, progress: bool = False, force: bool = False) -> dict[str, Any]:
-    """Add the open-vocabulary labels to ``layer_results`` (each unit's ``clip``, each
-    layer's ``clip``); returns the run's ``clip_labels`` parameters (results' ``params``)."""
+@dataclass
+class OpenVocabulary:
+    """Open-vocabulary labels of some layers over some images: the run's parameters
+    (results' ``params.clip_labels``), the concept list, and each layer's unit labels."""
+
+    params: dict[str, Any]
+    concepts: list[str]
+    labels: dict[str, list[dict]]   # layer -> one entry per unit (unit_labels)
+
+
+def open_vocabulary(loaded, layers: Sequence[str], model_images, load_rgb, images_key: Any,
+                    concepts: list[str], source: str, opts: LabelerOptions, cache: Path, device,
+                    progress: bool = False, force: bool = False) -> OpenVocabulary:
+    """SoftWPMI labels of every unit of ``layers`` of ``loaded`` over the images of
+    ``model_images`` (a dataset of the model's inputs, items ``index``/``ok``/``image``) and
+    ``load_rgb(i)`` (the same images as PIL images, for CLIP). ``images_key``: what identifies
+    those images (files, sizes, times), for the cache keys."""
     from dissect.models.weights import state_dict_sha256
     from dissect.models.zoo.openclip import load_clip
 
-    concepts, source = concepts_for(opts, dataset)
     concepts_sha = hashlib.sha256("\n".join(concepts).encode()).hexdigest()
     clip = load_clip(opts.clip_model.removeprefix("openclip:"), opts.clip_weights, what="--clip-model")
     clip_sha = state_dict_sha256(clip.model)
     folder = Path(cache) / "clip"
-    layers = [la["name"] for la in layer_results]
-    data = {k: parts[k] for k in ("data_sha256", "data_files", "indices") if k in parts}
+    model_key = {"weights_sha256": loaded.weights_sha256, "model": loaded.name, "input_size": loaded.input_size,
+                 "mean": list(loaded.mean), "std": list(loaded.std)}
 
     def means() -> dict[str, torch.Tensor]:
-        acts, read = unit_means(loaded.module, layers, dataset, opts.batch_size, device, progress)
+        acts, read = unit_means(loaded.module, layers, model_images, opts.batch_size, device, progress)
         return {"read": read, **acts}
 
-    acts = _cached(folder / f"means-{cache_key('means', parts, layers, __version__)}.pt", means, force)
+    acts = _cached(folder / f"means-{cache_key('means', model_key, images_key, list(layers), __version__)}.pt",
+                   means, force)
     read = acts["read"]
-    images = _cached(folder / f"images-{cache_key('images', clip_sha, clip.preprocess, data, __version__)}.pt",
-                     lambda: image_embeddings(clip, dataset, read, opts.batch_size, device, progress), force)
+    n = len(model_images)
+    images = _cached(folder / f"images-{cache_key('images', clip_sha, clip.preprocess, images_key, __version__)}.pt",
+                     lambda: image_embeddings(clip, load_rgb, n, read, opts.batch_size, device, progress), force)
     texts = _cached(folder / f"texts-{cache_key('texts', clip_sha, concepts_sha, PROMPT, __version__)}.pt",
                     lambda: text_embeddings(clip, concepts, opts.batch_size, device), force)
     similarity = cosine(images[read], texts)
-    for layer in layer_results:
-        scores = soft_wpmi(similarity, acts[layer["name"]][read], opts.softwpmi)
-        for unit, label in zip(layer["units"], unit_labels(scores, concepts, opts.top_concepts)):
-            unit["clip"] = None if unit.get("dead") or unit.get("invalid") else label
-        layer["clip"] = {"model": clip.name, "concepts": source, "agreement": agreement(layer["units"], concepts)}
+    labels = {layer: unit_labels(soft_wpmi(similarity, acts[layer][read], opts.softwpmi), concepts,
+                                 opts.top_concepts) for layer in layers}
     p = opts.softwpmi
-    return {"model": clip.name, "weights": clip.weights, "weights_sha256": clip_sha,
-            "weights_file_sha256": clip.weights_file_sha256, "preprocess": clip.preprocess,
-            "concepts": {"source": source, "count": len(concepts), "sha256": concepts_sha}, "prompt": PROMPT,
-            "score": "SoftWPMI (CLIP-Dissect)", "activation": "spatial mean of the unit's map",
-            "num_images": int(read.sum()), "top_k": min(p.top_k, int(read.sum())), "a": p.a, "lambda": p.lam,
-            "p_start": p.p_start, "p_end": p.p_end, "min_prob": p.min_prob}
+    params = {"model": clip.name, "weights": clip.weights, "weights_sha256": clip_sha,
+              "weights_file_sha256": clip.weights_file_sha256, "preprocess": clip.preprocess,
+              "concepts": {"source": source, "count": len(concepts), "sha256": concepts_sha}, "prompt": PROMPT,
+              "score": "SoftWPMI (CLIP-Dissect)", "activation": "spatial mean of the unit's map",
+              "num_images": int(read.sum()), "top_k": min(p.top_k, int(read.sum())), "a": p.a, "lambda": p.lam,
+              "p_start": p.p_start, "p_end": p.p_end, "min_prob": p.min_prob}
+    return OpenVocabulary(params, concepts, labels)
+
+
+def clip_labels_for_report(loaded, layer_results: list[dict], dataset, opts: LabelerOptions, cache: Path,
+                           parts: dict, device, progress: bool = False, force: bool = False) -> dict[str, Any]:
+    """Add the open-vocabulary labels over the probe set ``dataset`` to ``layer_results``
+    (each unit's ``clip``, each layer's ``clip``); returns the run's ``clip_labels``
+    parameters (results' ``params``). ``parts``: the dissection's cache parts."""
+    concepts, source = concepts_for(opts, dataset)
+    images = copy.copy(dataset)
+    images.with_labels = False
+    key = {k: parts[k] for k in ("data_sha256", "data_files", "indices") if k in parts}
+    ov = open_vocabulary(loaded, [la["name"] for la in layer_results], images, dataset.load_rgb, key, concepts,
+                         source, opts, cache, device, progress, force)
+    for layer in layer_results:
+        for unit, label in zip(layer["units"], ov.labels[layer["name"]]):
+            unit["clip"] = None if unit.get("dead") or unit.get("invalid") else label
+        layer["clip"] = {"model": ov.params["model"], "concepts": source,
+                         "agreement": agreement(layer["units"], concepts)}
+    return ov.params
+
+
+def clip_labels_for_folder(loaded, layers: Sequence[str], folder: str | os.PathLike, opts: LabelerOptions,
+                           cache: Path, device="cpu", progress: bool = False, force: bool = False) -> OpenVocabulary:
+    """Open-vocabulary labels of ``layers`` (names or aliases) over any folder of images: no
+    segmentation, no probe set. The model sees each image as :class:`~dissect.data.labeled.FolderImages`
+    prepares it (shorter side resized, centre crop, normalized); CLIP with its own preprocessing."""
+    from dissect.data.labeled import FolderImages
+    from dissect.data.segmented import image_files, listing_digest
+    from dissect.models.loading import resolve_layer
+
+    opts.validate()
+    if opts.concepts == PROBE_CONCEPTS:
+        raise DissectError("--concepts probe needs a probe set with label names; give a concept file for a folder")
+    root = Path(folder).expanduser()
+    files = image_files(root) if root.is_dir() else []
+    if not files:
+        raise DissectError(f"no images in {folder}; give a folder of image files")
+    concepts, source = concepts_for(opts, None)
+    paths = [resolve_layer(loaded, name)[0] for name in layers]
+
+    def load_rgb(i: int) -> Image.Image:
+        with Image.open(files[i]) as im:
+            return im.convert("RGB")
+
+    key = {"folder": listing_digest(root.resolve(), [f.resolve() for f in files]), "num_files": len(files)}
+    return open_vocabulary(loaded, paths, FolderImages(files, loaded.input_size, loaded.mean, loaded.std, root),
+                           load_rgb, key, concepts, source, opts, cache, device, progress, force)
