@@ -36,7 +36,7 @@ from torch import nn
 
 from dissect import distributed
 from dissect.bases.options import BasisOptions
-from dissect.bases.report import bases_for_report
+from dissect.bases.report import bases_for_report, check_bases
 from dissect.cache import cache_key, default_cache_dir
 from dissect.data.catalog import labeled_data_path
 from dissect.data.generated import open_generated_probe
@@ -492,6 +492,9 @@ def _classifier_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict |
                                 opts.segmenter_weights, config.batch_size, resolve_device(config.device))
     dataset = probe.dataset
     parts = _cache_parts(loaded, dataset, opts.hash_files, input_size=loaded.input_size)
+    default_bases = loaded.weights == "builtin:toy_classifier" and comparison is None
+    check_bases(loaded, paths[-1][0], dataset, opts.basis_options, default=default_bases,
+                device=resolve_device(config.device))
     run = _dissect(loaded, paths, dataset, config, opts, parts)
     unread = sorted({s for p, _ in run.paths for s in run.stats[p].skipped})
     skipped = probe.skipped + unread  # an image folder's unreadable images, then the probe set's
@@ -501,8 +504,7 @@ def _classifier_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict |
         num_skipped=len(skipped), skipped=skipped[:100], split=opts.split,
         seed=opts.data_seed if data == "toyworld" else None, **labeled_by)
     results = _results(loaded, run.layer_results, probe_info, config, dataset, opts)
-    _add_bases(results, loaded, opts, run, dataset, config, parts,
-               default=loaded.weights == "builtin:toy_classifier" and comparison is None)
+    _add_bases(results, loaded, opts, run, dataset, config, parts, default=default_bases)
     if opts.ablation is not False:
         acfg = opts.ablation if isinstance(opts.ablation, AblationConfig) else AblationConfig(
             device=config.device, num_workers=config.num_workers)
@@ -528,6 +530,7 @@ def _generator_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict | 
                                      progress=opts.progress, segmenter_weights=opts.segmenter_weights)
     dataset, seg = probe.dataset, probe.segmenter
     parts = _cache_parts(loaded, dataset, opts.hash_files, kind="generator")
+    check_bases(loaded, paths[-1][0], dataset, opts.basis_options, default=False, device=resolve_device(config.device))
     run = _dissect(loaded, paths, dataset, config, opts, parts)
     probe_info = _probe_section(
         dataset, parts, name="generated", path=str(probe.path), num_images=len(dataset),

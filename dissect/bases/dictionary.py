@@ -12,6 +12,7 @@ are deterministic for a seed.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -19,6 +20,9 @@ from torch import nn
 
 from dissect.experiments.rotation import random_rotation, rotate_map, rotation_path
 
+#: Below this many multiply-adds per step (an SAE's batch x features x units; an NMF's
+#: vectors x rank x units), a fit runs on one CPU thread.
+SMALL_WORK = 2 ** 26
 #: How the NMF code of a position is found (the encoder of an NMF dictionary).
 NMF_CODE_STEPS = 50
 
@@ -130,10 +134,11 @@ def nmf_code(x: torch.Tensor, h: torch.Tensor, steps: int = NMF_CODE_STEPS) -> t
     """The non-negative codes ``w`` [P, F] with ``x ~ w @ h`` for fixed ``h`` [F, C]: Lee and
     Seung's multiplicative updates from the clamped least-squares start (deterministic)."""
     x = x.clamp_min(0)
-    w = (x @ torch.linalg.pinv(h)).clamp_min(1e-3 * float(x.mean()) + _EPS)
-    hht, xht = h @ h.T, x @ h.T
-    for _ in range(steps):
-        w = w * xht / (w @ hht + _EPS)
+    with _threads(_threads_for(x, x.shape[0] * h.shape[0] * h.shape[1])):
+        w = (x @ torch.linalg.pinv(h)).clamp_min(1e-3 * float(x.mean()) + _EPS)
+        hht, xht = h @ h.T, x @ h.T
+        for _ in range(steps):
+            w = w * xht / (w @ hht + _EPS)
     return w
 
 
@@ -147,9 +152,10 @@ def fit_nmf(x: torch.Tensor, rank: int, seed: int, iterations: int = 200) -> Dic
     s = math.sqrt(float(x.mean()) / rank) + _EPS
     w = (torch.rand(p, rank, generator=g) * s).to(x.device) + _EPS
     h = (torch.rand(rank, c, generator=g) * s).to(x.device) + _EPS
-    for _ in range(iterations):
-        h = h * (w.T @ x) / (w.T @ w @ h + _EPS)
-        w = w * (x @ h.T) / (w @ (h @ h.T) + _EPS)
+    with _threads(_threads_for(x, p * rank * c)):
+        for _ in range(iterations):
+            h = h * (w.T @ x) / (w.T @ w @ h + _EPS)
+            w = w * (x @ h.T) / (w @ (h @ h.T) + _EPS)
     norm = h.norm(dim=1, keepdim=True).clamp_min(_EPS)
     h = h / norm
     order = (w * norm.T).sum(0).argsort(descending=True)   # by total contribution, largest first
@@ -203,8 +209,19 @@ def fit_sae(x: torch.Tensor, width: int, k: int, seed: int, steps: int, l1: floa
     opt = torch.optim.Adam([w_enc, b_enc, w_dec, b_dec], lr=lr)
     kind = "sae-topk" if k > 0 else "sae-l1"
     batch = min(batch, p)
-    for step in range(steps):
-        idx = torch.randint(p, (batch,), generator=g).to(device)
+    with _threads(_threads_for(x, batch * width * c)):
+        _train(xn, w_enc, b_enc, w_dec, b_dec, opt, g, steps, batch, k, l1)
+    with torch.no_grad():
+        # the dictionary's centre holds b_dec: (a - centre) / scale = xn - b_dec, as in training
+        return Dictionary(kind, w_enc.detach(), b_enc.detach(), w_dec.detach() * scale,
+                          center + b_dec.detach() * scale, scale, k)
+
+
+def _train(xn, w_enc, b_enc, w_dec, b_dec, opt, g, steps: int, batch: int, k: int, l1: float) -> None:
+    """Adam steps of the SAE on minibatches of ``xn`` (see :func:`fit_sae`)."""
+    p = xn.shape[0]
+    for _ in range(steps):
+        idx = torch.randint(p, (batch,), generator=g).to(xn.device)
         xb = xn[idx]
         pre = (xb - b_dec) @ w_enc.T + b_enc
         z = torch.relu(pre)
@@ -220,7 +237,21 @@ def fit_sae(x: torch.Tensor, width: int, k: int, seed: int, steps: int, l1: floa
         opt.step()
         with torch.no_grad():
             w_dec.div_(w_dec.norm(dim=1, keepdim=True).clamp_min(_EPS))
-    with torch.no_grad():
-        # the dictionary's centre holds b_dec: (a - centre) / scale = xn - b_dec, as in training
-        return Dictionary(kind, w_enc.detach(), b_enc.detach(), w_dec.detach() * scale,
-                          center + b_dec.detach() * scale, scale, k)
+
+
+def _threads_for(x: torch.Tensor, work: int) -> int:
+    """One CPU thread for a small job (``work`` multiply-adds per step, below
+    :data:`SMALL_WORK`), else as many as torch uses."""
+    return 1 if x.device.type == "cpu" and work < SMALL_WORK else torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    """Run with ``n`` intra-op CPU threads (restored after): a small fit is all overhead,
+    and one thread does it fastest, above all on a busy machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

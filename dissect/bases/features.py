@@ -30,8 +30,8 @@ from dissect.data.labeled import FolderImages
 from dissect.data.segmented import image_files
 from dissect.devices import resolve_device
 from dissect.errors import DissectError
-from dissect.experiments.dissection import (DissectConfig, LayerStats, dissect_layers, summarize_layer,
-                                            unit_scores)
+from dissect.experiments.dissection import (DissectConfig, LayerStats, dataset_view, dissect_layers,
+                                            summarize_layer, unit_scores)
 from dissect.experiments.rotation import ROTATION_METHOD
 from dissect.feature_maps import infer_layout
 from dissect.hooks import Trace
@@ -76,8 +76,7 @@ def _image_batches(model: nn.Module, dataset, data: str | None, input_size: int,
                    batch_size: int, num_workers: int | None):
     """Batches of normalized images: the probe set's, or those of the folder ``data``."""
     if data is None:
-        from dissect.experiments.dissection import _view
-        for batch in make_loader(_view(dataset, with_labels=False), batch_size, num_workers):
+        for batch in make_loader(dataset_view(dataset, with_labels=False), batch_size, num_workers):
             if len(batch["index"]):
                 yield batch["image"]
         return

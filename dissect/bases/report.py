@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from dissect import distributed
 from dissect.bases.features import (BASES_VERSION, best_by_concept, compare_bases, dissect_bases,
                                     feature_record, fit_bases)
@@ -14,11 +16,25 @@ from dissect.bases.options import BasisOptions
 from dissect.errors import DissectError
 from dissect.experiments.dissection import DissectConfig, LayerStats, summarize_layer
 from dissect.experiments.strips import render_unit_strips
+from dissect.hooks import Trace
 
 
 def basis_slug(layer_slug: str, basis: str) -> str:
     """The folder of a basis's pages inside its layer's folder, and its strips' folder name."""
     return f"{layer_slug}--{basis}"
+
+
+def check_bases(loaded, path: str, dataset, opts: BasisOptions, *, default: bool, device) -> None:
+    """Refuse, before any work, a basis that does not fit layer ``path`` (one line)."""
+    names = opts.features(default)
+    if not names:
+        return
+    if opts.data is not None and loaded.kind == "generator":
+        raise DissectError("--basis-data is for classifiers: a generator's bases are fit on its own samples")
+    with torch.no_grad(), Trace(loaded.module.to(device), [path], stop=True) as tr:
+        loaded.module.eval()(dataset.example_input(device))
+    for basis in names:
+        opts.check_layer(basis, int(tr[path].shape[1]), path)
 
 
 def bases_for_report(loaded, layer: dict[str, Any], stats: LayerStats, dataset, config: DissectConfig,
@@ -30,8 +46,6 @@ def bases_for_report(loaded, layer: dict[str, Any], stats: LayerStats, dataset, 
     names = opts.features(default)
     if not names:
         return None
-    if opts.data is not None and loaded.kind == "generator":
-        raise DissectError("--basis-data is for classifiers: a generator's bases are fit on its own samples")
     path = layer["name"]
     t0 = time.time()
     fitted = fit_bases(loaded.module, path, names, layer["num_units"], dataset, opts, parts, cache_dir,
