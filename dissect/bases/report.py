@@ -3,6 +3,7 @@ beside its units and compared with them (docs/results-schema.md, docs/bases.md).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from dissect.errors import DissectError
 from dissect.experiments.dissection import DissectConfig, LayerStats, summarize_layer
 from dissect.experiments.strips import render_unit_strips
 from dissect.hooks import Trace
+from dissect.stats.intervals import IntervalOptions
 
 
 def basis_slug(layer_slug: str, basis: str) -> str:
@@ -47,6 +49,9 @@ def bases_for_report(loaded, layer: dict[str, Any], stats: LayerStats, dataset, 
     if not names:
         return None
     path = layer["name"]
+    # the features' IoUs without the bootstrap's third pass: the comparison needs none, and
+    # a dictionary has more features than the layer has units
+    config = dataclasses.replace(config, intervals=IntervalOptions(replicates=0))
     t0 = time.time()
     fitted = fit_bases(loaded.module, path, names, layer["num_units"], dataset, opts, parts, cache_dir,
                        input_size=loaded.input_size, mean=loaded.mean, std=loaded.std, config=config, force=force)
