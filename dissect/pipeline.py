@@ -87,8 +87,9 @@ class ReportOptions:
     with its own weights, its shipped training snapshots and fine-tuned weights.
 
     Feature bases (``docs/bases.md``): ``bases`` (a :class:`BasisOptions`; default: an SAE
-    of the toy classifier's last layer, none for other models) dissects learned directions
-    of the deepest dissected layer beside its units.
+    of the toy classifier's last layer when it is reported with its own weights and default
+    layers, none otherwise) dissects learned directions of the deepest dissected layer
+    beside its units.
 
     Probe set (classifiers): ``data`` (``toyworld``, ``broden1_224``, ``broden1_227``, a
     Broden folder, or a folder of images labeled by ``segmenter``; default: the model's own,
@@ -492,7 +493,7 @@ def _classifier_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict |
                                 opts.segmenter_weights, config.batch_size, resolve_device(config.device))
     dataset = probe.dataset
     parts = _cache_parts(loaded, dataset, opts.hash_files, input_size=loaded.input_size)
-    default_bases = loaded.weights == "builtin:toy_classifier" and comparison is None
+    default_bases = loaded.weights == "builtin:toy_classifier" and comparison is None and not opts.layers
     check_bases(loaded, paths[-1][0], dataset, opts.basis_options, default=default_bases,
                 device=resolve_device(config.device))
     run = _dissect(loaded, paths, dataset, config, opts, parts)

@@ -189,11 +189,12 @@ def spread_directions(x: torch.Tensor, n: int, g: torch.Generator, sample: int =
 
 
 def fit_sae(x: torch.Tensor, width: int, k: int, seed: int, steps: int, l1: float = 0.05,
-            batch: int = 512, lr: float = 2e-3) -> Dictionary:
+            batch: int = 512, lr: float = 2e-3, epochs: int | None = None) -> Dictionary:
     """A sparse autoencoder of ``width`` features on vectors ``x`` [P, C]: TopK (``k`` > 0,
     Gao et al. 2024) or ReLU with an L1 penalty of weight ``l1`` on ``|z_f| |d_f|`` (``k`` = 0),
     decoder rows of unit norm, on the centred vectors divided by their RMS norm; Adam for
-    ``steps`` minibatches of ``batch`` vectors. Deterministic for ``seed`` on one device."""
+    ``steps`` minibatches of ``batch`` vectors (at most ``epochs`` passes over ``x`` when
+    given). Deterministic for ``seed`` on one device."""
     x = x.float()
     device = x.device
     g = torch.Generator().manual_seed(int(seed))
@@ -209,6 +210,8 @@ def fit_sae(x: torch.Tensor, width: int, k: int, seed: int, steps: int, l1: floa
     opt = torch.optim.Adam([w_enc, b_enc, w_dec, b_dec], lr=lr)
     kind = "sae-topk" if k > 0 else "sae-l1"
     batch = min(batch, p)
+    if epochs is not None:
+        steps = max(1, min(steps, math.ceil(epochs * p / batch)))
     with _threads(_threads_for(x, batch * width * c)):
         _train(xn, w_enc, b_enc, w_dec, b_dec, opt, g, steps, batch, k, l1)
     with torch.no_grad():

@@ -129,7 +129,7 @@ def _fit(basis: str, x: torch.Tensor | None, units: int, opts: BasisOptions, lay
             raise DissectError(f"--basis nmf needs non-negative activations (post-ReLU), and layer {layer!r} has "
                                f"negative values (down to {float(x.min()):.3g}); use pca or sae for this layer")
         return fit_nmf(x, units, opts.seed)
-    return fit_sae(x, opts.sae_width * units, opts.sae_k, opts.seed, opts.steps, opts.sae_l1)
+    return fit_sae(x, opts.sae_width * units, opts.sae_k, opts.seed, opts.steps, opts.sae_l1, epochs=opts.epochs)
 
 
 def fit_bases(model: nn.Module, layer: str, names: Sequence[str], units: int, dataset, opts: BasisOptions,

@@ -21,7 +21,7 @@ class BasisOptions:
     """Which feature bases of the deepest dissected layer a report adds, and how they are fit.
 
     ``bases``: names from :data:`BASES` (``units`` alone: none); None: the default, an SAE
-    for the toy classifier with its own weights and none for other models. ``sae_width``:
+    for the toy classifier with its own weights and default layers, none otherwise. ``sae_width``:
     the SAE's expansion factor (features = width x units); ``sae_k``: its TopK sparsity (active
     features per position), 0 for an L1 penalty of weight ``sae_l1`` instead. ``data``: a
     folder of images to fit the bases on (default: the probe set); ``seed``: of every random
@@ -36,7 +36,8 @@ class BasisOptions:
     data: str | None = None
     seed: int = 0
     max_vectors: int = 32768
-    steps: int = 600
+    steps: int = 300
+    epochs: int = 10
 
     def validate(self) -> None:
         for b in self.bases or ():
@@ -60,7 +61,7 @@ class BasisOptions:
         """What a fitted ``basis`` depends on among these options (its cache key)."""
         common = {"seed": self.seed, "max_vectors": self.max_vectors, "data": self.data}
         if basis == "sae":
-            return {**common, "width": self.sae_width, "k": self.sae_k, "steps": self.steps,
+            return {**common, "width": self.sae_width, "k": self.sae_k, "steps": self.steps, "epochs": self.epochs,
                     **({"l1": self.sae_l1} if self.sae_k == 0 else {})}
         if basis == "rotation":
             return {"seed": self.seed}
@@ -97,7 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--basis", action="append", choices=BASES, default=None,
                    help="a basis to dissect beside the units: sae (sparse autoencoder), pca, nmf, rotation "
                    "(a random rotation of the units); repeatable; 'units' alone: none (default: sae for "
-                   "the toy classifier, none for other models)")
+                   "the toy classifier with its own weights and default layers, none otherwise)")
     g.add_argument("--sae-width", type=int, default=d.sae_width, metavar="F",
                    help=f"the SAE's expansion factor: F x units features (default {d.sae_width})")
     g.add_argument("--sae-k", type=int, default=d.sae_k, metavar="K",
