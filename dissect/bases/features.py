@@ -132,6 +132,15 @@ def _fit(basis: str, x: torch.Tensor | None, units: int, opts: BasisOptions, lay
     return fit_sae(x, opts.sae_width * units, opts.sae_k, opts.seed, opts.steps, opts.sae_l1, epochs=opts.epochs)
 
 
+def _folder_fingerprint(data: str | None) -> list | None:
+    """The images of ``--basis-data`` by name, size and time (part of a fit's cache key)."""
+    if data is None:
+        return None
+    folder = Path(data)
+    return [(p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+            for p in (image_files(folder) if folder.is_dir() else [])]
+
+
 def fit_bases(model: nn.Module, layer: str, names: Sequence[str], units: int, dataset, opts: BasisOptions,
               parts: dict, cache_dir: Path, *, input_size: int, mean, std, config: DissectConfig,
               force: bool = False) -> dict[str, dict[str, Any]]:
@@ -152,7 +161,7 @@ def fit_bases(model: nn.Module, layer: str, names: Sequence[str], units: int, da
     for basis in names:
         opts.check_layer(basis, units, layer)
         key = cache_key(parts if opts.data is None else {k: parts[k] for k in ("weights_sha256", "model")},
-                        layer, basis, opts.key(basis), units, __version__)
+                        layer, basis, opts.key(basis), units, __version__, _folder_fingerprint(opts.data))
         path = Path(cache_dir) / f"basis-{key}.pt"
         record = None
         if path.is_file() and not force:
