@@ -204,3 +204,21 @@ def test_bad_basis_options_are_one_line_exit_2(capsys, tmp_path, args, needle):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], err
     assert not (tmp_path / "site").exists()
+
+
+def test_bases_fit_on_another_folder_of_images(toyworld_small, probe, tmp_path):
+    """``--basis-data DIR``: the fit reads that folder's images (not the probe set), and a
+    folder without images is refused in one line."""
+    model = Planted(torch.eye(len(PLANTED)))
+    folder = toyworld_small / "images"
+    opts = BasisOptions(bases=("pca",), data=str(folder), max_vectors=400)
+    kw = dict(input_size=64, mean=MEAN.flatten().tolist(), std=STD.flatten().tolist(), config=CONFIG)
+    fitted = fit_bases(model, "units", ["pca"], len(PLANTED), probe, opts, PARTS, tmp_path, **kw)
+    n_files = len([p for p in folder.rglob("*") if p.suffix == ".png"])
+    assert fitted["pca"]["vectors"] == min(400, n_files * -(-400 // n_files))
+    own = fit_bases(model, "units", ["pca"], len(PLANTED), probe, BasisOptions(bases=("pca",), max_vectors=400),
+                    PARTS, tmp_path, **kw)
+    assert not torch.equal(own["pca"]["dictionary"].center, fitted["pca"]["dictionary"].center)
+    with pytest.raises(DissectError, match="not a folder of images"):
+        fit_bases(model, "units", ["pca"], len(PLANTED), probe,
+                  BasisOptions(bases=("pca",), data=str(tmp_path / "empty")), PARTS, tmp_path, **kw)

@@ -160,8 +160,9 @@ def fit_bases(model: nn.Module, layer: str, names: Sequence[str], units: int, da
 
     for basis in names:
         opts.check_layer(basis, units, layer)
-        key = cache_key(parts if opts.data is None else {k: parts[k] for k in ("weights_sha256", "model")},
-                        layer, basis, opts.key(basis), units, __version__, _folder_fingerprint(opts.data))
+        model_parts = {k: parts.get(k) for k in ("weights_sha256", "model", "input_size")}
+        key = cache_key(parts if opts.data is None else model_parts, layer, basis, opts.key(basis), units,
+                        __version__, _folder_fingerprint(opts.data))
         path = Path(cache_dir) / f"basis-{key}.pt"
         record = None
         if path.is_file() and not force:
