@@ -121,7 +121,8 @@ def test_axis_aligned_units_are_at_least_as_good_as_features(probe, reference, t
     for basis in ("sae", "nmf"):
         feats = _planted_iou(stats[basis], probe)
         assert all(units[c] >= feats[c] - 1e-9 for c in PLANTED), (basis, units, feats)
-        found = {name: sum(v > CONFIG.iou_threshold for v in d.values()) for name, d in (("units", units), (basis, feats))}
+        found = {name: sum(v > CONFIG.iou_threshold for v in d.values())
+                 for name, d in (("units", units), (basis, feats))}
         assert found["units"] == len(PLANTED) and found["units"] >= found[basis]
     assert fitted["nmf"]["explained_variance"] > 0.9
 

@@ -63,7 +63,8 @@ def _view(ctx: ModelContext, layer: Record, entry: Record) -> Record:
                        for c in cats],
             "only_here": ", ".join(r["only_here"]) or "–" if f is not None else "",
             "only_units": ", ".join(r["only_units"]) or "–" if f is not None else "",
-            "explained": "–" if f is None or f.get("explained_variance") is None else f"{f['explained_variance']:.1%}",
+            "explained": "–" if f is None or f.get("explained_variance") is None
+            else f"{f['explained_variance']:.1%}",
             "active": "–" if f is None or f.get("mean_active") is None else fmt_num(f["mean_active"]),
         })
     chart = {
@@ -88,12 +89,17 @@ def _view(ctx: ModelContext, layer: Record, entry: Record) -> Record:
         "iou_chart": chart,
         "counts_chart": counts,
         "iou_threshold": fmt_num(ctx.iou_threshold),
-        "features": [{"title": f["title"], "method": f["method"], "href": f"../{basis_folder(layer['slug'], f['basis'])}/index.html",
-                      "num": fmt_num(f["num_features"]), "fit": f"{fmt_num(f.get('fit_vectors'))} activation vectors of the {f['fit_data']}"
-                      if f.get("fit_vectors") else "no fit (a fixed matrix)",
-                      "params": ", ".join(f"{k} {v}" for k, v in f["params"].items() if v is not None),
-                      "note": f.get("note")} for f in entry["features"]],
+        "features": [_basis_row(layer, f) for f in entry["features"]],
     }
+
+
+def _basis_row(layer: Record, f: Record) -> Record:
+    """A basis as the page's list of bases shows it: its method, its fit, its parameters."""
+    fit = (f"{fmt_num(f['fit_vectors'])} activation vectors of the {f['fit_data']}" if f.get("fit_vectors")
+           else "no fit (a fixed matrix)")
+    return {"title": f["title"], "method": f["method"], "num": fmt_num(f["num_features"]), "fit": fit,
+            "href": f"../{basis_folder(layer['slug'], f['basis'])}/index.html",
+            "params": ", ".join(f"{k} {v}" for k, v in f["params"].items() if v is not None), "note": f.get("note")}
 
 
 FEATURES = LayerPageKind(
