@@ -5,14 +5,12 @@ PCA and NMF against references; the bad inputs refused in one line.
 """
 
 import copy
-import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dissect import report
 from dissect.bases.dictionary import explained_variance, fit_nmf, fit_pca, fit_sae, nmf_code
 from dissect.bases.features import best_by_concept, dissect_bases, fit_bases
 from dissect.bases.options import BasisOptions

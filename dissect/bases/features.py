@@ -30,8 +30,7 @@ from dissect.data.labeled import FolderImages
 from dissect.data.segmented import image_files
 from dissect.devices import resolve_device
 from dissect.errors import DissectError
-from dissect.experiments.dissection import (DissectConfig, LayerStats, dataset_view, dissect_layers,
-                                            summarize_layer, unit_scores)
+from dissect.experiments.dissection import DissectConfig, LayerStats, dataset_view, dissect_layers, unit_scores
 from dissect.experiments.rotation import ROTATION_METHOD
 from dissect.feature_maps import infer_layout
 from dissect.hooks import Trace

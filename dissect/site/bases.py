@@ -5,7 +5,6 @@ layer-like records whose grids and feature pages the build writes beside the lay
 from __future__ import annotations
 
 import html
-from typing import Any
 
 from dissect.site.charts import PALETTE, layout
 from dissect.site.context import ModelContext
