@@ -49,6 +49,9 @@ METHODS = {
            "updates; feature = the non-negative code w of each position for the fixed H",
     "rotation": ROTATION_METHOD + "; feature f = sum_d R[f, d] a_d (the rotation experiment's R(1))",
 }
+#: The probe images (evenly spaced) whose activation vectors the bases are fit on: the fit
+#: reads no more of a large probe set (positions are sampled from each, up to max_vectors).
+FIT_IMAGES = 512
 TITLES = {"units": "units", "sae": "SAE features", "pca": "PCA components", "nmf": "NMF factors",
           "rotation": "rotated units"}
 
@@ -75,7 +78,9 @@ def _image_batches(model: nn.Module, dataset, data: str | None, input_size: int,
                    batch_size: int, num_workers: int | None):
     """Batches of normalized images: the probe set's, or those of the folder ``data``."""
     if data is None:
-        for batch in make_loader(dataset_view(dataset, with_labels=False), batch_size, num_workers):
+        stride = max(1, len(dataset) // FIT_IMAGES)   # evenly spaced images, decoded without labels
+        view = dataset_view(dataset, with_labels=False, indices=list(dataset.indices)[::stride][:FIT_IMAGES])
+        for batch in make_loader(view, batch_size, num_workers):
             if len(batch["index"]):
                 yield batch["image"]
         return
@@ -153,7 +158,7 @@ def fit_bases(model: nn.Module, layer: str, names: Sequence[str], units: int, da
         if not vectors:
             batches = _image_batches(model, dataset, opts.data, input_size, mean, std,
                                      config.batch_size, config.num_workers)
-            n = len(dataset) if opts.data is None else len(image_files(Path(opts.data)))
+            n = min(len(dataset), FIT_IMAGES) if opts.data is None else len(image_files(Path(opts.data)))
             vectors.append(activation_vectors(model, layer, batches, opts.max_vectors, n, opts.seed, device))
         return vectors[0]
 
@@ -161,7 +166,7 @@ def fit_bases(model: nn.Module, layer: str, names: Sequence[str], units: int, da
         opts.check_layer(basis, units, layer)
         model_parts = {k: parts.get(k) for k in ("weights_sha256", "model", "input_size")}
         key = cache_key(parts if opts.data is None else model_parts, layer, basis, opts.key(basis), units,
-                        __version__, _folder_fingerprint(opts.data))
+                        __version__, _folder_fingerprint(opts.data), FIT_IMAGES)
         path = Path(cache_dir) / f"basis-{key}.pt"
         record = None
         if path.is_file() and not force:
