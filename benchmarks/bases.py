@@ -1,4 +1,4 @@
-"""(f) Feature bases: the SAE's training time and the feature dissection's time against the
+"""(g) Feature bases: the SAE's training time and the feature dissection's time against the
 units' dissection, on the same probe set (docs/bases.md).
 
     python3 benchmarks/bases.py --n 2000                   # toy classifier, last layer, default SAE
