@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .experiments.dissection import DissectConfig
     from .labelers import clip as clip_labels
     from .stats import intervals
+    from .bases import options as basis_options
     d = DissectConfig()
     p = argparse.ArgumentParser(prog="dissect", description="Network dissection: what each "
                                 "unit of a vision network detects, as a browsable static site.")
@@ -138,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{d.activation_cache_mb}); past it, pass 2 runs the model again")
     intervals.add_arguments(r)
     clip_labels.add_arguments(r)
+    basis_options.add_arguments(r)
     r.add_argument("--out", default="site", help="site folder (default: site)")
     r.add_argument("--cache-dir", default=None, help="cache folder (default: $DISSECT_CACHE "
                    "or ~/.cache/dissect)")
@@ -310,6 +312,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         from .experiments.rotation import parse_rotations
         from .stats.intervals import IntervalOptions
         from .labelers.clip import options_from_args
+        from .bases.options import BasisOptions
         from .pipeline import DEFAULT_MODELS, ReportOptions, run_report
         config = DissectConfig(quantile=args.quantile or DissectConfig.quantile,
                                quantile_space=args.quantile_space or DissectConfig.quantile_space,
@@ -323,7 +326,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             snapshot_steps=_int_list(args.snapshot_steps, "--snapshot-steps"),
             rotate=parse_rotations(args.rotate) if args.rotate is not None else (),
             rotate_layer=args.rotate_layer, rotate_seed=args.rotate_seed,
-            shipped_comparisons=not args.no_shipped_comparisons,
+            shipped_comparisons=not args.no_shipped_comparisons, bases=BasisOptions.from_args(args),
             input_size=args.input_size, kind=args.kind, z_dim=args.z_dim,
             data=args.data, data_size=args.data_size, data_seed=args.data_seed, split=args.split,
             config=config, ablation=_ablation_config(args), ablation_data=args.ablation_data,

@@ -35,6 +35,8 @@ import torch
 from torch import nn
 
 from dissect import distributed
+from dissect.bases.options import BasisOptions
+from dissect.bases.report import bases_for_report, check_bases
 from dissect.cache import cache_key, default_cache_dir
 from dissect.data.catalog import labeled_data_path
 from dissect.data.generated import open_generated_probe
@@ -85,6 +87,11 @@ class ReportOptions:
     random rotation of ``rotate_seed``; ``shipped_comparisons`` adds, for the toy classifier
     with its own weights, its shipped training snapshots and fine-tuned weights.
 
+    Feature bases (``docs/bases.md``): ``bases`` (a :class:`BasisOptions`; default: an SAE
+    of the toy classifier's last layer when it is reported with its own weights and default
+    layers, none otherwise) dissects learned directions of the deepest dissected layer
+    beside its units.
+
     Probe set (classifiers): ``data`` (``toyworld``, ``broden1_224``, ``broden1_227``, a
     Broden folder, or a folder of images labeled by ``segmenter``; default: the model's own,
     Broden for a real classifier, the toy world for the toys), ``data_size``, ``data_seed``
@@ -122,6 +129,7 @@ class ReportOptions:
     rotate_layer: str | None = None
     rotate_seed: int = ROTATION_SEED
     shipped_comparisons: bool = True
+    bases: BasisOptions | None = None
     layers: Sequence[str] = ()
     input_size: int | None = None
     kind: str | None = None
@@ -168,6 +176,7 @@ class ReportOptions:
         """Every check that can be made before any work: one-line :class:`DissectError`."""
         self.dissect_config.validate()
         self.labeler.validate()
+        self.basis_options.validate()
         if not (isinstance(self.thumb_height, int) and 8 <= self.thumb_height <= 1024):
             raise DissectError(f"thumb_height must be an integer from 8 to 1024 px, got {self.thumb_height!r}")
         if not (isinstance(self.jpeg_quality, int) and 1 <= self.jpeg_quality <= 95):
@@ -189,6 +198,10 @@ class ReportOptions:
                                f"{len(weights)} --weights; give one step per weights file")
         if any(not 0.0 <= t <= 1.0 for t in self.rotate):
             raise DissectError(f"--rotate amounts go from 0 (no rotation) to 1 (a random rotation), got {list(self.rotate)}")
+
+    @property
+    def basis_options(self) -> BasisOptions:
+        return self.bases or BasisOptions()
 
     @property
     def weights_list(self) -> list[str]:
@@ -461,6 +474,17 @@ def _comparisons(loaded: LoadedModel, opts: ReportOptions, comparison: dict | No
     return section or None
 
 
+def _add_bases(results: dict, loaded: LoadedModel, opts: ReportOptions, run: Dissection, dataset,
+               config: DissectConfig, parts: dict, *, default: bool) -> None:
+    """The results' ``bases``: the deepest layer's feature bases (:mod:`dissect.bases`)."""
+    path, _ = run.paths[-1]
+    entry = bases_for_report(loaded, run.layer_results[-1], run.stats[path], dataset, config, opts.basis_options,
+                             parts, opts.cache / "stats", run.run_dir, default=default, force=opts.force,
+                             progress=opts.progress)
+    if entry is not None:
+        results["bases"] = [entry]
+
+
 def _classifier_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict | None = None) -> tuple[dict, Path]:
     config = opts.config_for(loaded.kind)
     paths = layer_paths(loaded, opts.layers)
@@ -472,6 +496,9 @@ def _classifier_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict |
                                 opts.segmenter_weights, config.batch_size, resolve_device(config.device))
     dataset = probe.dataset
     parts = _cache_parts(loaded, dataset, opts.hash_files, input_size=loaded.input_size)
+    default_bases = loaded.weights == "builtin:toy_classifier" and comparison is None and not opts.layers
+    check_bases(loaded, paths[-1][0], dataset, opts.basis_options, default=default_bases,
+                device=resolve_device(config.device))
     run = _dissect(loaded, paths, dataset, config, opts, parts)
     unread = sorted({s for p, _ in run.paths for s in run.stats[p].skipped})
     skipped = probe.skipped + unread  # an image folder's unreadable images, then the probe set's
@@ -485,6 +512,7 @@ def _classifier_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict |
         results["params"]["clip_labels"] = clip_labels_for_report(
             loaded, run.layer_results, dataset, opts.labeler, opts.cache, parts, resolve_device(config.device),
             progress=opts.progress, force=opts.force)
+    _add_bases(results, loaded, opts, run, dataset, config, parts, default=default_bases)
     if opts.ablation is not False:
         acfg = opts.ablation if isinstance(opts.ablation, AblationConfig) else AblationConfig(
             device=config.device, num_workers=config.num_workers)
@@ -510,6 +538,7 @@ def _generator_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict | 
                                      progress=opts.progress, segmenter_weights=opts.segmenter_weights)
     dataset, seg = probe.dataset, probe.segmenter
     parts = _cache_parts(loaded, dataset, opts.hash_files, kind="generator")
+    check_bases(loaded, paths[-1][0], dataset, opts.basis_options, default=False, device=resolve_device(config.device))
     run = _dissect(loaded, paths, dataset, config, opts, parts)
     probe_info = _probe_section(
         dataset, parts, name="generated", path=str(probe.path), num_images=len(dataset),
@@ -517,6 +546,7 @@ def _generator_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict | 
         latents=f"z ~ N(0, I), z_dim {loaded.z_dim}, latent i from numpy default_rng([{opts.data_seed}, i])",
         segmenter=seg.provenance())
     results = _results(loaded, run.layer_results, probe_info, config, dataset, opts)
+    _add_bases(results, loaded, opts, run, dataset, config, parts, default=False)
     if opts.interventions is not False:
         gcfg = opts.interventions if isinstance(opts.interventions, GeneratorExperimentConfig) else \
             GeneratorExperimentConfig(device=config.device, batch_size=config.batch_size)

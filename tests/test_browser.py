@@ -62,7 +62,9 @@ def site(tmp_path_factory, browser):
     # The trained toy weights when they are there (charts then have detectors to show).
     import dissect.models
     trained = (Path(dissect.models.__file__).parent / "weights" / "toy_classifier.safetensors").is_file()
+    from dissect.bases.options import BasisOptions
     report(model="toy", weights=None if trained else "none", data_size=120, out=out, layers=["conv3_2"],
+           bases=BasisOptions(bases=("units",)),   # no SAE here: test_units_vs_features_pages has its own site
            config=DissectConfig(top_k=5), cache_dir=root / "cache", notes=notes, reproducible=True,
            command="dissect report --model toy --data-size 120 --top-k 5 --layer conv3_2", progress=False,
            **_quick_experiments())
@@ -471,6 +473,36 @@ def test_compare_page(browser, site):
         sb.page.focus(f"{table} thead th:nth-child({col + 1})")
         sb.page.keyboard.press("Enter")
         assert column() == sorted(column(), reverse=True)
+        _assert_clean(sb.problems)
+    finally:
+        sb.close()
+
+
+def test_units_vs_features_pages(browser, tmp_path, toyworld_small):
+    """The feature bases of a layer (docs/bases.md): the units-vs-features page with its two
+    charts and its table, linked from the overview, and each basis's grid and feature pages
+    (a small planted layer of 6 units, an SAE of 12 features and its rotation)."""
+    from dissect import report
+    from dissect.bases.options import BasisOptions
+    from dissect.experiments.dissection import DissectConfig
+    from test_bases import Planted, _mixing
+
+    site = tmp_path / "site"
+    report(model=Planted(_mixing()), layers=["units"], data=str(toyworld_small), data_size=60, input_size=64,
+           bases=BasisOptions(bases=("sae", "rotation"), sae_k=1, steps=50, max_vectors=2048), ablation=False,
+           config=DissectConfig(top_k=3), out=site, cache_dir=tmp_path / "cache", progress=False, reproducible=True)
+    sb = SiteBrowser(browser, site.resolve().as_uri() + "/", site)
+    try:
+        visits, problems = _crawl(sb, site)
+        _assert_clean(problems + [p for p in sb.problems if p not in problems])
+        assert len(visits) == len(_pages(site))
+        v = sb.visit("Planted/units/features.html")
+        assert v.info["charts"] == 2 and not v.problems, v.problems
+        rows = sb.page.eval_on_selector_all("#basis-table tbody th", "ths => ths.map(t => t.textContent.trim())")
+        assert rows == ["units", "SAE features", "rotated units"]
+        sb.visit("Planted/units--sae/index.html")
+        assert sb.page.text_content("#unit-grid .unit-no").strip() == "feature 0"
+        assert "Explained variance" in sb.page.text_content("#basis-intro")
         _assert_clean(sb.problems)
     finally:
         sb.close()

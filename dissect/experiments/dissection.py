@@ -221,7 +221,7 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
         """Batches of probe images ``[start, stop)`` (their ``index`` counted from 0 over the
         whole probe set), with or without labels."""
         if stop > start:
-            part = _view(dataset, indices=dataset.indices[start:stop], with_labels=labels)
+            part = dataset_view(dataset, indices=dataset.indices[start:stop], with_labels=labels)
             for batch in make_loader(part, config.batch_size, config.num_workers, pin_memory=pin):
                 batch["index"] = batch["index"] + start
                 yield batch
@@ -416,7 +416,7 @@ def active_masks(acts: torch.Tensor, thresholds: torch.Tensor, size: tuple[int, 
                                None if sat is None else sat[unit].view(-1, 1, 1))
 
 
-def _view(dataset: BrodenDataset, **flags) -> BrodenDataset:
+def dataset_view(dataset: BrodenDataset, **flags) -> BrodenDataset:
     """The same dataset, decoding only what a pass needs (``with_images``, ``with_labels``)."""
     view = BrodenDataset.__new__(BrodenDataset)
     view.__dict__.update(dataset.__dict__)

@@ -76,6 +76,12 @@ def rotate_layer(model: nn.Module, layer: str, rotation: torch.Tensor) -> Interv
     def edit(out: torch.Tensor) -> torch.Tensor:
         if out.shape[1] != rotation.shape[0]:
             raise DissectError(f"layer {layer!r} has {out.shape[1]} units, the rotation {rotation.shape[0]}")
-        return torch.einsum("cd,nd...->nc...", rotation.to(out.device, out.dtype), out)
+        return rotate_map(rotation, out)
 
     return Intervene(model, layer, edit)
+
+
+def rotate_map(rotation: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``R a`` along the channel axis of a map ``a`` (N, C, ...): the one place a rotation is
+    applied (the rotation experiment's hook, and the ``rotation`` basis of :mod:`dissect.bases`)."""
+    return torch.einsum("cd,nd...->nc...", rotation.to(out.device, out.dtype), out)

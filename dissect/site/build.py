@@ -24,6 +24,7 @@ from dissect.experiments.comparison import build_comparison
 from dissect.site import views
 from dissect.atomic import clean_leftovers, folder_lock, fresh_dir, is_temp_name
 from dissect.devices import usable_cpus
+from dissect.site.bases import basis_records
 from dissect.site.compare_page import compare_page
 from dissect.site.context import ModelContext, compare_context, index_context
 from dissect.site.folder import MARKER, OWNED, copy_tree, existing_models, site_target, swap
@@ -104,6 +105,39 @@ def _units_csv(ctx: ModelContext, layer: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
+def _build_grid(env: jinja2.Environment, ctx: ModelContext, ldir: Path, layer: dict[str, Any], run_dir: Path,
+                pages: LayerPages, thumb_height: int, jpeg_quality: int) -> None:
+    """Write the folder ``ldir`` of a layer (or of a basis's features, ``layer["unit_word"]``
+    "feature"): its strips, units.csv, grid and unit pages."""
+    img_dir = ldir / "img"
+    img_dir.mkdir(parents=True)
+    jobs = []
+    for u in layer["units"]:
+        strip = u.get("strip")
+        if not strip:
+            raise DissectError(f"unit {u['unit']} of layer {layer['name']} has no strip image")
+        jobs.append((u, Path(run_dir) / strip, f"unit-{u['unit']:04d}"))
+    # PIL releases the GIL while decoding, resizing and encoding: threads pay off.
+    with ThreadPoolExecutor(max_workers=_workers()) as pool:
+        written = list(pool.map(
+            lambda job: write_strip(job[1], img_dir, job[2], thumb_height=thumb_height, jpeg_quality=jpeg_quality),
+            jobs,
+        ))
+    images: dict[int, dict[str, Any]] = {}
+    for (u, _, _), (full, thumb) in zip(jobs, written):
+        images[u["unit"]] = {"full": full, "thumb": thumb}
+        # In the site the model folder is the run folder: strips point at the copies.
+        u["strip"] = f"{ldir.name}/{full.src}"
+    word = layer.get("unit_word", "unit")
+    _write(ldir / "units.csv", _units_csv(ctx, layer))
+    _render(env, ldir / "index.html", "layer.html", ctx.layer_context(layer),
+            {**views.layer_page(ctx, layer, images), "unit_word": word, "basis": layer.get("basis_intro")})
+    for i, u in enumerate(layer["units"]):
+        shared = ctx.layer_context(layer, leaf=f"{word} {u['unit']}", title=f"{word} {u['unit']}: {unit_label(u)}")
+        _render(env, ldir / unit_file(u["unit"]), "unit.html", shared,
+                {**views.unit_page(ctx, layer, i, images, pages), "unit_word": word})
+
+
 def _build_model(
     env: jinja2.Environment,
     dest: Path,
@@ -127,38 +161,16 @@ def _build_model(
 
     for layer in site_results["layers"]:
         ldir = dest / layer["slug"]
-        img_dir = ldir / "img"
-        img_dir.mkdir(parents=True)
-        jobs = []
-        for u in layer["units"]:
-            strip = u.get("strip")
-            if not strip:
-                raise DissectError(f"unit {u['unit']} of layer {layer['name']} has no strip image")
-            jobs.append((u, Path(run_dir) / strip, f"unit-{u['unit']:04d}"))
-        # PIL releases the GIL while decoding, resizing and encoding: threads pay off.
-        with ThreadPoolExecutor(max_workers=_workers()) as pool:
-            written = list(pool.map(
-                lambda job: write_strip(job[1], img_dir, job[2], thumb_height=thumb_height, jpeg_quality=jpeg_quality),
-                jobs,
-            ))
-        images: dict[int, dict[str, Any]] = {}
-        for (u, _, _), (full, thumb) in zip(jobs, written):
-            images[u["unit"]] = {"full": full, "thumb": thumb}
-            # In the site the model folder is the run folder: strips point at the copies.
-            u["strip"] = f"{layer['slug']}/{full.src}"
-
         pages = layer_pages(site_results, layer)
         pages_by_layer.append(pages)
-        _write(ldir / "units.csv", _units_csv(ctx, layer))
-        _render(env, ldir / "index.html", "layer.html", ctx.layer_context(layer), views.layer_page(ctx, layer, images))
-        for i, u in enumerate(layer["units"]):
-            shared = ctx.layer_context(layer, leaf=f"unit {u['unit']}", title=f"unit {u['unit']}: {unit_label(u)}")
-            _render(env, ldir / unit_file(u["unit"]), "unit.html", shared, views.unit_page(ctx, layer, i, images, pages))
+        _build_grid(env, ctx, ldir, layer, run_dir, pages, thumb_height, jpeg_quality)
         for kind, entry in pages:
             if kind.copy_media is not None:
                 kind.copy_media(entry, run_dir, ldir)
             _render(env, ldir / kind.file, kind.template, ctx.layer_context(layer, leaf=kind.label, plotly=kind.plotly),
                     kind.view(ctx, layer, entry))
+        for basis in basis_records(site_results, layer):   # a basis's features: a grid beside the layer's
+            _build_grid(env, ctx, dest / basis["slug"], basis, run_dir, [], thumb_height, jpeg_quality)
 
     overview = views.model_page(ctx, slugs, notes, pages_by_layer)
     _render(env, dest / "index.html", "model.html", ctx.overview_context(views.overview_has_charts(overview)), overview)

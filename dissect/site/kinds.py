@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from dissect.site.ablation import ABLATION
+from dissect.site.bases import FEATURES
 from dissect.site.interventions import INTERVENTIONS
 from dissect.site.pagekind import LayerPageKind, LayerPages
 
 #: Every layer page kind the site knows; a new kind is one module, its template(s) and an entry here.
-LAYER_PAGE_KINDS: tuple[LayerPageKind, ...] = (ABLATION, INTERVENTIONS)
+LAYER_PAGE_KINDS: tuple[LayerPageKind, ...] = (ABLATION, INTERVENTIONS, FEATURES)
 
 
 def layer_pages(results: dict[str, Any], layer: dict[str, Any]) -> LayerPages:

@@ -324,7 +324,7 @@ def layer_page(ctx: ModelContext, layer: dict[str, Any], images: dict[int, Any])
             "none_reason": u.get("none_reason") if label in ("none", "invalid") else None,
             "search": " ".join(dict.fromkeys(c.lower() for c in concepts)),
             "thumb": thumb,
-            "alt": f"unit {u['unit']} top images: {label}",
+            "alt": f"{layer.get('unit_word', 'unit')} {u['unit']} top images: {label}",
             "clip": clip,
         })
     det = sum(1 for c in cards if c["detector"])
@@ -445,7 +445,7 @@ def unit_page(
     def nav(j: int) -> dict[str, Any] | None:
         if not 0 <= j < len(units):
             return None
-        return {"href": unit_file(units[j]["unit"]), "label": f"unit {units[j]['unit']}"}
+        return {"href": unit_file(units[j]["unit"]), "label": f"{layer.get('unit_word', 'unit')} {units[j]['unit']}"}
 
     cat_order = [c for c in ctx.categories if c in by_cat] + sorted(c for c in by_cat if c not in ctx.categories)
     return {
@@ -463,7 +463,7 @@ def unit_page(
             "saturated": bool(u.get("saturated")),
             "none_reason": u.get("none_reason") if label in ("none", "invalid") else None,
             "strip": img["full"],
-            "alt": f"unit {u['unit']} top {len(u.get('top_images', []))} images "
+            "alt": f"{layer.get('unit_word', 'unit')} {u['unit']} top {len(u.get('top_images', []))} images "
                    f"({', '.join(_image_name(t) for t in u.get('top_images', []))}), "
                    f"region where it fires highlighted: {label}",
         },

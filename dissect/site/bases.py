@@ -1,0 +1,110 @@
+"""The layer page that compares its units with its feature bases (``features.html``), and the
+layer-like records whose grids and feature pages the build writes beside the layer's folder
+(docs/bases.md). The entry is the layer's record in the results' ``bases``."""
+
+from __future__ import annotations
+
+import html
+
+from dissect.site.charts import PALETTE, layout
+from dissect.site.context import ModelContext
+from dissect.site.format import fmt_iou, fmt_num
+from dissect.site.pagekind import LayerPageKind, Record
+
+#: The comparison page's file in the layer folder.
+FEATURES_FILE = "features.html"
+#: The unit and feature colors of the comparison chart (units first).
+_COLORS = ("#6c6f7d",) + PALETTE
+
+
+def _entry(results: Record, layer: Record) -> Record | None:
+    return next((b for b in results.get("bases") or [] if b.get("layer") == layer.get("name")), None)
+
+
+def basis_folder(layer_slug: str, basis: str) -> str:
+    """The folder, beside the layer's, of a basis's grid and feature pages."""
+    return f"{layer_slug}--{basis}"
+
+
+def basis_records(results: Record, layer: Record) -> list[Record]:
+    """One layer-like record per basis of ``layer`` (its ``units`` are the features), with the
+    folder ``slug`` its pages go to: the build writes them as it writes a layer's."""
+    entry = _entry(results, layer)
+    if entry is None:
+        return []
+    name = layer.get("alias") or layer["name"]
+    return [{**feat, "name": layer["name"], "alias": f"{name} · {feat['title']}",
+             "slug": basis_folder(layer["slug"], feat["basis"]), "unit_word": "feature",
+             "basis_intro": _intro(feat, f"../{layer['slug']}/{FEATURES_FILE}")}
+            for feat in entry["features"]]
+
+
+def _intro(feat: Record, compare_href: str) -> Record:
+    """What a basis's grid says about the basis above its features."""
+    ev, active = feat.get("explained_variance"), feat.get("mean_active")
+    return {"title": feat["title"], "num": fmt_num(feat["num_features"]), "method": feat["method"],
+            "explained": None if ev is None else f"{ev:.1%}", "active": None if active is None else fmt_num(active),
+            "note": feat.get("note"), "compare_href": compare_href}
+
+
+def _view(ctx: ModelContext, layer: Record, entry: Record) -> Record:
+    features = {f["basis"]: f for f in entry["features"]}
+    cats = [c for c in ctx.categories if any(c in r["mean_best_iou_by_category"] for r in entry["comparison"])]
+    rows = []
+    for r in entry["comparison"]:
+        f = features.get(r["basis"])
+        rows.append({
+            "title": r["title"],
+            "href": "index.html" if f is None else f"../{basis_folder(layer['slug'], r['basis'])}/index.html",
+            "num": fmt_num(r["num_features"]), "detectors": fmt_num(r["detectors"]),
+            "unique": fmt_num(r["unique_concepts"]),
+            "by_cat": [fmt_iou(r["mean_best_iou_by_category"].get(c)) if c in r["mean_best_iou_by_category"] else "–"
+                       for c in cats],
+            "only_here": ", ".join(r["only_here"]) or "–" if f is not None else "",
+            "only_units": ", ".join(r["only_units"]) or "–" if f is not None else "",
+            "explained": "–" if f is None or f.get("explained_variance") is None
+            else f"{f['explained_variance']:.1%}",
+            "active": "–" if f is None or f.get("mean_active") is None else fmt_num(f["mean_active"]),
+        })
+    chart = {
+        "data": [{"type": "bar", "name": html.escape(r["title"]), "x": [html.escape(c) for c in cats],
+                  "y": [r["mean_best_iou_by_category"].get(c) for c in cats],
+                  "marker": {"color": _COLORS[i % len(_COLORS)]},
+                  "hovertemplate": "%{x}: mean best IoU %{y:.3f}<extra>" + html.escape(r["title"]) + "</extra>"}
+                 for i, r in enumerate(entry["comparison"])],
+        "layout": layout("category", "mean best IoU", barmode="group"),
+    }
+    counts = {
+        "data": [{"type": "bar", "name": label, "x": [html.escape(r["title"]) for r in entry["comparison"]],
+                  "y": [r[key] for r in entry["comparison"]], "marker": {"color": color}}
+                 for label, key, color in (("detectors", "detectors", PALETTE[0]),
+                                           ("unique concepts", "unique_concepts", PALETTE[1]))],
+        "layout": layout("basis", "count", barmode="group"),
+    }
+    return {
+        "layer": {"name": layer["name"], "alias": layer.get("alias"), "num_units": fmt_num(entry["num_units"])},
+        "categories": cats,
+        "rows": rows,
+        "iou_chart": chart,
+        "counts_chart": counts,
+        "iou_threshold": fmt_num(ctx.iou_threshold),
+        "features": [_basis_row(layer, f) for f in entry["features"]],
+    }
+
+
+def _basis_row(layer: Record, f: Record) -> Record:
+    """A basis as the page's list of bases shows it: its method, its fit, its parameters."""
+    fit = (f"{fmt_num(f['fit_vectors'])} activation vectors of the {f['fit_data']}" if f.get("fit_vectors")
+           else "no fit (a fixed matrix)")
+    return {"title": f["title"], "method": f["method"], "num": fmt_num(f["num_features"]), "fit": fit,
+            "href": f"../{basis_folder(layer['slug'], f['basis'])}/index.html",
+            "params": ", ".join(f"{k} {v}" for k, v in f["params"].items() if v is not None), "note": f.get("note")}
+
+
+FEATURES = LayerPageKind(
+    file=FEATURES_FILE,
+    template="features.html",
+    label="units vs features",
+    entry=_entry,
+    view=_view,
+)
