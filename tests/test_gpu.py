@@ -1,0 +1,121 @@
+"""Device memory (dissect/memory.py): batch and chunk sizes from a CUDA device's free memory,
+and the retry of a batch in smaller parts on an out-of-memory error, which must give the
+same results bit for bit. CUDA is simulated (mocked ``mem_get_info``, raised
+``torch.cuda.OutOfMemoryError``), so these run on the CPU."""
+
+import pytest
+import torch
+from torch import nn
+
+from dissect import memory
+from dissect.data.broden import BrodenDataset
+from dissect.experiments.dissection import DissectConfig, dissect_layers
+from dissect.stats.iou import IoUTally
+from dissect.stats.intervals import IntervalOptions
+
+GiB = 2 ** 30
+
+
+@pytest.fixture()
+def fake_cuda(monkeypatch):
+    """A CUDA device whose free memory the test sets (``fake_cuda["free"]``)."""
+    state = {"free": 8 * GiB, "reserved": 0, "allocated": 0}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (state["free"], 80 * GiB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: state["reserved"])
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: state["allocated"])
+    return state
+
+
+def test_batch_size_from_free_memory(fake_cuda):
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert memory.batch_size(cpu, 64, 10 * 2 ** 20) == 64          # the CPU: as asked, always
+    assert memory.free_bytes(cpu) is None
+    # 8 GiB free, half of it for batches, 10 MiB an image: 409 fit, the power of two below is 256
+    assert memory.batch_size(cuda, 64, 10 * 2 ** 20) == 256
+    fake_cuda["reserved"], fake_cuda["allocated"] = 3 * GiB, 1 * GiB   # the allocator's unused 2 GiB count
+    assert memory.free_bytes(cuda) == 10 * GiB
+    assert memory.batch_size(cuda, 64, 10 * 2 ** 20) == 512
+    assert memory.batch_size(cuda, 64, 1) == memory.MAX_BATCH      # never beyond the cap ...
+    assert memory.batch_size(cuda, 2048, 1) == 2048                # ... unless asked for more
+    fake_cuda["free"], fake_cuda["reserved"] = 100 * 2 ** 20, 0
+    assert memory.batch_size(cuda, 64, 10 * 2 ** 20) == 64         # never below what was asked
+    assert memory.batch_size(cuda, 64, None) == 64                 # no estimate: as asked
+    # the ablation's chunk: the configured MB on the CPU, a share of the free memory on CUDA
+    assert memory.chunk_bytes(cpu, 128) == 128 * 2 ** 20
+    fake_cuda["free"] = 64 * GiB
+    assert memory.chunk_bytes(cuda, 128) == int(64 * GiB * memory.CHUNK_SHARE)
+    assert memory.fits(cuda, 32 * GiB) and not memory.fits(cuda, 33 * GiB) and not memory.fits(cpu, 1)
+
+
+def test_parts_halve_on_oom_and_never_redo_a_done_part():
+    calls = []
+
+    def job(s):
+        calls.append((s.start, s.stop))
+        if s.stop - s.start > 3:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return list(range(s.start, s.stop))
+
+    parts = memory.Parts()
+    out = parts.run(10, job)
+    assert [i for p in out for i in p] == list(range(10))
+    assert calls == [(0, 10), (0, 5), (0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]
+    assert parts.limit == 2 and parts.splits == 2
+    calls.clear()
+    parts.run(4, job)                      # the next job starts at the size that worked
+    assert calls == [(0, 2), (2, 4)]
+    with pytest.raises(torch.cuda.OutOfMemoryError):   # one row that does not fit: the error stands
+        memory.Parts().run(1, lambda s: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("x")))
+
+
+class Conv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(5)
+        self.conv = nn.Conv2d(3, 6, 5, stride=4, padding=2)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g))
+            self.conv.bias.copy_(torch.randn(6, generator=g))
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.conv(x))
+
+
+def test_out_of_memory_fallback_gives_identical_results(toyworld_small, monkeypatch):
+    """Forward passes of more than 5 images and IoU tallies of more than 3 run out of
+    (simulated) memory: every batch is retried in parts, and every statistic, the intervals
+    too, equals the run without the errors bit for bit."""
+    ds = BrodenDataset(toyworld_small, input_size=64, indices=range(24))
+    config = DissectConfig(quantile=0.02, top_k=4, batch_size=12, num_workers=0, device="cpu",
+                           intervals=IntervalOptions(replicates=100), activation_cache_mb=0)
+    model = Conv().eval()
+    want = dissect_layers(model, ["relu"], ds, config, progress=False)["relu"]
+
+    raised = {"forward": 0, "tally": 0}
+    conv_forward = Conv.forward
+
+    def forward(self, x):
+        if len(x) > 5:
+            raised["forward"] += 1
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return conv_forward(self, x)
+
+    add_sparse = IoUTally.add_sparse
+
+    def tally(self, img, unit, masks, labels):
+        if labels.pixel.shape[0] > 3:
+            # fail as a real one would: after part of the work, before the tally changes
+            raised["tally"] += 1
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return add_sparse(self, img, unit, masks, labels)
+
+    monkeypatch.setattr(Conv, "forward", forward)
+    monkeypatch.setattr(IoUTally, "add_sparse", tally)
+    got = dissect_layers(model, ["relu"], ds, config, progress=False)["relu"]
+    assert raised["forward"] >= 1 and raised["tally"] >= 1
+    for name in ("thresholds", "minimum", "maximum", "top_values", "top_indices", "top_maps", "intervals"):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+    assert got.tally.keys() == want.tally.keys()
+    for key, value in want.tally.items():
+        assert torch.equal(torch.as_tensor(got.tally[key]), torch.as_tensor(value)), key
