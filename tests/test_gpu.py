@@ -119,3 +119,33 @@ def test_out_of_memory_fallback_gives_identical_results(toyworld_small, monkeypa
     assert got.tally.keys() == want.tally.keys()
     for key, value in want.tally.items():
         assert torch.equal(torch.as_tensor(got.tally[key]), torch.as_tensor(value)), key
+
+
+@pytest.mark.slow
+def test_gpu_check_small_runs_on_cpu(tmp_path):
+    """``benchmarks/gpu_check.py --device cpu --small``, the prepared device check at tiny
+    sizes: every step runs (the label-cache rows may be skipped, saying why), and the table
+    and its JSON come out, so that the check a GPU session runs has not rotted."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "gpu_check.json"
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--small",
+                        "--out", str(out), "--work", str(tmp_path / "work")],
+                       cwd=root, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    report = json.loads(out.read_text())
+    steps = {row["step"]: row for row in report["rows"]}
+    assert report["small"] and report["device"] == "cpu" and report["goals"] is None
+    for name in ("cuda tests", "default report", "probe set", "toy dissection", "single-unit sweep",
+                 "generator dissection + interventions"):
+        assert steps[name]["status"] == "ok", steps[name]
+    assert steps["cuda tests"]["numbers"].get("skipped", 0) >= 1          # no GPU here: the CUDA runs skip
+    assert steps["toy dissection"]["numbers"]["ratio"] > 0
+    assert steps["single-unit sweep"]["numbers"]["units"] == 128
+    assert all(row["status"] != "failed" for row in report["rows"])
+    assert all(row["status"] == "ok" or row["note"] for row in report["rows"])   # a skip says why
+    assert "gpu_check on cpu" in r.stdout and "single-unit sweep" in r.stdout

@@ -195,11 +195,11 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
                                "extent; dissection needs a conv feature map [units, h, w]")
     sh, sw = dataset.label_size
     upsampled = config.quantile_space == "upsampled"
-    act_bytes = sum(int(np.prod(s)) * 4 for s in shapes.values())     # one image's maps, float32
+    act_bytes = _map_bytes(shapes)
     # on CUDA the batch grows to what the free memory holds (memory.batch_size); an
     # out-of-memory error runs a batch in smaller parts with the same results (memory.Parts)
     batch_size = memory.batch_size(device, config.batch_size,
-                                   _item_bytes(model, todo, dataset, device, dtype, act_bytes))
+                                   probe_item_bytes(model, todo, dataset, device, dtype, act_bytes))
     forward_parts = memory.Parts(what="forward pass")
     tally_parts = memory.Parts(what="IoU tally")
 
@@ -466,7 +466,24 @@ def _forward(model, layers, x, dtype: torch.dtype | None = None,
     return {layer: tr.outputs[layer].float() for layer in layers}
 
 
-def _item_bytes(model, layers, dataset, device, dtype, act_bytes: int) -> int | None:
+def _map_bytes(shapes: dict[str, tuple]) -> int:
+    """One image's maps of every layer, in float32 bytes."""
+    return sum(int(np.prod(s)) * 4 for s in shapes.values())
+
+
+def dissection_batch_size(model, layers: Sequence[str], dataset: BrodenDataset, config: DissectConfig) -> int:
+    """The batch size :func:`dissect_layers` takes for ``layers`` of ``model`` on ``dataset``:
+    ``config.batch_size`` on the CPU, more on CUDA when the free memory holds more (for a
+    benchmark's forward-pass floor at the same size)."""
+    device = resolve_device(config.device)
+    dtype = resolve_precision(config.precision, device)
+    model = model.to(device).eval()
+    shapes, _ = _layer_shapes(model, layers, dataset, device)
+    return memory.batch_size(device, config.batch_size,
+                             probe_item_bytes(model, layers, dataset, device, dtype, _map_bytes(shapes)))
+
+
+def probe_item_bytes(model, layers, dataset, device, dtype, act_bytes: int) -> int | None:
     """The device memory one probe image costs (None on the CPU): the peak of a forward
     pass of the example input, plus its maps several times over (kept, upsampled, masked)
     and its label planes as the tallies index them (int64)."""
