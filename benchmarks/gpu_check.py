@@ -60,6 +60,12 @@ GOALS = {   # issue 22's goals on one current GPU (seconds, or a ratio)
 }
 
 
+#: the test files with device-sensitive tests (those taking the ``device`` fixture); named, so
+#: that no other file's imports (Playwright, test-only packages) need to be on the machine
+DEVICE_TESTS = tuple(f"tests/test_{name}.py" for name in
+                     ("dissection", "stats", "ablation", "generator", "compare", "nonfinite", "speed", "gpu"))
+
+
 @dataclasses.dataclass(frozen=True)
 class Sizes:
     images: int = 20_000          # the Broden-sized set
@@ -71,7 +77,7 @@ class Sizes:
     gen_insert_samples: int = 32
     sweep_units: int | None = None   # None: every unit (513 ablations)
     report_data_size: int | None = None   # None: the default report, as it is
-    test_files: tuple[str, ...] = ("tests",)
+    test_files: tuple[str, ...] = DEVICE_TESTS
 
 
 #: --small: every step on the toy models and a few images, the default report cut down to the

@@ -149,3 +149,31 @@ def test_gpu_check_small_runs_on_cpu(tmp_path):
     assert all(row["status"] != "failed" for row in report["rows"])
     assert all(row["status"] == "ok" or row["note"] for row in report["rows"])   # a skip says why
     assert "gpu_check on cpu" in r.stdout and "single-unit sweep" in r.stdout
+
+
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=pytest.mark.cuda)], indirect=True)
+def test_cuda_fp32_labels_equal_the_cpus(toyworld_small, device):
+    """On CUDA in fp32 (no TF32) the toy classifier's labels are the CPU's and every IoU equal
+    within float rounding (a label may differ only where two concepts' IoUs tie within it)."""
+    import numpy as np
+
+    from dissect.experiments.dissection import summarize_layer, unit_scores
+    from dissect.models import load_model
+
+    loaded = load_model("toy", progress=False)
+    layer = loaded.default_layers[-1]
+    ds = BrodenDataset(toyworld_small, input_size=64, mean=loaded.mean, std=loaded.std, indices=range(100))
+    runs = {}
+    for dev in ("cpu", device):
+        config = DissectConfig(num_workers=0, device=dev, precision="fp32", intervals=IntervalOptions(replicates=0))
+        runs[dev] = dissect_layers(loaded.module, [layer], ds, config, progress=False)[layer]
+    cpu, gpu = runs["cpu"], runs[device]
+    torch.testing.assert_close(gpu.thresholds, cpu.thresholds, rtol=1e-4, atol=1e-5)
+    a, b = unit_scores(cpu, ds.index), unit_scores(gpu, ds.index)
+    np.testing.assert_allclose(b.iou, a.iou, atol=2e-3)
+    top2 = np.sort(a.iou, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 4e-3          # the best concept ahead by more than the rounding
+    assert np.array_equal(a.best[clear], b.best[clear])
+    ua = summarize_layer(cpu, ds, config)["units"]
+    ub = summarize_layer(gpu, ds, config)["units"]
+    assert sum(x["label"] != y["label"] for x, y in zip(ua, ub)) <= int((~clear).sum())
