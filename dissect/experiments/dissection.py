@@ -60,7 +60,7 @@ class DissectConfig:
     iou_threshold: float = 0.04      # a unit is a detector of its best concept above this
     top_k: int = 10                  # top images per unit
     top_concepts: int = 5            # concepts kept per unit
-    batch_size: int = 64
+    batch_size: int = 64             # on CUDA, grown to what the free memory holds (memory.batch_size)
     num_workers: int | None = None   # image decoding processes (None: up to 4)
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     activation_cache_mb: int = 2048  # --cache-budget: keep pass-1 activations for pass 2 up to this size
