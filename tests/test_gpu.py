@@ -177,3 +177,13 @@ def test_cuda_fp32_labels_equal_the_cpus(toyworld_small, device):
     ua = summarize_layer(cpu, ds, config)["units"]
     ub = summarize_layer(gpu, ds, config)["units"]
     assert sum(x["label"] != y["label"] for x, y in zip(ua, ub)) <= int((~clear).sum())
+
+
+def test_torchrun_refuses_one_gpu_for_every_rank(monkeypatch):
+    """Under torchrun each rank takes the GPU of its LOCAL_RANK (NCCL bound to it); a fixed
+    ``--device cuda:N`` would put every rank on one GPU, and is refused in one line."""
+    from dissect import distributed
+    from dissect.errors import DissectError
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(DissectError, match="LOCAL_RANK; pass --device cuda"):
+        distributed.init_from_env("cuda:1")
