@@ -218,7 +218,7 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
     n_keep = min(hi - lo, config.activation_cache_mb * 2 ** 20 // per_image)
     cached: list[tuple[dict, dict]] = []  # per batch: (activations per layer, labels)
     # the kept activations stay on a CUDA device when they fit it beside the batches
-    keep_on = device if memory.fits(device, n_keep * act_bytes) else torch.device("cpu")
+    keep_on = device if memory.fits(device, n_keep * act_bytes, share=0.25) else torch.device("cpu")
 
     def new_quantile(layer: str) -> TopQuantile:
         c, h, w = shapes[layer]
