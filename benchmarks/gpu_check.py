@@ -201,6 +201,8 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=None, help="folder for probe sets, caches, sites (default: temp)")
     p.add_argument("--budget", type=float, default=450.0, help="seconds after which later steps are skipped (default 450)")
     p.add_argument("--skip-tests", action="store_true", help="leave out step 1 (the CUDA tests)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="image decoding processes of the VGG-16 steps (default: the product's, up to 4)")
     args = p.parse_args()
     from dissect.data.broden import BrodenDataset
     from dissect.data.labeled import open_labeled_data
@@ -233,7 +235,7 @@ def main() -> None:
         loaded, layer = model_and_layer(sizes.classifier)
         ctx["vgg"] = (loaded, layer)
         ds = BrodenDataset(ctx["root"], input_size=sizes.image_size, mean=loaded.mean, std=loaded.std)
-        config = DissectConfig(device=str(device))
+        config = DissectConfig(device=str(device), num_workers=args.workers)
         config.batch_size = dissection_batch_size(loaded.module, [layer], ds, config)
         model = loaded.module.to(device).eval()
         warm = BrodenDataset(ctx["root"], input_size=sizes.image_size, mean=loaded.mean, std=loaded.std,
@@ -246,7 +248,7 @@ def main() -> None:
             dissect_layers(model, [layer], ds, config, progress=False)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-        return {"images": n, "batch_size": config.batch_size, "precision": config.precision,
+        return {"images": n, "batch_size": config.batch_size, "precision": config.precision, "workers": args.workers,
                 "floor_s": round(t["floor"], 2), "dissection_s": round(t["dissection"], 2),
                 "ratio": round(t["dissection"] / t["floor"], 3),
                 "images_per_s": round(n / t["dissection"], 1),
@@ -258,7 +260,7 @@ def main() -> None:
     def vgg_report(kind: str) -> dict:
         loaded, layer = ctx["vgg"]
         extra: dict = {}
-        config = DissectConfig(device=str(device))
+        config = DissectConfig(device=str(device), num_workers=args.workers)
         if kind != "plain":
             scope, name = where
             if scope == "report":
@@ -288,7 +290,7 @@ def main() -> None:
         data = open_labeled_data(ctx["root"], class_names(loaded, ctx["root"]), sizes.image_size, loaded.mean,
                                  loaded.std)
         t0 = time.perf_counter()
-        runners = split_runners(loaded.module, layer, data, AblationConfig(device=str(device)), device)
+        runners = split_runners(loaded.module, layer, data, AblationConfig(device=str(device), num_workers=args.workers), device)
         C = runners[0].num_units
         eye = torch.ones(C + 1, C)
         eye[torch.arange(1, C + 1), torch.arange(C)] = 0.0
