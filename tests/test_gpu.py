@@ -187,3 +187,32 @@ def test_torchrun_refuses_one_gpu_for_every_rank(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(DissectError, match="LOCAL_RANK; pass --device cuda"):
         distributed.init_from_env("cuda:1")
+
+
+def test_ablation_chunks_retried_on_oom_give_the_same_numbers(monkeypatch):
+    """The ablation's chunks of edited activations, split on (simulated) out-of-memory errors:
+    the same predictions and expected balanced accuracies as one chunk."""
+    from dissect.data.labeled import LabeledSplit, TensorImages
+    from dissect.experiments.ablation import AblationRunner
+    from dissect.models import load_model
+
+    model = load_model("toy", weights="none", progress=False).module
+    g = torch.Generator().manual_seed(4)
+    split = LabeledSplit("s", TensorImages(torch.randn(12, 3, 64, 64, generator=g)), torch.arange(12) % 4)
+    runner = AblationRunner(model, "features.13", split, batch_size=12, chunk_mb=64)
+    C = runner.num_units
+    masks = torch.ones(9, C)
+    masks[torch.arange(1, 9), torch.arange(8)] = 0.0
+    want = runner.run(masks)
+    forward = AblationRunner._forward
+
+    def small(self, m, rows):
+        if m.shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return forward(self, m, rows)
+
+    monkeypatch.setattr(AblationRunner, "_forward", small)
+    got = runner.run(masks)
+    assert runner.parts.splits >= 1 and runner.parts.limit <= 2
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1], rtol=1e-6, atol=1e-9, equal_nan=True)   # NaN: a class with no image
