@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--top-k", type=_positive_int, default=d.top_k,
                    help=f"top images per unit (default {d.top_k})")
     r.add_argument("--batch-size", type=_positive_int, default=d.batch_size, metavar="N",
-                   help=f"images per forward pass (default {d.batch_size})")
+                   help=f"images per forward pass (default {d.batch_size}; on CUDA the dissection "
+                        "takes more when the free memory holds more)")
     r.add_argument("--workers", type=int, default=None, help="image decoding processes")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     r.add_argument("--nonfinite", choices=["error", "invalid"], default=d.nonfinite,

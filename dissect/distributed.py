@@ -81,11 +81,17 @@ def init_from_env(device: str = "auto") -> bool:
         return False
     if dist.is_initialized():
         return True
+    if device.startswith("cuda:"):
+        raise DissectError(f"--device {device} under torchrun: each process takes the GPU of its LOCAL_RANK; "
+                           "pass --device cuda (or auto)")
     cuda = device != "cpu" and torch.cuda.is_available()
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    bind = {}
+    if cuda:   # this rank's GPU, bound to the group: NCCL's collectives and barriers run there
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        bind["device_id"] = torch.device("cuda", local)
     try:
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT, **bind)
     except (RuntimeError, ValueError) as e:
         raise DissectError(f"cannot join the torchrun process group: {e}") from None
     _connect_store()

@@ -70,7 +70,21 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
-    """Autocast to ``dtype`` on ``device`` for a forward pass (a no-op for None)."""
+    """Autocast to ``dtype`` on ``device`` for a forward pass; for None, float32 (on CUDA
+    without TF32: :func:`float32_exact`)."""
     if dtype is None:
-        return contextlib.nullcontext()
+        return float32_exact() if device.type == "cuda" else contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def float32_exact():
+    """Float32 convolutions and matrix products on CUDA computed in float32, not TF32 (whose
+    10-bit mantissa cuDNN uses for float32 convolutions by default on Ampere and later), so
+    that ``--precision fp32`` gives the CPU's labels; restored on exit."""
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul

@@ -36,3 +36,31 @@ def tiny_clip_arch(tmp_path_factory):
         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}))
     open_clip.add_model_config(folder)
     return "dissect-tiny-clip"
+
+
+# ------------------------------------------------------------------ devices
+# The device-sensitive tests take the ``device`` fixture: they run on the CPU, and on CUDA
+# too where there is one (marked ``cuda``: ``pytest -m cuda`` runs those alone). Without a
+# GPU the CUDA runs are skipped at no cost; with ``DISSECT_TEST_DEVICE=cuda`` a missing GPU
+# fails them instead, so that a GPU check that found none cannot pass silently.
+TEST_DEVICE = os.environ.get("DISSECT_TEST_DEVICE", "cpu").strip().lower() or "cpu"
+
+
+@pytest.fixture(scope="module", params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def device(request):
+    """``"cpu"`` or ``"cuda"`` (skipped, or failed under ``DISSECT_TEST_DEVICE=cuda``, where
+    no CUDA device is available). On CUDA, TF32 is off for the test, so that float32 means
+    float32 as on the CPU."""
+    import torch
+    if TEST_DEVICE not in ("cpu", "cuda"):
+        pytest.fail(f"DISSECT_TEST_DEVICE must be cpu or cuda, not {TEST_DEVICE!r}", pytrace=False)
+    if request.param == "cpu":
+        yield "cpu"
+        return
+    if not torch.cuda.is_available():
+        if TEST_DEVICE == "cuda":
+            pytest.fail("DISSECT_TEST_DEVICE=cuda, but torch sees no CUDA device", pytrace=False)
+        pytest.skip("no CUDA device (DISSECT_TEST_DEVICE=cuda on a GPU machine runs these)")
+    from dissect.inference import float32_exact
+    with float32_exact():
+        yield "cuda"

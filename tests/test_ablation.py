@@ -6,6 +6,7 @@ classifier and skip when its weights are not there.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from html.parser import HTMLParser
@@ -41,6 +42,12 @@ def _hooks(model: nn.Module) -> int:
 @pytest.fixture(scope="module")
 def toy():
     return load_model("toy", weights="none", progress=False).module
+
+
+def _on(model: nn.Module, device: str) -> nn.Module:
+    """``model`` for a test on ``device``: a copy on CUDA (the runners move the model they are
+    given, and the module's other tests use it on the CPU)."""
+    return model if device == "cpu" else copy.deepcopy(model)
 
 
 def _random_split(n: int, k: int, seed: int, size: int = 64) -> LabeledSplit:
@@ -88,9 +95,10 @@ def test_set_units_rejects_duplicates(toy):
 
 # ------------------------------------------------------------------------------ the split
 @pytest.mark.parametrize("layer", ["features.18", "features.13", "features.17"])
-def test_tail_split_equals_ablation_in_full_forward(toy, layer, monkeypatch):
+def test_tail_split_equals_ablation_in_full_forward(toy, layer, monkeypatch, device):
+    toy = _on(toy, device)
     split = _random_split(24, 6, seed=1)
-    runner = AblationRunner(toy, layer, split, batch_size=10, chunk_mb=1)
+    runner = AblationRunner(toy, layer, split, batch_size=10, chunk_mb=1, device=device)
     assert runner.method.startswith("split")
     # the last layer's tail pools first: its ablations run on pooled values, the same numbers
     assert runner.pooled == (layer == "features.18")
@@ -100,16 +108,20 @@ def test_tail_split_equals_ablation_in_full_forward(toy, layer, monkeypatch):
     for m, units in zip(masks, sets):
         m[units] = 0
     got = runner.logits(masks)
-    x = split.dataset.images
+    assert got.device.type == device
+    x = split.dataset.images.to(device)
     for j, units in enumerate(sets):
         with torch.no_grad(), ablate(toy, layer, units):
             want = toy(x)
         torch.testing.assert_close(got[j], want, rtol=1e-4, atol=1e-5)
     if runner.pooled:
         monkeypatch.setattr("dissect.experiments.ablation.pools_first", lambda tail: False)
-        maps = AblationRunner(toy, layer, split, batch_size=10, chunk_mb=1)
+        maps = AblationRunner(toy, layer, split, batch_size=10, chunk_mb=1, device=device)
         assert not maps.pooled and maps.acts.shape[2:] == (8, 8)
-        assert torch.equal(maps.logits(masks), got)
+        if device == "cpu":
+            assert torch.equal(maps.logits(masks), got)
+        else:   # CUDA's matrix products round differently from one chunk size to another
+            torch.testing.assert_close(maps.logits(masks), got, rtol=1e-5, atol=1e-6)
     assert _hooks(toy) == 0
 
 
@@ -236,11 +248,12 @@ def _toy_data(n_rank=60, n_eval=30, k=6, seed=0):
     return labeled_from_tensors(r.dataset.images, r.labels, e.dataset.images, e.labels, names)
 
 
-def test_ablate_layer_shapes_and_random_baseline_is_seeded(toy):
+def test_ablate_layer_shapes_and_random_baseline_is_seeded(toy, device):
+    toy = _on(toy, device)
     data = _toy_data()
     cfg = AblationConfig(top_n=(1, 3, 1000, "all"), random_draws=3, list_units=4)
-    a = ablate_layer(toy, "features.18", data, cfg, device="cpu")
-    b = ablate_layer(toy, "features.18", data, cfg, device="cpu")
+    a = ablate_layer(toy, "features.18", data, cfg, device=device)
+    b = ablate_layer(toy, "features.18", data, cfg, device=device)
     assert a["top_n"] == [1, 3, 128] and a["top_n_dropped"] == [1000]
     assert any("1000" in m and "exceed" in m for m in a["messages"])
     assert len(a["classes"]) == 6 and len(a["units"]) == 128
@@ -339,10 +352,14 @@ def test_select_layers():
 
 
 # ------------------------------------------------------------------------------ attack
-def test_pgd_respects_the_box(toy):
+def test_pgd_respects_the_box(toy, device):
+    toy = _on(toy, device).to(device)
     x = (torch.rand(3, 3, 64, 64) - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
     eps = 4 / 255
-    adv = pgd_attack(toy, x, torch.tensor([1, 2, 3]), MEAN, STD, eps, steps=3, step_size=2 / 255)
+    adv = pgd_attack(toy, x.to(device), torch.tensor([1, 2, 3], device=device), MEAN, STD, eps, steps=3,
+                     step_size=2 / 255)
+    assert adv.device.type == device
+    adv = adv.cpu()
     s, m = torch.tensor(STD).view(1, 3, 1, 1), torch.tensor(MEAN).view(1, 3, 1, 1)
     p0, p1 = x * s + m, adv * s + m
     assert (p1 - p0).abs().max() <= eps + 1e-5

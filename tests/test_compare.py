@@ -125,10 +125,10 @@ def probe(toyworld_small):
     return BrodenDataset(toyworld_small, input_size=64, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
-def test_rotation_zero_gives_the_unrotated_results_exactly(probe):
+def test_rotation_zero_gives_the_unrotated_results_exactly(probe, device):
     toy = load_model("toy")
     data = probe_subset(probe, 60)
-    cfg = DissectConfig(batch_size=30)
+    cfg = DissectConfig(batch_size=30, device=device)
     plain = dissect_layers(toy.module, [LAST], data, cfg, progress=False)[LAST]
     (identity,) = rotation_path(random_rotation(128, 0), [0.0])
     with rotate_layer(toy.module, LAST, identity):

@@ -160,11 +160,11 @@ def test_toygan_weights_of_another_width_load(tmp_path):
         assert (half(z) - narrow(z)).abs().max() < 0.05
 
 
-def test_split_tail_equals_intervention_in_full_forward():
+def test_split_tail_equals_intervention_in_full_forward(device):
     torch.manual_seed(0)
     gen = ToyGenerator().eval()
     for layer in ("layer2", "layer3"):
-        runner = GeneratorRunner(gen, layer, torch.device("cpu"))
+        runner = GeneratorRunner(gen, layer, torch.device(device))
         assert runner.method.startswith("split")
         z = sample_z(4, 1, Z)
         acts = runner.acts(z)
@@ -172,8 +172,9 @@ def test_split_tail_equals_intervention_in_full_forward():
         edited[:, [1, 5, 7]] = 0
         edited[:, 2, 1:3, 1:3] = 9.0
         fast = runner.images(edited, z)
+        assert fast.device.type == device
         with Intervene(gen, layer, lambda o: edited), torch.no_grad():
-            slow = gen(z)
+            slow = gen(z.to(device))
         ref = ((slow + 1) / 2).clamp(0, 1)
         ref = (ref * 255).round() / 255
         assert torch.allclose(fast, ref, atol=1e-6)
@@ -374,20 +375,20 @@ def test_toygan_site_has_strips_and_animations(toygan_report):
 def _brute_images(gen, layer, z, edit):
     from dissect.hooks import Intervene
     with Intervene(gen, layer, edit), torch.no_grad():
-        out = gen(z)
+        out = gen(z.to(next(gen.parameters()).device))
     return ((((out + 1) / 2).clamp(0, 1)) * 255).round() / 255
 
 
-def test_ablation_and_insertion_numbers_match_brute_force():
+def test_ablation_and_insertion_numbers_match_brute_force(device):
     """The experiment's curves equal full forward passes with a hook, image by image."""
     from dissect.experiments.generator import ablation_experiment, insertion_experiment
     torch.manual_seed(1)
     gen = ToyGenerator(width=16).eval()  # the arithmetic does not depend on the width
     seg = ColorNamer()
     layer = "layer3"
-    runner = GeneratorRunner(gen, layer, torch.device("cpu"))
+    runner = GeneratorRunner(gen, layer, torch.device(device))
     cfg = GeneratorExperimentConfig(top_n=(1, 3), units=3, samples=6, insert_samples=4, curve_samples=2,
-                                    random_draws=2, region=8, device="cpu")
+                                    random_draws=2, region=8, device=device)
     z = sample_z(6, 2, Z)
     acts = [runner.acts(z[:4]), runner.acts(z[4:])]
     rng = np.random.default_rng(0)
@@ -419,7 +420,8 @@ def test_ablation_and_insertion_numbers_match_brute_force():
         for d, u in enumerate(point["random_units"]):
             zd = z[d::draws]
             f = frac(_brute_images(gen, layer, zd, lambda o, u=u: torch.where(
-                torch.isin(torch.arange(o.shape[1]), torch.tensor(u)).view(1, -1, 1, 1), torch.zeros_like(o), o)))
+                torch.isin(torch.arange(o.shape[1]), torch.tensor(u)).view(1, -1, 1, 1).to(o.device),
+                torch.zeros_like(o), o)))
             rnd += f * len(zd) / len(z)
             b = frac(_brute_images(gen, layer, zd, lambda o: o))
             drops += [1 - f / b] if b > 0 else []     # a set whose latents hold no concept: no drop
@@ -436,7 +438,7 @@ def test_ablation_and_insertion_numbers_match_brute_force():
         for x in (0, 8):
             def put(o, y=y, x=x):
                 o = o.clone()
-                o[:, top, y:y + 8, x:x + 8] = values[top].view(1, -1, 1, 1)
+                o[:, top, y:y + 8, x:x + 8] = values[top].view(1, -1, 1, 1).to(o)
                 return o
             after = seg.segment(_brute_images(gen, layer, z[:4], put))[:, 0] == seg.number(concept)
             total += (after & ~before).sum().item()
@@ -451,7 +453,7 @@ def test_ablation_and_insertion_numbers_match_brute_force():
             for x in (0, 8):
                 def put(o, y=y, x=x, units=units):
                     o = o.clone()
-                    o[:, units, y:y + 8, x:x + 8] = values[units].view(1, -1, 1, 1)
+                    o[:, units, y:y + 8, x:x + 8] = values[units].view(1, -1, 1, 1).to(o)
                     return o
                 after = seg.segment(_brute_images(gen, layer, z[:k], put))[:, 0] == seg.number(concept)
                 got += (after & ~before[:k]).sum().item()

@@ -40,23 +40,23 @@ class Spoiled(nn.Module):
         return self.units(a)
 
 
-def _config(policy):
-    return DissectConfig(top_k=3, batch_size=8, num_workers=0, device="cpu", nonfinite=policy)
+def _config(policy, device="cpu"):
+    return DissectConfig(top_k=3, batch_size=8, num_workers=0, device=device, nonfinite=policy)
 
 
-def test_nonfinite_activations_stop_the_run_naming_layer_units_images(toyworld_small):
+def test_nonfinite_activations_stop_the_run_naming_layer_units_images(toyworld_small, device):
     ds = BrodenDataset(toyworld_small, input_size=64, indices=range(N))
     with pytest.raises(DissectError) as err:
-        dissect_layers(Spoiled(True), ["units"], ds, _config("error"), progress=False)
+        dissect_layers(Spoiled(True), ["units"], ds, _config("error", device), progress=False)
     msg = str(err.value)
     assert "\n" not in msg
     assert "layer 'units'" in msg and "unit(s) 1, 3" in msg and "--nonfinite invalid" in msg
     assert "toy-00000.png" in msg   # the first image of the first batch (unit 3 is inf everywhere)
 
 
-def test_invalid_units_are_reported_as_invalid_and_others_are_exact(toyworld_small):
+def test_invalid_units_are_reported_as_invalid_and_others_are_exact(toyworld_small, device):
     ds = BrodenDataset(toyworld_small, input_size=64, indices=range(N))
-    config = _config("invalid")
+    config = _config("invalid", device)
     bad = dissect_layers(Spoiled(True), ["units"], ds, config, progress=False)["units"]
     good = dissect_layers(Spoiled(False), ["units"], ds, config, progress=False)["units"]
     assert bad.invalid == [1, 3] and good.invalid == []

@@ -121,10 +121,11 @@ def test_precision_choices():
         DissectConfig(precision="fp8").validate()
 
 
-def test_bf16_dissection_keeps_float32_statistics(toyworld_small):
+def test_bf16_dissection_keeps_float32_statistics(toyworld_small, device):
     ds = BrodenDataset(toyworld_small, input_size=64, indices=range(16))
-    a = dissect_layers(CountingConv().eval(), ["relu"], ds, DissectConfig(num_workers=0), progress=False)["relu"]
-    b = dissect_layers(CountingConv().eval(), ["relu"], ds, DissectConfig(num_workers=0, precision="bf16"),
+    a = dissect_layers(CountingConv().eval(), ["relu"], ds, DissectConfig(num_workers=0, device=device, precision="fp32"),
                        progress=False)["relu"]
+    b = dissect_layers(CountingConv().eval(), ["relu"], ds, DissectConfig(num_workers=0, precision="bf16",
+                                                                           device=device), progress=False)["relu"]
     assert b.thresholds.dtype == torch.float32 and b.tally["inter"].dtype == torch.float64
     assert np.allclose(a.thresholds.numpy(), b.thresholds.numpy(), rtol=0.05, atol=0.05)

@@ -22,30 +22,32 @@ def rank_error(x: torch.Tensor, t: torch.Tensor, q: float) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("exact", [True, False])
-def test_quantile_rank_error(exact):
+def test_quantile_rank_error(exact, device):
     g = torch.Generator().manual_seed(0)
     units, n, q = 6, 400_000, 0.005
     x = torch.cat([torch.randn(3, n, generator=g), torch.rand(3, n, generator=g) ** 3], 0)
-    tq = TopQuantile(units, q, total_per_unit=n, max_values=10**9 if exact else 1)
+    tq = TopQuantile(units, q, total_per_unit=n, max_values=10**9 if exact else 1, device=device)
     assert tq.exact is exact
     for chunk in torch.split(x, 6272, dim=1):
         tq.add(chunk)
     t = tq.thresholds()
+    assert t.device.type == device     # the tally stays on its device
+    t = t.cpu()
     if exact:
         assert torch.equal(t, exact_threshold(x, q))
     err = rank_error(x, t, q)
     assert err.max() < 1e-3, err
 
 
-def test_quantile_merge_equals_single_pass():
+def test_quantile_merge_equals_single_pass(device):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(4, 50_000, generator=g)
-    a = TopQuantile(4, 0.01, total_per_unit=50_000)
-    b = TopQuantile(4, 0.01, total_per_unit=50_000)
+    a = TopQuantile(4, 0.01, total_per_unit=50_000, device=device)
+    b = TopQuantile(4, 0.01, total_per_unit=50_000, device=device)
     a.add(x[:, :20_000])
     b.add(x[:, 20_000:])
     a.merge(b)
-    assert torch.equal(a.thresholds(), exact_threshold(x, 0.01))
+    assert torch.equal(a.thresholds().cpu(), exact_threshold(x, 0.01))
 
 
 def brute_force_iou(masks, pixel_labels, image_labels, primary, num_labels, num_cats):
@@ -70,7 +72,7 @@ def brute_force_iou(masks, pixel_labels, image_labels, primary, num_labels, num_
     return iou
 
 
-def test_iou_matches_brute_force():
+def test_iou_matches_brute_force(device):
     rng = np.random.default_rng(0)
     b, units, h, w, nl, cats = 7, 5, 9, 11, 8, 3
     primary = [0] + list(rng.integers(0, cats, nl - 1))
@@ -80,14 +82,14 @@ def test_iou_matches_brute_force():
     pixel_labels[:, 1][torch.from_numpy(rng.random((b, h, w)) > 0.5)] = 0
     pixel_labels[2] = 0          # an image with no pixel labels at all
     image_labels = torch.tensor([[6, 7], [0, 7], [6, 0], [0, 0], [7, 7], [6, 6], [0, 6]])
-    tally = IoUTally(units, nl, torch.tensor(primary), cats)
+    tally = IoUTally(units, nl, torch.tensor(primary), cats, device=device)
     # two shards, merged, must equal the single brute-force pass
-    other = IoUTally(units, nl, torch.tensor(primary), cats)
+    other = IoUTally(units, nl, torch.tensor(primary), cats, device=device)
     tally.add(masks[:4], pixel_labels[:4], image_labels[:4])
     other.add(masks[4:], pixel_labels[4:], image_labels[4:])
     tally.merge(other)
     ref = brute_force_iou(masks, pixel_labels, image_labels, primary, nl, cats)
-    np.testing.assert_allclose(tally.iou().numpy(), ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(tally.iou().cpu().numpy(), ref, rtol=1e-12, atol=1e-12)
 
 
 
@@ -120,16 +122,16 @@ def test_iou_segmenter_labeled_is_plain_iou():
     assert (nd[:, 3:] > plain[:, 3:]).all()   # parts: the part-less images left out of the union
 
 
-def test_topk_ties_and_batching():
+def test_topk_ties_and_batching(device):
     acts = torch.zeros(10, 2, 3, 3)
     acts[:, 0, 1, 1] = torch.tensor([1, 5, 5, 2, 9, 5, 0, 0, 0, 7], dtype=torch.float32)
     acts[:, 1] = 1.0  # all tied: lowest indices win
-    one = TopK(2, 3, (3, 3))
+    one = TopK(2, 3, (3, 3), device=device)
     one.add(acts, torch.arange(10))
-    split = TopK(2, 3, (3, 3))
+    split = TopK(2, 3, (3, 3), device=device)
     for s in (slice(0, 4), slice(4, 7), slice(7, 10)):
         split.add(acts[s], torch.arange(10)[s])
     for t in (one, split):
         assert t.indices[0].tolist() == [4, 9, 1]
         assert t.indices[1].tolist() == [0, 1, 2]
-        assert torch.equal(t.maps[0, 0], acts[4, 0])
+        assert torch.equal(t.maps[0, 0].cpu(), acts[4, 0])

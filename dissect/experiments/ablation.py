@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .. import distributed
+from .. import distributed, memory
 from ..data.labeled import (CLASS_CATEGORY, EVAL_SPLIT, RANK_SPLIT, LabeledData, LabeledSplit,
                             labeled_batches, open_labeled_data)
 from ..devices import resolve_device
@@ -95,7 +95,7 @@ class AblationConfig:
     batch_size: int = 64
     num_workers: int | None = None
     device: str = "auto"
-    chunk_mb: int = 128              # largest batch of ablated activations fed to the tail at once
+    chunk_mb: int = 128              # largest batch of ablated activations fed to the tail at once (CUDA: more, from free memory)
 
     def validate(self) -> None:
         if not self.top_n:
@@ -222,7 +222,9 @@ class AblationRunner(LayerRunner):
                  tail_from: LayerRunner | None = None, progress: bool = False):
         super().__init__(model, layer, device, tail_from)
         self.batch_size = batch_size
-        self.chunk_elems = max(1, chunk_mb * 2 ** 20 // 4)
+        # the chunk of edited activations: chunk_mb on the CPU, a share of the free memory on CUDA
+        self.chunk_elems = max(1, memory.chunk_bytes(self.device, chunk_mb) // 4)
+        self.parts = memory.Parts(what="ablation chunk")   # smaller parts on an out-of-memory error
         acts, imgs, keep, skipped = [], [], [], []
         t0 = time.time()
         rows = range(*distributed.shard(len(split.dataset)))   # under torchrun: this process's share
@@ -234,7 +236,7 @@ class AblationRunner(LayerRunner):
                 if "image" not in batch:
                     continue
                 x = batch["image"].to(self.device)
-                acts.append(self.layer_output(x, stop=self.tail is not None))
+                acts.append(self.parts.cat(len(x), lambda s: self.layer_output(x[s], stop=self.tail is not None)))
                 if self.tail is None:
                     imgs.append(x)
                 keep.append(batch["index"])
@@ -294,13 +296,17 @@ class AblationRunner(LayerRunner):
                                         lambda o: o * rep.to(o.dtype)))
         return out.float().view(m, -1, out.shape[-1])
 
+    def _parts_forward(self, masks: Tensor, rows: slice) -> Tensor:
+        """:meth:`_forward`, its ablations in smaller parts when they do not fit the device."""
+        return self.parts.cat(masks.shape[0], lambda s: self._forward(masks[s], rows))
+
     def logits(self, masks: Tensor) -> Tensor:
         """Logits ``[M, N, K]`` for ablations ``masks`` (keep M small: this holds them all)."""
         masks = masks.to(self.device, torch.float32)
         out = None
         with torch.inference_mode():
             for rows, ms in self._chunks(masks.shape[0]):
-                lg = self._forward(masks[ms], rows)
+                lg = self._parts_forward(masks[ms], rows)
                 if out is None:
                     out = torch.empty(masks.shape[0], len(self.labels), lg.shape[-1], device=lg.device)
                 out[ms, rows] = lg
@@ -331,7 +337,7 @@ class AblationRunner(LayerRunner):
         chunks = list(self._chunks(M))
         with torch.inference_mode():
             for rows, ms in tqdm(chunks, desc=desc, unit="batch", disable=not progress, leave=False):
-                lg = self._forward(masks[ms], rows)
+                lg = self._parts_forward(masks[ms], rows)
                 preds[ms, rows] = lg.argmax(-1)
                 prob = torch.softmax(lg.double(), -1)
                 oh = F.one_hot(self.labels[rows], K).double()

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from dissect.version import __version__
 
 from ..atomic import atomic_save, clean_leftovers
-from .. import distributed
+from .. import distributed, memory
 from ..cache import cache_key
 from ..data.broden import BrodenDataset, make_loader, warn_bad
 from ..devices import resolve_device
@@ -60,7 +60,7 @@ class DissectConfig:
     iou_threshold: float = 0.04      # a unit is a detector of its best concept above this
     top_k: int = 10                  # top images per unit
     top_concepts: int = 5            # concepts kept per unit
-    batch_size: int = 64
+    batch_size: int = 64             # on CUDA, grown to what the free memory holds (memory.batch_size)
     num_workers: int | None = None   # image decoding processes (None: up to 4)
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     activation_cache_mb: int = 2048  # --cache-budget: keep pass-1 activations for pass 2 up to this size
@@ -195,6 +195,18 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
                                "extent; dissection needs a conv feature map [units, h, w]")
     sh, sw = dataset.label_size
     upsampled = config.quantile_space == "upsampled"
+    act_bytes = _map_bytes(shapes)
+    # on CUDA the batch grows to what the free memory holds (memory.batch_size); an
+    # out-of-memory error runs a batch in smaller parts with the same results (memory.Parts)
+    batch_size = memory.batch_size(device, config.batch_size,
+                                   probe_item_bytes(model, todo, dataset, device, dtype, act_bytes))
+    forward_parts = memory.Parts(what="forward pass")
+    tally_parts = memory.Parts(what="IoU tally")
+
+    def forward(x: torch.Tensor, where: str) -> dict[str, torch.Tensor]:
+        """``_forward`` of the batch ``x``, in parts when the whole does not fit the device."""
+        parts = forward_parts.run(len(x), lambda s: _forward(model, todo, x[s], dtype, where))
+        return parts[0] if len(parts) == 1 else {k: torch.cat([p[k] for p in parts]) for k in todo}
 
     # ----------------------------------------------------------------- pass 1
     # Pass 1 keeps the activations (and labels) of the first images of this process's shard
@@ -202,9 +214,11 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
     # the model again only for the rest. One pass over the data when the whole shard fits;
     # memory is the budget plus a constant, whatever the probe set's size.
     lo, hi = distributed.shard(n)
-    per_image = sum(int(np.prod(s)) * 4 for s in shapes.values()) + 8 * sh * sw * 2  # <= 8 int16 label layers
+    per_image = act_bytes + 8 * sh * sw * 2  # <= 8 int16 label layers
     n_keep = min(hi - lo, config.activation_cache_mb * 2 ** 20 // per_image)
     cached: list[tuple[dict, dict]] = []  # per batch: (activations per layer, labels)
+    # the kept activations stay on a CUDA device when they fit it beside the batches
+    keep_on = device if memory.fits(device, n_keep * act_bytes, share=0.25) else torch.device("cpu")
 
     def new_quantile(layer: str) -> TopQuantile:
         c, h, w = shapes[layer]
@@ -222,7 +236,7 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
         whole probe set), with or without labels."""
         if stop > start:
             part = dataset_view(dataset, indices=dataset.indices[start:stop], with_labels=labels)
-            for batch in make_loader(part, config.batch_size, config.num_workers, pin_memory=pin):
+            for batch in make_loader(part, batch_size, config.num_workers, pin_memory=pin):
                 batch["index"] = batch["index"] + start
                 yield batch
 
@@ -235,20 +249,20 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
     t0 = time.time()
     with torch.no_grad():
         for batch in tqdm(pass1_batches(), desc="dissect: thresholds", unit="batch",
-                          total=math.ceil((hi - lo) / config.batch_size), disable=not progress,
+                          total=math.ceil((hi - lo) / batch_size), disable=not progress,
                           leave=False):
             skipped += [p for p, _ in batch["bad"]]
             warn_bad(batch["bad"], index.images)
             if len(batch["index"]) == 0:
                 continue
-            acts = finite.check(_forward(model, todo, batch["image"].to(device, non_blocking=True), dtype,
-                                         _batch_name(dataset, batch)), batch["index"])
+            acts = finite.check(forward(batch["image"].to(device, non_blocking=True), _batch_name(dataset, batch)),
+                                batch["index"])
             for layer, a in acts.items():
                 q_in = F.interpolate(a, size=(sh, sw), mode="bilinear", align_corners=False) if upsampled else a
                 quant[layer].add(q_in.transpose(0, 1).reshape(a.shape[1], -1))
                 topk[layer].add(a, batch["index"])
             if "pixel_labels" in batch:
-                cached.append(({k: v.cpu() for k, v in acts.items()},   # labels: int16 (see BrodenDataset)
+                cached.append(({k: v.to(keep_on) for k, v in acts.items()},   # labels: int16 (see BrodenDataset)
                                {"pixel_labels": batch["pixel_labels"], "image_labels": batch["image_labels"],
                                 "index": batch["index"]}))
     quant = distributed.merge_tallies(quant, new_quantile)
@@ -282,21 +296,24 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
             yield from cached
         for batch in loader(lo + n_keep, hi, True):
             if len(batch["index"]):
-                yield finite.check(_forward(model, todo, batch["image"].to(device, non_blocking=True), dtype,
-                                            _batch_name(dataset, batch)), batch["index"]), batch
+                yield finite.check(forward(batch["image"].to(device, non_blocking=True), _batch_name(dataset, batch)),
+                                   batch["index"]), batch
 
     with torch.no_grad():
         for acts, batch in tqdm(batches(release=not bootstrap.enabled), desc="dissect: IoU", unit="batch",
-                                total=math.ceil((hi - lo) / config.batch_size), disable=not progress,
+                                total=math.ceil((hi - lo) / batch_size), disable=not progress,
                                 leave=False):
             labels = None
             for layer, a in acts.items():
                 tally = tallies[layer]
                 if labels is None:
                     labels = tally.prepare(batch["pixel_labels"].long(), batch["image_labels"])
-                img, unit, masks = active_masks(a.to(device), thresholds[layer], (sh, sw),
-                                                saturated=saturated[layer])
-                tally.add_sparse(img, unit, masks, labels)
+                a = a.to(device)
+                # add_sparse changes the tally only once its part is computed: a part that ran
+                # out of memory is retried smaller and never counted twice
+                tally_parts.run(len(a), lambda s: tally.add_sparse(
+                    *active_masks(a[s], thresholds[layer], (sh, sw), saturated=saturated[layer]),
+                    labels.rows(s)))
     tallies = distributed.merge_tallies(tallies, new_tally)
     # every rank's unreadable images, and its units with non-finite values (--nonfinite invalid)
     parts = distributed.gather_objects((skipped, {layer: finite.units(layer) for layer in todo}))
@@ -327,7 +344,7 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
         boots = {layer: new_boot(layer) for layer in todo}
         with torch.no_grad():
             for acts, batch in tqdm(batches(release=True), desc="dissect: intervals", unit="batch",
-                                    total=math.ceil((hi - lo) / config.batch_size), disable=not progress,
+                                    total=math.ceil((hi - lo) / batch_size), disable=not progress,
                                     leave=False):
                 labels = None
                 for layer, a in acts.items():
@@ -438,7 +455,7 @@ def _forward(model, layers, x, dtype: torch.dtype | None = None,
     try:
         with Trace(model, layers, stop=True) as tr, autocast(x.device, dtype):
             model(x)
-    except DissectError:
+    except (DissectError, *memory.OOM_ERRORS):   # out of memory: the caller runs smaller parts
         raise
     except Exception as e:   # a model that fails on real data: name the images
         first = (str(e).strip().splitlines() or [""])[0][:300]
@@ -447,6 +464,35 @@ def _forward(model, layers, x, dtype: torch.dtype | None = None,
     if missing:
         raise DissectError(f"layer(s) {missing} did not run in the model's forward pass")
     return {layer: tr.outputs[layer].float() for layer in layers}
+
+
+def _map_bytes(shapes: dict[str, tuple]) -> int:
+    """One image's maps of every layer, in float32 bytes."""
+    return sum(int(np.prod(s)) * 4 for s in shapes.values())
+
+
+def dissection_batch_size(model, layers: Sequence[str], dataset: BrodenDataset, config: DissectConfig) -> int:
+    """The batch size :func:`dissect_layers` takes for ``layers`` of ``model`` on ``dataset``:
+    ``config.batch_size`` on the CPU, more on CUDA when the free memory holds more (for a
+    benchmark's forward-pass floor at the same size)."""
+    device = resolve_device(config.device)
+    dtype = resolve_precision(config.precision, device)
+    model = model.to(device).eval()
+    shapes, _ = _layer_shapes(model, layers, dataset, device)
+    return memory.batch_size(device, config.batch_size,
+                             probe_item_bytes(model, layers, dataset, device, dtype, _map_bytes(shapes)))
+
+
+def probe_item_bytes(model, layers, dataset, device, dtype, act_bytes: int) -> int | None:
+    """The device memory one probe image costs (None on the CPU): the peak of a forward
+    pass of the example input, plus its maps several times over (kept, upsampled, masked)
+    and its label planes as the tallies index them (int64)."""
+    if device.type != "cuda":
+        return None
+    with torch.no_grad():
+        peak = memory.peak_bytes(device, lambda: _forward(model, layers, dataset.example_input(device), dtype))
+    sh, sw = dataset.label_size
+    return peak + 4 * act_bytes + 8 * sh * sw * 8 * 3
 
 
 def _layer_shapes(model, layers, dataset, device) -> tuple[dict[str, tuple], dict[str, str]]:

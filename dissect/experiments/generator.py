@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .. import distributed
+from .. import distributed, memory
 from ..data.broden import BrodenDataset
 from ..devices import resolve_device
 from ..errors import DissectError
@@ -101,6 +101,20 @@ class GeneratorRunner(LayerRunner):
     def __init__(self, generator: nn.Module, layer: str, device: torch.device, value_range: str | None = None):
         super().__init__(generator, layer, device)
         self.value_range = value_range
+        self.rows: int | None = None     # images rendered per call (generator_experiments sizes it)
+        self.parts = memory.Parts(what="rendering")   # smaller parts on an out-of-memory error
+
+    def render(self, acts: Tensor, z: Tensor, seg: Segmenter) -> tuple[Tensor, Tensor]:
+        """:meth:`images` of (edited) activations and their labels by ``seg``, in smaller
+        parts when the whole does not fit the device."""
+        out = self.parts.run(len(z), lambda s: self._render(acts[s], z[s], seg))
+        if len(out) == 1:
+            return out[0]
+        return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
+
+    def _render(self, acts: Tensor, z: Tensor, seg: Segmenter) -> tuple[Tensor, Tensor]:
+        images = self.images(acts, z)
+        return images, seg.segment(images)
 
     @torch.no_grad()
     def acts(self, z: Tensor) -> Tensor:
@@ -175,8 +189,7 @@ def run_edits(runner: GeneratorRunner, seg: Segmenter, acts: Tensor, z: Tensor, 
         edited = torch.cat([blocks[j].edit(acts[blocks[j].samples[s]].clone(), blocks[j].samples[s])
                             for j, s in pieces])
         zs = torch.cat([z[blocks[j].samples[s]] for j, s in pieces])
-        images = runner.images(edited, zs)
-        labels = seg.segment(images)
+        images, labels = runner.render(edited, zs, seg)
         out, at = [], 0
         for j, s in pieces:
             k = s.stop - s.start
@@ -268,7 +281,7 @@ def ablation_experiment(runner: GeneratorRunner, seg: Segmenter, concept: str, i
         blocks += [EditBlock(rows, _zero_units(ranked[:n])) for n in sizes]
         blocks += [EditBlock(rows, _zero_per_sample(random_masks[n][start:start + b])) for n in sizes]
         m0 = lab_main = None
-        for j, s, imgs, lab in run_edits(runner, seg, a, zb, blocks, cfg.batch_size):
+        for j, s, imgs, lab in run_edits(runner, seg, a, zb, blocks, runner.rows or cfg.batch_size):
             mask = lab[:, clayer] == cnum
             frac = mask.flatten(1).float().mean(1).cpu()
             gs = slice(start + s.start, start + s.stop)
@@ -409,7 +422,7 @@ def insertion_experiment(runner: GeneratorRunner, seg: Segmenter, concept: str, 
                 units = random_units if n == "random" else ranked[:n]
                 blocks.append(EditBlock(rows, _set_region(units, values, y, x, r)))
                 kinds.append((p, n))
-        for j, s, imgs, lab in run_edits(runner, seg, a, zb, blocks, cfg.batch_size):
+        for j, s, imgs, lab in run_edits(runner, seg, a, zb, blocks, runner.rows or cfg.batch_size):
             p, n = kinds[j]
             rows = blocks[j].samples[s]
             is1 = lab[:, clayer] == cnum
@@ -510,6 +523,8 @@ def generator_experiments(loaded, layer: str, iou: np.ndarray, seg: Segmenter, p
     n_needed = max(cfg.samples, cfg.insert_samples)
     z = sample_z(n_needed, cfg.seed, z_dim)
     acts = [runner.acts(z[i:i + cfg.batch_size]) for i in range(0, len(z), cfg.batch_size)]
+    # images rendered and segmented per call: cfg.batch_size on the CPU, from free memory on CUDA
+    runner.rows = memory.batch_size(device, cfg.batch_size, _render_bytes(runner, seg, acts[0], z))
     ablate = choose_concepts(iou, seg, cfg.ablate)
     insert = choose_concepts(iou, seg, cfg.insert,
                              categories=("part",) if "part" in seg.layers else ("object",))
@@ -554,6 +569,17 @@ def generator_experiments(loaded, layer: str, iou: np.ndarray, seg: Segmenter, p
                 res["strip"], res["animation"] = f"{rel_prefix}/{png}", f"{rel_prefix}/{gif}"
             out["insertion"].append(res)
     return out
+
+
+def _render_bytes(runner: GeneratorRunner, seg: Segmenter, acts: Tensor, z: Tensor) -> int | None:
+    """The device memory one rendered and segmented image costs (None on the CPU)."""
+    if runner.device.type != "cuda":
+        return None
+    k = min(4, len(acts))
+    value_range = runner.value_range   # (left as it was: the experiments' first images decide it)
+    peak = memory.peak_bytes(runner.device, lambda: runner._render(acts[:k].clone(), z[:k], seg))
+    runner.value_range = value_range
+    return max(1, peak // k) + int(acts[0].numel()) * 4
 
 
 def intervention_layers(layers: Sequence[dict], wanted: Sequence[str]) -> list[dict]:

@@ -36,6 +36,15 @@ class LabelBatch:
     hw: int
     image_label_pixels: torch.Tensor  # float64 [B, labels]: label_pixels per image
 
+    def rows(self, s: slice) -> "LabelBatch":
+        """The labels of images ``s`` of the batch (itself when ``s`` covers them all): a
+        batch tallied in parts (:class:`dissect.memory.Parts`) gives the same sums."""
+        b = self.pixel.shape[0]
+        if s.start in (0, None) and (s.stop is None or s.stop >= b):
+            return self
+        per_image = self.image_label_pixels[s]
+        return LabelBatch(self.pixel[s], self.image[s], self.has_cat[s], per_image.sum(dim=0), self.hw, per_image)
+
 
 class IoUTally:
     def __init__(self, num_units: int, num_labels: int, primary_category: torch.Tensor,
@@ -78,41 +87,49 @@ class IoUTally:
     def add_sparse(self, img: torch.Tensor, unit: torch.Tensor, masks: torch.Tensor,
                    labels: LabelBatch) -> None:
         """Tally a batch given the non-empty masks only: ``masks[m]`` (bool ``[H, W]``) is
-        unit ``unit[m]`` on image ``img[m]``; every other (image, unit) mask is empty."""
+        unit ``unit[m]`` on image ``img[m]``; every other (image, unit) mask is empty.
+
+        Everything is computed before the tally changes, so that a call that fails (out of
+        device memory) leaves it as it was and can be retried on smaller parts."""
         dev = self.device
         nb = labels.pixel.shape[0]
         nl = self.num_labels
         units = self.num_units
+        act = inter = None
+        if img.numel():
+            flat = masks.reshape(masks.shape[0], -1)
+            nlayers = labels.pixel.shape[1]
+            if nlayers:   # the on-pixels, which the pixel labels need anyway, count each mask
+                m, p = flat.nonzero(as_tuple=True)
+                counts = torch.bincount(m, minlength=flat.shape[0]).to(torch.float64)   # [M]
+            else:
+                counts = flat.view(torch.uint8).sum(dim=1, dtype=torch.int32).to(torch.float64)
+            act = torch.zeros((nb, units), dtype=torch.float64, device=dev)
+            act.index_put_((img, unit), counts, accumulate=True)
+            # pixel labels: look up the labels under every on-pixel, all layers at once
+            if nlayers:
+                base = img[m] * (nlayers * labels.hw) + p                       # [N]
+                offsets = torch.arange(nlayers, device=dev) * labels.hw
+                lab = torch.take(labels.pixel, base.unsqueeze(1) + offsets)     # [N, layers]
+                key = (unit[m].unsqueeze(1) * nl + lab)[lab > 0]
+                inter = torch.bincount(key, minlength=units * nl).view(units, nl).to(torch.float64)
+            else:
+                inter = torch.zeros((units, nl), dtype=torch.float64, device=dev)
+            # whole-image labels: every on-pixel of the image
+            for j in range(labels.image.shape[1]):
+                lab = labels.image[:, j]
+                keep = lab > 0
+                if keep.any():
+                    inter.index_add_(1, lab[keep], act[keep].t())
+            unit_cat = act.t() @ labels.has_cat
+        # (sums of whole numbers in float64: exact in any order, so parts give the same tally)
         self.pixels += nb * labels.hw
         self.images += nb
         self.label_pixels += labels.label_pixels
-        if img.numel() == 0:
-            return
-        flat = masks.reshape(masks.shape[0], -1)
-        nlayers = labels.pixel.shape[1]
-        if nlayers:   # the on-pixels, which the pixel labels need anyway, count each mask
-            m, p = flat.nonzero(as_tuple=True)
-            counts = torch.bincount(m, minlength=flat.shape[0]).to(torch.float64)   # [M]
-        else:
-            counts = flat.view(torch.uint8).sum(dim=1, dtype=torch.int32).to(torch.float64)
-        act = torch.zeros((nb, units), dtype=torch.float64, device=dev)
-        act.index_put_((img, unit), counts, accumulate=True)
-        self.active += act.sum(dim=0)
-        self.unit_cat += act.t() @ labels.has_cat
-
-        # pixel labels: look up the labels under every on-pixel, all layers at once
-        if nlayers:
-            base = img[m] * (nlayers * labels.hw) + p                       # [N]
-            offsets = torch.arange(nlayers, device=dev) * labels.hw
-            lab = torch.take(labels.pixel, base.unsqueeze(1) + offsets)     # [N, layers]
-            key = (unit[m].unsqueeze(1) * nl + lab)[lab > 0]
-            self.inter += torch.bincount(key, minlength=units * nl).view(units, nl).to(torch.float64)
-        # whole-image labels: every on-pixel of the image
-        for j in range(labels.image.shape[1]):
-            lab = labels.image[:, j]
-            keep = lab > 0
-            if keep.any():
-                self.inter.index_add_(1, lab[keep], act[keep].t())
+        if act is not None:
+            self.active += act.sum(dim=0)
+            self.unit_cat += unit_cat
+            self.inter += inter
 
     # ------------------------------------------------------------------ results
     def merge(self, other: "IoUTally") -> None:

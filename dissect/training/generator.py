@@ -112,7 +112,7 @@ def recalibrate_batchnorm(gen: torch.nn.Module, seed: int = 12345, batches: int 
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
     """Save images in [-1, 1] as one PNG grid (for watching training)."""
     from PIL import Image
-    x = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    x = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     n, h, w, _ = x.shape
     rows = (n + nrow - 1) // nrow
     grid = np.full((rows * (h + 2), nrow * (w + 2), 3), 255, np.uint8)
@@ -161,7 +161,7 @@ def evaluate_generator(gen: torch.nn.Module, n: int = 1000, seed: int = 99,
 
     def found(lab_obj: torch.Tensor) -> np.ndarray:   # [B, H, W] label numbers -> [B, objects]
         px = lab_obj[0].numel()
-        return np.stack([((lab_obj == seg.number(o)).flatten(1).sum(1) / px >= OBJECT_MIN_FRACTION).numpy()
+        return np.stack([((lab_obj == seg.number(o)).flatten(1).sum(1) / px >= OBJECT_MIN_FRACTION).cpu().numpy()
                          for o in objects], 1)
 
     gen.eval()
