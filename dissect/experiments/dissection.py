@@ -654,3 +654,9 @@ def _s(x: float) -> float | None:
     if not math.isfinite(x):
         return None
     return float(f"{x:.6g}")
+
+
+#: Public names of the forward pass and the decoding view, for the passes of other modules
+#: (the formula search, :mod:`dissect.formulas.run`) that stream the probe set the same way.
+forward_layers = _forward
+dataset_view = _view
