@@ -53,6 +53,7 @@ def _int_list(text: str | None, flag: str) -> list[int] | None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .experiments.dissection import DissectConfig
+    from .formulas import search as formulas
     from .stats import intervals
     d = DissectConfig()
     p = argparse.ArgumentParser(prog="dissect", description="Network dissection: what each "
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep pass-1 activations in memory up to MB for pass 2 (default "
                    f"{d.activation_cache_mb}); past it, pass 2 runs the model again")
     intervals.add_arguments(r)
+    formulas.add_arguments(r)
     r.add_argument("--out", default="site", help="site folder (default: site)")
     r.add_argument("--cache-dir", default=None, help="cache folder (default: $DISSECT_CACHE "
                    "or ~/.cache/dissect)")
@@ -305,6 +307,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "report":
         from .experiments.dissection import DissectConfig
         from .experiments.rotation import parse_rotations
+        from .formulas.search import FormulaOptions
         from .stats.intervals import IntervalOptions
         from .pipeline import DEFAULT_MODELS, ReportOptions, run_report
         config = DissectConfig(quantile=args.quantile or DissectConfig.quantile,
@@ -322,7 +325,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             shipped_comparisons=not args.no_shipped_comparisons,
             input_size=args.input_size, kind=args.kind, z_dim=args.z_dim,
             data=args.data, data_size=args.data_size, data_seed=args.data_seed, split=args.split,
-            config=config, ablation=_ablation_config(args), ablation_data=args.ablation_data,
+            config=config, formulas=FormulaOptions.from_args(args), ablation=_ablation_config(args), ablation_data=args.ablation_data,
             class_names=args.class_names,
             segmenter=args.segmenter, segmenter_weights=args.segmenter_weights, generator_quantile=args.quantile,
             generator_quantile_space=args.quantile_space, interventions=_generator_config(args),

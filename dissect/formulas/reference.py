@@ -48,13 +48,35 @@ class Reference:
 
     def iou(self, unit: torch.Tensor, f: Formula, m: torch.Tensor | None = None) -> float:
         """The IoU of the unit's masks ``unit`` (bool ``[N, H*W]``) with formula ``f`` over
-        the images annotated in any of its concepts' categories."""
+        the images annotated in any of its concepts' categories (the formula's pixels lie in
+        those images: only the unit's pixels need the restriction)."""
         m = self.mask(f) if m is None else m
         cats = sorted({int(self.prim[c]) for c in f[0]})
         images = self.annotated[:, cats].any(dim=1)
         inter = int((unit & m).sum())
-        union = int((unit[images] | m[images]).sum()) + int(m[~images].sum())
+        union = int(unit.sum(dim=1)[images].sum()) + int(m.sum()) - inter
         return inter / union if union else 0.0
+
+    def best_of_length_two(self, unit: torch.Tensor) -> float:
+        """The best IoU over every formula of length <= 2: each formula's mask made (all
+        second concepts of one first concept and operator at once)."""
+        cs = [c for c in range(self.present.shape[1]) if self.valid[c]]
+        best = max(self.iou(unit, ((c,), ())) for c in cs)
+        on = unit.sum(dim=1).double()                                            # [N]
+        others = self.present[:, cs]                                             # [N, C, HW]
+        cats = self.prim[cs]
+        for i, a in enumerate(cs):
+            pa = self.present[:, a:a + 1]
+            for op in (OR, AND, AND_NOT):
+                m = pa | others if op == OR else (pa & others if op == AND else pa & ~others)
+                inter = (m & unit.unsqueeze(1)).sum(dim=(0, 2)).double()
+                lab = m.sum(dim=(0, 2)).double()
+                images = self.annotated[:, cats] | self.annotated[:, int(self.prim[a])].view(-1, 1)   # [N, C]
+                union = (on.view(-1, 1) * images).sum(dim=0) + lab - inter
+                iou = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(union))
+                iou[i] = 0.0                                                     # a op a
+                best = max(best, float(iou.max()))
+        return best
 
     def search(self, unit: torch.Tensor, length: int, beam: int) -> list[tuple[Formula, float]]:
         """The beam of compexp's search for one unit: start from the best ``beam`` single

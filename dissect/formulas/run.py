@@ -20,7 +20,7 @@ from ..experiments.dissection import (DissectConfig, LayerStats, active_masks, d
 from ..inference import resolve_precision
 from ..stats.formula_counts import FormulaCounts
 from ..stats.iou import prepare_labels
-from .search import FormulaOptions, LayerFormulas, LayerSearch
+from .search import FormulaOptions, LayerFormulas, LayerSearch, formula_fields
 
 
 def search_formulas(model: torch.nn.Module, lengths: dict[str, int], dataset: BrodenDataset,
@@ -72,3 +72,23 @@ def search_formulas(model: torch.nn.Module, lengths: dict[str, int], dataset: Br
     if progress and passes:
         tqdm.write(f"dissect: formulas for {len(searches)} layer(s), {passes} pass(es) in {time.time() - t0:.1f}s")
     return {layer: s.result() for layer, s in searches.items()}
+
+
+def formula_lengths(options: FormulaOptions, layers: list[str], toy_classifier: bool) -> dict[str, int]:
+    """Each dissected layer's formula length (:meth:`FormulaOptions.length_for`)."""
+    return {layer: options.length_for(i, len(layers), toy_classifier) for i, layer in enumerate(layers)}
+
+
+def add_formulas(model: torch.nn.Module, layer_results: list[dict], dataset: BrodenDataset,
+                 stats: dict[str, LayerStats], config: DissectConfig, options: FormulaOptions,
+                 lengths: dict[str, int], progress: bool = True) -> None:
+    """Search the formulas of the layers whose length is above 1 and add them to their
+    results (``formulas`` per layer, ``formula`` per unit: docs/results-schema.md)."""
+    todo = {layer: n for layer, n in lengths.items() if n > 1}
+    if not todo:
+        return
+    found = search_formulas(model, todo, dataset, stats, config, options, progress)
+    for layer in layer_results:
+        if layer["name"] in found:
+            layer["formulas"] = formula_fields(found[layer["name"]], dataset.index, options,
+                                               todo[layer["name"]], layer["units"])

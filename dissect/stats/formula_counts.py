@@ -98,16 +98,18 @@ class Atoms:
 
 def _combine(cols: list[torch.Tensor]) -> torch.Tensor:
     """Dense ids (0..n-1) of the distinct rows of the columns ``cols`` (long, same length):
-    a mixed-radix key, made dense whenever the next column would overflow it."""
-    key, top = torch.zeros_like(cols[0]), 1
-    for c in cols:
-        c = c.long()
-        lo = int(c.min()) if c.numel() else 0
-        radix = (int(c.max()) - lo + 1) if c.numel() else 1
-        if top * radix >= 2 ** 62:
-            key, _ = dense_ids(key, top)
-            top = int(key.max()) + 1 if key.numel() else 1
-        key, top = key * radix + (c - lo), top * radix
+    a mixed-radix key, made dense again whenever the next column would take it past a
+    direct table (so every step is linear in the rows)."""
+    lo = torch.stack([c.min() for c in cols]).tolist() if cols[0].numel() else [0] * len(cols)
+    hi = torch.stack([c.max() for c in cols]).tolist() if cols[0].numel() else [0] * len(cols)
+    limit = max(4 * cols[0].numel(), 1 << 16)
+    key, top = torch.zeros_like(cols[0], dtype=torch.long), 1
+    for c, a, b in zip(cols, lo, hi):
+        radix = int(b) - int(a) + 1
+        if top * radix > limit and top > 1:
+            key, values = dense_ids(key, top)
+            top = values.numel()
+        key, top = key * radix + (c.long() - int(a)), top * radix
     return dense_ids(key, top)[0]
 
 
@@ -264,22 +266,23 @@ class FormulaCounts:
 
 def _pair_counts(atoms: Atoms, owner: torch.Tensor, w: torch.Tensor, owners: int, nl: int,
                  atom: torch.Tensor | None = None) -> torch.Tensor:
-    """``[owners, nl, nl]`` (symmetric, diagonal = single counts): summed weights ``w`` of the
-    items (owner ``owner[i]``, atom ``atom[i]``, default item i = atom i) per pair of
+    """``[owners, nl, nl]`` (symmetric, zero diagonal): summed weights ``w`` of the items
+    (owner ``owner[i]``, atom ``atom[i]``, default item i = atom i) per pair of distinct
     concepts present together."""
     atom = torch.arange(atoms.num, device=w.device) if atom is None else atom
     k = int((atoms.ptr[1:] - atoms.ptr[:-1]).max()) if atoms.num else 0
-    out = torch.zeros(owners * nl * nl, dtype=torch.float64, device=w.device)
-    if k == 0 or atom.numel() == 0:
-        return out.view(owners, nl, nl)
+    if k < 2 or atom.numel() == 0:
+        return torch.zeros((owners, nl, nl), dtype=torch.float64, device=w.device)
     padded = torch.zeros((atoms.num, k), dtype=torch.long, device=w.device)
     pos = torch.arange(atoms.row.numel(), device=w.device) - atoms.ptr[atoms.row]
     padded[atoms.row, pos] = atoms.col
     lab = padded[atom]                                                     # [Q, k] (0: none)
-    base = owner * (nl * nl)
-    for i in range(k):
-        for j in range(k):
-            ok = (lab[:, i] > 0) & (lab[:, j] > 0)
-            out += torch.bincount((base + lab[:, i] * nl + lab[:, j])[ok], weights=w[ok],
-                                  minlength=owners * nl * nl)
+    i, j = torch.triu_indices(k, k, 1, device=w.device)
+    a, b = lab[:, i], lab[:, j]                                            # [Q, pairs]
+    ok = (a > 0) & (b > 0)
+    base = (owner * (nl * nl)).view(-1, 1).expand_as(a)[ok]
+    a, b = a[ok], b[ok]
+    ww = w.view(-1, 1).expand(-1, i.numel())[ok]
+    out = torch.bincount(torch.cat([base + a * nl + b, base + b * nl + a]), weights=torch.cat([ww, ww]),
+                         minlength=owners * nl * nl)
     return out.view(owners, nl, nl)
