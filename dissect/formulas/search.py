@@ -244,22 +244,23 @@ class LayerSearch:
                 ok[k, j, :, list(f[0])] = False
         cand = torch.where(ok, cand, torch.full_like(cand, -1.0)).cpu()
         old = formula_iou(t.uf, t.f[fid], t.unit_pixels(sets, per_unit=True)).cpu()   # [K, B]
+        # per unit, the candidates at or above its n_take-th best (all of a tie), best first,
+        # ties in candidate order (slot, operator, concept): the reference's order
+        flat = cand.reshape(self.units, -1)
+        n_take = min(flat.shape[1], 4 * self.options.beam * 3 + 8)
+        kth = torch.topk(flat, n_take, dim=1).values[:, -1].clamp(min=torch.finfo(flat.dtype).tiny)
         out = []
         for k in range(self.units):
             if self.skip[k] or not self.beams[k]:
                 out.append([])
                 continue
             olds = [(f, float(old[k, j])) for j, (f, _) in enumerate(self.beams[k])]
-            vals = cand[k].reshape(-1)
-            order = torch.sort(vals, descending=True, stable=True)
             keep: dict[Formula, float] = {}
             merged = list(olds)
-            # candidates above the weakest we might keep; old beam entries win ties
-            n_take = min(vals.numel(), 4 * self.options.beam * 3 + 8)
-            for v, idx in zip(order.values[:n_take].tolist(), order.indices[:n_take].tolist()):
-                if v <= 0:
-                    break
-                j, rest = divmod(idx, 3 * nl)
+            idx = (flat[k] >= kth[k]).nonzero().view(-1)
+            order = torch.sort(flat[k, idx], descending=True, stable=True).indices
+            for v, i in zip(flat[k, idx[order]].tolist(), idx[order].tolist()):
+                j, rest = divmod(i, 3 * nl)
                 op, c = divmod(rest, nl)
                 f = self.beams[k][j][0]
                 merged.append(((f[0] + (c,), f[1] + (op,)), v))

@@ -102,7 +102,7 @@ def _combine(cols: list[torch.Tensor]) -> torch.Tensor:
     direct table (so every step is linear in the rows)."""
     lo = torch.stack([c.min() for c in cols]).tolist() if cols[0].numel() else [0] * len(cols)
     hi = torch.stack([c.max() for c in cols]).tolist() if cols[0].numel() else [0] * len(cols)
-    limit = max(4 * cols[0].numel(), 1 << 16)
+    limit = max(8 * cols[0].numel(), 1 << 24)
     key, top = torch.zeros_like(cols[0], dtype=torch.long), 1
     for c, a, b in zip(cols, lo, hi):
         radix = int(b) - int(a) + 1
@@ -118,7 +118,7 @@ def dense_ids(key: torch.Tensor, top: int | None = None) -> tuple[torch.Tensor, 
     order and each element's position among them (``torch.unique``, faster on CPU: a table
     when the range is small, a sort otherwise)."""
     n = key.numel()
-    if top is not None and top <= max(4 * n, 1 << 16):
+    if top is not None and top <= max(8 * n, 1 << 24):
         seen = torch.zeros(top, dtype=torch.bool, device=key.device)
         seen[key] = True
         where = torch.cumsum(seen, 0) - 1
