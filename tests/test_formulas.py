@@ -20,7 +20,7 @@ from dissect.formulas.search import FormulaOptions, canonical, formula_text
 from dissect.stats.iou import prepare_labels
 from test_broden import broden  # noqa: F401  (the hand-written Broden-format fixture)
 
-N = 40
+N = 24
 
 
 def _key(x: torch.Tensor) -> str:
