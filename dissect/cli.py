@@ -54,6 +54,7 @@ def _int_list(text: str | None, flag: str) -> list[int] | None:
 def build_parser() -> argparse.ArgumentParser:
     from .experiments.dissection import DissectConfig
     from .labelers import clip as clip_labels
+    from .formulas import search as formulas
     from .stats import intervals
     from .bases import options as basis_options
     d = DissectConfig()
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     intervals.add_arguments(r)
     clip_labels.add_arguments(r)
     basis_options.add_arguments(r)
+    formulas.add_arguments(r)
     r.add_argument("--out", default="site", help="site folder (default: site)")
     r.add_argument("--cache-dir", default=None, help="cache folder (default: $DISSECT_CACHE "
                    "or ~/.cache/dissect)")
@@ -311,6 +313,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "report":
         from .experiments.dissection import DissectConfig
         from .experiments.rotation import parse_rotations
+        from .formulas.search import FormulaOptions
         from .stats.intervals import IntervalOptions
         from .labelers.clip import options_from_args
         from .bases.options import BasisOptions
@@ -330,7 +333,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             shipped_comparisons=not args.no_shipped_comparisons, bases=BasisOptions.from_args(args),
             input_size=args.input_size, kind=args.kind, z_dim=args.z_dim,
             data=args.data, data_size=args.data_size, data_seed=args.data_seed, split=args.split,
-            config=config, ablation=_ablation_config(args), ablation_data=args.ablation_data,
+            config=config, formulas=FormulaOptions.from_args(args), ablation=_ablation_config(args), ablation_data=args.ablation_data,
             class_names=args.class_names,
             segmenter=args.segmenter, segmenter_weights=args.segmenter_weights, generator_quantile=args.quantile,
             generator_quantile_space=args.quantile_space, interventions=_generator_config(args),

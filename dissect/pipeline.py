@@ -51,6 +51,8 @@ from dissect.experiments.dissection import MASK_RULE, DissectConfig, dissect_lay
 from dissect.experiments.generator import GeneratorExperimentConfig, generator_for_report
 from dissect.experiments.rotation import ROTATION_SEED
 from dissect.experiments.strips import render_unit_strips
+from dissect.formulas.run import add_formulas, formula_lengths
+from dissect.formulas.search import FormulaOptions
 from dissect.hooks import split_call
 from dissect.labelers.clip import LabelerOptions, clip_labels_for_report
 from dissect.models.loading import LoadedModel, from_module, load_model, paper_name, resolve_layer, with_class_names
@@ -106,6 +108,9 @@ class ReportOptions:
     ``class_names``: the classifier's class names, a list or a file (text, one per line, or
     JSON: a list or a dict of index to name), checked against its number of outputs.
 
+    Formulas: ``formulas`` (a :class:`FormulaOptions`; default: single concepts, except
+    formulas of up to 3 concepts for the built-in toy classifier's last layer).
+
     Experiments: ``ablation`` (True, False or an :class:`AblationConfig`) on
     ``ablation_data`` (a class-per-folder directory, a Broden folder or ``places_val``;
     default: the model's own, e.g. ``places_val``, else the probe set's scene labels, none
@@ -139,6 +144,7 @@ class ReportOptions:
     data_seed: int = 1
     split: str | None = None
     config: DissectConfig | None = None
+    formulas: FormulaOptions = FormulaOptions()
     ablation: bool | AblationConfig = True
     class_names: str | os.PathLike | Sequence[str] | None = None  # a list, or a text/JSON file of names
     ablation_data: str | os.PathLike | None = None
@@ -177,6 +183,7 @@ class ReportOptions:
         self.dissect_config.validate()
         self.labeler.validate()
         self.basis_options.validate()
+        self.formulas.validate()
         if not (isinstance(self.thumb_height, int) and 8 <= self.thumb_height <= 1024):
             raise DissectError(f"thumb_height must be an integer from 8 to 1024 px, got {self.thumb_height!r}")
         if not (isinstance(self.jpeg_quality, int) and 1 <= self.jpeg_quality <= 95):
@@ -371,6 +378,9 @@ class Dissection:
 
 def _dissect(loaded: LoadedModel, paths: list[tuple[str, str | None]], dataset, config: DissectConfig,
              opts: ReportOptions, parts: dict) -> Dissection:
+    lengths = formula_lengths(opts.formulas, [p for p, _ in paths],
+                              loaded.kind == "classifier" and loaded.weights == "builtin:toy_classifier")
+    opts.formulas.check_probe(len(dataset.index.labels), list(lengths.values()))
     stats = dissect_layers(loaded.module, [p for p, _ in paths], dataset, config,
                            cache_dir=opts.cache / "stats", cache_parts=parts, force=opts.force,
                            progress=opts.progress)
@@ -386,6 +396,7 @@ def _dissect(loaded: LoadedModel, paths: list[tuple[str, str | None]], dataset, 
             for unit, strip in zip(summary["units"], strips):
                 unit["strip"] = strip
         layer_results.append({"name": path, "alias": alias, "slug": slug, **_call_fields(loaded, path), **summary})
+    add_formulas(loaded.module, layer_results, dataset, stats, config, opts.formulas, lengths, opts.progress)
     return Dissection(paths, stats, layer_results, run_dir)
 
 

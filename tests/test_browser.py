@@ -260,6 +260,38 @@ def test_grid_sort_filter_search_by_keyboard(browser, site):
         sb.close()
 
 
+def test_formulas_on_cards_pages_search_and_chart(browser, site):
+    """The toy classifier's last dissected layer carries formulas (issue 23): on the cards,
+    searchable by a concept only the formula names, on the unit page beside the label, and
+    the model page's chart of mean IoU by formula length renders."""
+    sb = SiteBrowser(browser, site.resolve().as_uri() + "/", site)
+    page = sb.page
+    try:
+        sb.visit(_layer_page(site))
+        cards = page.eval_on_selector_all(
+            "#unit-grid > li", "els => els.map(e => ({unit: +e.dataset.unit, search: e.dataset.search, "
+            "label: e.dataset.label, formula: (e.querySelector('.formula') || {}).textContent || ''}))")
+        with_formula = [c for c in cards if c["formula"]]
+        assert with_formula, "formulas on the cards"
+        # a concept that some formula holds but that is not that card's label: the search finds the card
+        term, unit = next((w, c["unit"]) for c in with_formula
+                          for w in c["formula"].split()
+                          if w.isalpha() and w != c["label"] and w not in ("OR", "AND", "NOT"))
+        page.fill("input[name=q]", term)
+        page.wait_for_function("() => location.hash.includes('q=')")
+        assert unit in [c["unit"] for c in _visible(page)]
+        sb.visit(_layer_page(site).replace("index.html", f"unit-{unit:04d}.html"))
+        assert page.is_visible("#formula")
+        head = page.text_content("#formula-h")
+        assert "IoU" in head and term in head
+        assert page.eval_on_selector_all("#formula-lengths tbody tr", "rs => rs.length") >= 2
+        sb.visit("toy/index.html")
+        page.wait_for_selector("[id^=chart-formulas-] .main-svg", state="attached")
+        _assert_clean(sb.problems)
+    finally:
+        sb.close()
+
+
 def test_unit_deep_link_and_arrow_keys(browser, site):
     sb = SiteBrowser(browser, site.resolve().as_uri() + "/", site)
     page = sb.page

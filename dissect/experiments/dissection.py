@@ -700,3 +700,8 @@ def _s(x: float) -> float | None:
     if not math.isfinite(x):
         return None
     return float(f"{x:.6g}")
+
+
+#: Public name of the forward pass, for the passes of other modules (the formula search,
+#: :mod:`dissect.formulas.run`) that stream the probe set the same way.
+forward_layers = _forward

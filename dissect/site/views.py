@@ -19,6 +19,7 @@ from markupsafe import Markup
 
 from dissect.site.charts import PALETTE, category_classes
 from dissect.site.context import ModelContext
+from dissect.site.formulas import formula_terms, length_chart, unit_formula
 from dissect.site.format import (call_note, detector_badge, fmt_interval, fmt_iou, fmt_num, fmt_shape,
                                    layer_title, unit_file, unit_label)
 from dissect.site.pagekind import LayerPages
@@ -223,6 +224,7 @@ def model_page(ctx: ModelContext, layer_slugs: list[str], notes: Markup | None,
         total_det += det
         by_cat = Counter(c["category"] for c in concepts for _ in range(c["count"]))
         hist, hist_table = _histogram(ctx, layer)
+        fchart, ftable, fcheck = length_chart(layer)
         layers.append({
             "name": layer["name"],
             "alias": layer.get("alias"),
@@ -247,6 +249,10 @@ def model_page(ctx: ModelContext, layer_slugs: list[str], notes: Markup | None,
             "hist_chart": hist,
             "hist_chart_id": f"chart-iou-{i}",
             "hist_table": hist_table,
+            "formula_chart": fchart,
+            "formula_chart_id": f"chart-formulas-{i}",
+            "formula_table": ftable,
+            "formula_check": fcheck,
             "pages": [{"label": kind.label, "href": f"{slug}/{kind.file}"} for kind, _ in kinds],
         })
     created = prov.get("created")
@@ -292,7 +298,7 @@ def model_page(ctx: ModelContext, layer_slugs: list[str], notes: Markup | None,
 
 def overview_has_charts(overview: dict[str, Any]) -> bool:
     """Whether the model overview ``overview`` (:func:`model_page`) shows a chart: then it loads plotly."""
-    return any(layer["concept_chart"] or layer["hist_chart"] for layer in overview["layers"])
+    return any(layer["concept_chart"] or layer["hist_chart"] or layer["formula_chart"] for layer in overview["layers"])
 
 
 # ---------------------------------------------------------------------------- layer grid
@@ -305,7 +311,7 @@ def layer_page(ctx: ModelContext, layer: dict[str, Any], images: dict[int, Any])
     for u in units:
         label = unit_label(u)
         clip = (u.get("clip") or {}).get("label")
-        concepts = [label] + [t["name"] for t in u.get("top_concepts", [])] + (["saturated"] if u.get("saturated") else []) \
+        concepts = [label] + [t["name"] for t in u.get("top_concepts", [])] + formula_terms(u) + (["saturated"] if u.get("saturated") else []) \
             + ([clip] if clip else [])
         thumb = images[u["unit"]]["thumb"]
         cards.append({
@@ -323,6 +329,7 @@ def layer_page(ctx: ModelContext, layer: dict[str, Any], images: dict[int, Any])
             "saturated": bool(u.get("saturated")),
             "none_reason": u.get("none_reason") if label in ("none", "invalid") else None,
             "search": " ".join(dict.fromkeys(c.lower() for c in concepts)),
+            "formula": unit_formula(u, ctx.cat_class),
             "thumb": thumb,
             "alt": f"{layer.get('unit_word', 'unit')} {u['unit']} top images: {label}",
             "clip": clip,
@@ -463,6 +470,7 @@ def unit_page(
             "saturated": bool(u.get("saturated")),
             "none_reason": u.get("none_reason") if label in ("none", "invalid") else None,
             "strip": img["full"],
+            "formula": unit_formula(u, ctx.cat_class),
             "alt": f"{layer.get('unit_word', 'unit')} {u['unit']} top {len(u.get('top_images', []))} images "
                    f"({', '.join(_image_name(t) for t in u.get('top_images', []))}), "
                    f"region where it fires highlighted: {label}",

@@ -1,0 +1,94 @@
+"""The formula search over a model's layers: each beam step is one streaming pass over the
+probe set (the model run again, its unit masks made by :func:`~dissect.experiments.
+dissection.active_masks` from the dissection's thresholds, exactly as the IoU pass makes
+them), each layer's counts tallied on the model's device (:mod:`dissect.stats.formula_counts`).
+Memory is the tallies plus one batch, whatever the probe set's size."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import distributed
+from ..data.broden import BrodenDataset, make_loader
+from ..devices import resolve_device
+from ..experiments.dissection import (DissectConfig, LayerStats, active_masks, dataset_view, forward_layers,
+                                      unit_scores)
+from ..inference import resolve_precision
+from ..stats.formula_counts import FormulaCounts
+from ..stats.iou import prepare_labels
+from .search import FormulaOptions, LayerFormulas, LayerSearch, formula_fields
+
+
+def search_formulas(model: torch.nn.Module, lengths: dict[str, int], dataset: BrodenDataset,
+                    stats: dict[str, LayerStats], config: DissectConfig, options: FormulaOptions,
+                    progress: bool = True) -> dict[str, LayerFormulas]:
+    """Formulas of up to ``lengths[layer]`` concepts for each layer (those of length 1 need
+    no pass: their formula is the dissection's label)."""
+    index = dataset.index
+    device = resolve_device(config.device)
+    dtype = resolve_precision(config.precision, device)
+    prim = index.primary_category_tensor()
+    searches = {}
+    for layer, length in lengths.items():
+        s = stats[layer]
+        scores = unit_scores(s, index)
+        searches[layer] = LayerSearch(s.shape[0], index.num_labels, prim, scores.valid,
+                                      scores.dead | scores.invalid, length, options,
+                                      initial_iou=scores.iou, device=device)
+    t0, passes = time.time(), 0
+    model = model.to(device).eval()
+    lo, hi = distributed.shard(len(dataset))
+    sh, sw = dataset.label_size
+    while True:
+        counters = {layer: c for layer, s in searches.items() if (c := s.counter()) is not None}
+        if not counters:
+            break
+        passes += 1
+        part = dataset_view(dataset, indices=dataset.indices[lo:hi], with_labels=True)
+        thresholds = {layer: stats[layer].thresholds.to(device) for layer in counters}
+        saturated = {layer: stats[layer].saturated for layer in counters}
+        with torch.no_grad():
+            for batch in tqdm(make_loader(part, config.batch_size, config.num_workers,
+                                          pin_memory=device.type == "cuda"),
+                              desc=f"dissect: formulas, step {passes + 1}", unit="batch", leave=False,
+                              total=math.ceil((hi - lo) / config.batch_size), disable=not progress):
+                if len(batch["index"]) == 0:
+                    continue
+                acts = forward_layers(model, list(counters), batch["image"].to(device, non_blocking=True), dtype)
+                labels = prepare_labels(batch["pixel_labels"].to(device).long(), batch["image_labels"].to(device),
+                                        index.num_labels, prim.to(device), len(index.categories),
+                                        index.segmenter_labeled)
+                for layer, counter in counters.items():
+                    img, unit, masks = active_masks(acts[layer], thresholds[layer], (sh, sw),
+                                                    saturated=saturated[layer])
+                    counter.add(img, unit, masks, labels)
+        counters = distributed.merge_tallies(counters, lambda layer: searches[layer].counter())
+        for layer, counter in counters.items():
+            searches[layer].absorb(counter)
+    if progress and passes:
+        tqdm.write(f"dissect: formulas for {len(searches)} layer(s), {passes} pass(es) in {time.time() - t0:.1f}s")
+    return {layer: s.result() for layer, s in searches.items()}
+
+
+def formula_lengths(options: FormulaOptions, layers: list[str], toy_classifier: bool) -> dict[str, int]:
+    """Each dissected layer's formula length (:meth:`FormulaOptions.length_for`)."""
+    return {layer: options.length_for(i, len(layers), toy_classifier) for i, layer in enumerate(layers)}
+
+
+def add_formulas(model: torch.nn.Module, layer_results: list[dict], dataset: BrodenDataset,
+                 stats: dict[str, LayerStats], config: DissectConfig, options: FormulaOptions,
+                 lengths: dict[str, int], progress: bool = True) -> None:
+    """Search the formulas of the layers whose length is above 1 and add them to their
+    results (``formulas`` per layer, ``formula`` per unit: docs/results-schema.md)."""
+    todo = {layer: n for layer, n in lengths.items() if n > 1}
+    if not todo:
+        return
+    found = search_formulas(model, todo, dataset, stats, config, options, progress)
+    for layer in layer_results:
+        if layer["name"] in found:
+            layer["formulas"] = formula_fields(found[layer["name"]], dataset.index, options,
+                                               todo[layer["name"]], layer["units"])
