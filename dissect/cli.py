@@ -52,6 +52,7 @@ def _int_list(text: str | None, flag: str) -> list[int] | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data import label_cache
     from .experiments.dissection import DissectConfig
     from .stats import intervals
     d = DissectConfig()
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep pass-1 activations in memory up to MB for pass 2 (default "
                    f"{d.activation_cache_mb}); past it, pass 2 runs the model again")
     intervals.add_arguments(r)
+    label_cache.add_arguments(r)
     r.add_argument("--out", default="site", help="site folder (default: site)")
     r.add_argument("--cache-dir", default=None, help="cache folder (default: $DISSECT_CACHE "
                    "or ~/.cache/dissect)")
@@ -303,6 +305,7 @@ def _ablation_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "report":
+        from .data.label_cache import LabelCacheOptions
         from .experiments.dissection import DissectConfig
         from .experiments.rotation import parse_rotations
         from .stats.intervals import IntervalOptions
@@ -328,7 +331,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             generator_quantile_space=args.quantile_space, interventions=_generator_config(args),
             out=args.out, reproducible=args.reproducible, notes=args.notes, zip_path=args.zip,
             thumb_height=args.thumb_height, jpeg_quality=args.jpeg_quality,
-            cache_dir=args.cache_dir, force=args.force, hash_files=args.hash_files, progress=not args.quiet,
+            cache_dir=args.cache_dir, force=args.force, hash_files=args.hash_files,
+            label_cache=LabelCacheOptions.from_args(args), progress=not args.quiet,
             command=" ".join(["dissect"] + [shlex.quote(a) for a in argv])))
     elif args.command == "data" and args.dataset == "toyworld":
         from .data.toyworld_probe import write_toyworld

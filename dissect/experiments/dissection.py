@@ -222,7 +222,7 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
         whole probe set), with or without labels."""
         if stop > start:
             part = _view(dataset, indices=dataset.indices[start:stop], with_labels=labels)
-            for batch in make_loader(part, config.batch_size, config.num_workers, pin_memory=pin):
+            for batch in make_loader(part, config.batch_size, config.num_workers, pin_memory=pin, device=device):
                 batch["index"] = batch["index"] + start
                 yield batch
 

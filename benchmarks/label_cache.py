@@ -1,0 +1,91 @@
+"""The label cache: the dissection of the toy world cold (labels decoded from the PNGs and
+written to the cache) and warm (read from the cache), against no label cache at all.
+
+    python3 benchmarks/label_cache.py                       # toy classifier, 2,000 images at 64 px
+    python3 benchmarks/label_cache.py --n 500 --bootstrap 0 --repeats 1
+
+Each repeat dissects the model's default layers three times, each from an empty statistics
+cache: ``off`` (``--label-cache off``: today's path, the PNGs decoded), ``cold`` (a new label
+cache entry: decoded and written) and ``warm`` (the entry read). It prints the median time of
+each over the repeats, the ratios cold/warm and cold/off, and checks that the three give the
+same statistics bit for bit (thresholds, tallies, top images, and so the IoUs and labels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from common import toyworld_set
+
+
+def same_stats(a, b) -> bool:
+    """Whether two dissections (``{layer: LayerStats}``) are identical, tensor by tensor."""
+    def same(x, y):
+        if isinstance(x, torch.Tensor):
+            return isinstance(y, torch.Tensor) and x.dtype == y.dtype and torch.equal(x, y)
+        if isinstance(x, dict):
+            return isinstance(y, dict) and x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)
+        if isinstance(x, (list, tuple)):
+            return isinstance(y, (list, tuple)) and len(x) == len(y) and all(map(same, x, y))
+        return x == y
+    return a.keys() == b.keys() and all(same(a[k].to_state(), b[k].to_state()) for k in a)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=2000, help="toy-world images (default 2000)")
+    p.add_argument("--size", type=int, default=64, help="image size in px (default 64)")
+    p.add_argument("--repeats", type=int, default=3, help="repeats; the median is printed (default 3)")
+    p.add_argument("--bootstrap", type=int, default=None,
+                   help="bootstrap replicates (default: the report's, 1000)")
+    p.add_argument("--workers", type=int, default=None, help="loader processes (default: dissect's)")
+    p.add_argument("--data-dir", type=Path, default=None, help="where the toy world is written "
+                   "(default: a temporary folder)")
+    args = p.parse_args()
+
+    from dissect.data.broden import BrodenDataset
+    from dissect.data.label_cache import attach_label_cache
+    from dissect.experiments.dissection import DissectConfig, dissect_layers
+    from dissect.models.loading import load_model
+    from dissect.stats.intervals import IntervalOptions
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = toyworld_set(args.data_dir or Path(tmp), args.n, args.size)
+        loaded = load_model("toy", progress=False, input_size=args.size)
+        layers = list(loaded.default_layers)
+        intervals = IntervalOptions() if args.bootstrap is None else IntervalOptions(args.bootstrap)
+        config = DissectConfig(num_workers=args.workers, intervals=intervals)
+        dataset = BrodenDataset(folder, input_size=args.size, mean=loaded.mean, std=loaded.std)
+        fingerprint = (dataset.index.sha256(), dataset.index.files_fingerprint())
+        times: dict[str, list[float]] = {"off": [], "cold": [], "warm": []}
+        reference = None
+        for r in range(args.repeats):
+            cache = Path(tmp) / f"cache-{r}"
+            for mode in ("off", "cold", "warm"):
+                entry = attach_label_cache(dataset, cache, "off" if mode == "off" else "auto", fingerprint)
+                assert (entry is None) == (mode == "off") and (mode != "cold" or entry.writing), mode
+                t0 = time.perf_counter()
+                stats = dissect_layers(loaded.module, layers, dataset, config, progress=False)
+                times[mode].append(time.perf_counter() - t0)
+                reference = reference or stats
+                if not same_stats(reference, stats):
+                    raise SystemExit(f"label cache benchmark: {mode} (repeat {r + 1}) differs from the first run")
+            print(f"repeat {r + 1}: " + ", ".join(f"{m} {t[-1]:.2f} s" for m, t in times.items()), flush=True)
+        med = {m: statistics.median(t) for m, t in times.items()}
+    print(f"label cache: toy classifier {', '.join(layers)}, toy world {args.n} images at {args.size} px, "
+          f"bootstrap {intervals.replicates}, median of {args.repeats}")
+    print(f"  off  (PNGs decoded, no cache)   {med['off']:.2f} s")
+    print(f"  cold (decoded, entry written)   {med['cold']:.2f} s   cold/off {med['cold'] / med['off']:.2f}")
+    print(f"  warm (entry read)               {med['warm']:.2f} s   cold/warm {med['cold'] / med['warm']:.2f}")
+    print("  results: identical bit for bit (off, cold, warm)")
+
+
+if __name__ == "__main__":
+    main()
