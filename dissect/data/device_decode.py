@@ -19,7 +19,6 @@ unit labels change).
 
 from __future__ import annotations
 
-import io
 import warnings
 from typing import Sequence
 
@@ -70,7 +69,7 @@ def finish_images(batch: dict, dataset, device: torch.device) -> dict:
     """Turn a batch whose images came as JPEG bytes (``encoded``: per item the bytes, or None
     for an item decoded by the loader, whose tensor is in ``decoded``) into the usual batch:
     ``image`` ``[B, 3, S, S]`` normalised, on ``device``. Images nvjpeg cannot use are decoded
-    on the CPU (PIL, as the loader would); an image unreadable there too is moved to ``bad``
+    on the CPU (the loader's own :meth:`load_rgb`); an image unreadable there too is moved to ``bad``
     (and ``bad_index``), and the batch's other fields lose its row."""
     from PIL import Image
     encoded, decoded = batch.pop("encoded"), batch.pop("decoded")
@@ -83,14 +82,13 @@ def finish_images(batch: dict, dataset, device: torch.device) -> dict:
         if x is not None and tuple(x.shape) == (3, size, size):
             images[k] = x.float().div_(255.0).sub_(mean).div_(std)     # as image_tensor does
             continue
-        try:   # the CPU path, on the same bytes
-            with Image.open(io.BytesIO(encoded[k].numpy().tobytes())) as im:
-                images[k] = dataset.image_tensor(im.convert("RGB"))
-        except Exception as e:   # unreadable on the CPU too: skipped, as the loader would
+        pos = int(batch["index"][k])
+        try:   # the CPU path: the loader's own decoding, in this process
+            images[k] = dataset.image_tensor(dataset.load_rgb(pos))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:   # skipped, as the loader would
             images[k] = None
-            name = dataset.index.records[dataset.indices[int(batch["index"][k])]].image
-            batch["bad"].append((name, f"{type(e).__name__}: {e}"))
-            batch["bad_index"].append(int(batch["index"][k]))
+            batch["bad"].append((dataset.index.records[dataset.indices[pos]].image, f"{type(e).__name__}: {e}"))
+            batch["bad_index"].append(pos)
     keep = [k for k, x in enumerate(images) if x is not None]
     if len(keep) < len(images):
         for field in ("index", "pixel_labels", "image_labels"):
