@@ -20,8 +20,8 @@ content with ``--hash-files``), the images used and the label size. Its layout::
 ``dtype`` is the narrowest unsigned type that holds every label number (uint8 up to 256
 labels, as the toy world; uint16 up to 65,536, as Broden's ~1,200; int32 beyond), so an
 entry takes ``planes x height x width x itemsize`` bytes: 2,000 toy-world images at 64 px
-(five 64 x 64 planes each, uint8) 41 MB; Broden's 63,305 images (about three 112 x 112
-planes each, uint16) about 4.8 GB.
+(five 64 x 64 planes each, uint8) 41 MB; Broden's 63,305 images (two to three 112 x 112
+planes each, uint16) about 4-5 GB.
 
 Trust nothing: an entry whose size, header or key does not match what the probe set asks
 for is ignored and written again; each image's planes are checked against their CRC-32 when
@@ -141,8 +141,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"auto (default): write the entry when it takes at most {AUTO_MAX_MB} MB and a "
                    "quarter of the free disk; MB: at most MB (0: read entries, write none); off: "
                    "neither. It takes label planes x label pixels x 1 byte (up to 256 labels; 2 up "
-                   "to 65,536): 41 MB for 2,000 toy-world images at 64 px, about 4.8 GB for Broden "
-                   "(63,305 images, 112 px labels); in <cache>/labels, remove it to clear")
+                   "to 65,536): 41 MB for 2,000 toy-world images at 64 px, about 4-5 GB for Broden "
+                   "(63,305 images, 2-3 planes of 112 x 112 px each); in <cache>/labels, remove it to clear")
 
 
 def storage_dtype(num_labels: int) -> np.dtype:
