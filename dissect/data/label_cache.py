@@ -357,6 +357,7 @@ def attach_label_cache(dataset, cache_dir: Path, options: "LabelCacheOptions | s
     key = cache_key("labels", FORMAT, list(fingerprint), size, index.num_labels, dtype.str,
                     cache_key(records))
     folder = Path(cache_dir) / "labels"
+    clean_leftovers(folder)   # temporary entries of killed runs (a live run's are kept)
     entry = LabelCache(folder / f"labels-{key}.bin", key, records, counts, size, dtype, writing=False)
     if entry.path.is_file():
         why = entry.check()
