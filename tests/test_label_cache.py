@@ -20,7 +20,6 @@ from dissect.experiments.dissection import DissectConfig, dissect_layers, summar
 from dissect.stats.intervals import IntervalOptions
 from tiny_model import Tiny
 
-CONFIG = DissectConfig(num_workers=0, intervals=IntervalOptions(0))
 FINGERPRINT = ("tables", "files")
 
 
