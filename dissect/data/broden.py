@@ -438,7 +438,7 @@ class BrodenDataset(torch.utils.data.Dataset):
         try:
             if self.with_images and self.latents is not None:
                 item["image"] = torch.from_numpy(np.array(self.latents[self.indices[i]], dtype=np.float32))
-            elif self.with_images and self.encoded_jpeg and is_jpeg_name(rec.image) and \
+            elif self.with_images and getattr(self, "encoded_jpeg", False) and is_jpeg_name(rec.image) and \
                     (rec.ih, rec.iw) == (self.input_size, self.input_size):
                 # decoded on the model's device by the loader (dissect.data.device_decode)
                 item["jpeg"] = torch.from_numpy(np.fromfile(self.index.file(rec.image), dtype=np.uint8))
