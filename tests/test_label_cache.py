@@ -23,9 +23,9 @@ from tiny_model import Tiny
 FINGERPRINT = ("tables", "files")
 
 
-def dissect(dataset, workers: int = 0):
+def dissect(dataset, workers: int = 0, model=None):
     config = DissectConfig(num_workers=workers, intervals=IntervalOptions(0))
-    stats = dissect_layers(Tiny(), ["conv"], dataset, config, progress=False)["conv"]
+    stats = dissect_layers(model or Tiny(), ["conv"], dataset, config, progress=False)["conv"]
     return stats, summarize_layer(stats, dataset, config)
 
 
@@ -145,6 +145,7 @@ def test_two_writers_at_once(probe, reference, tmp_path):
     entry and renames it into place; both finish with the reference results and one entry."""
     barrier = threading.Barrier(2)
     results, errors = [None, None], []
+    models = [Tiny(), Tiny()]   # made here: Tiny() seeds torch's global generator
 
     def run(k):
         try:
@@ -152,7 +153,7 @@ def test_two_writers_at_once(probe, reference, tmp_path):
             entry = attach_label_cache(ds, tmp_path, "auto", FINGERPRINT)
             assert entry.writing
             barrier.wait(timeout=60)
-            results[k] = dissect(ds)
+            results[k] = dissect(ds, model=models[k])
         except BaseException as e:   # reported in the main thread
             errors.append(e)
             barrier.abort()
