@@ -52,6 +52,7 @@ def _int_list(text: str | None, flag: str) -> list[int] | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data import label_cache
     from .experiments.dissection import DissectConfig
     from .labelers import clip as clip_labels
     from .formulas import search as formulas
@@ -143,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     clip_labels.add_arguments(r)
     basis_options.add_arguments(r)
     formulas.add_arguments(r)
+    label_cache.add_arguments(r)
     r.add_argument("--out", default="site", help="site folder (default: site)")
     r.add_argument("--cache-dir", default=None, help="cache folder (default: $DISSECT_CACHE "
                    "or ~/.cache/dissect)")
@@ -311,6 +313,7 @@ def _ablation_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "report":
+        from .data.label_cache import LabelCacheOptions
         from .experiments.dissection import DissectConfig
         from .experiments.rotation import parse_rotations
         from .formulas.search import FormulaOptions
@@ -341,6 +344,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             thumb_height=args.thumb_height, jpeg_quality=args.jpeg_quality,
             cache_dir=args.cache_dir, force=args.force, hash_files=args.hash_files, progress=not args.quiet,
             labeler=options_from_args(args),
+            label_cache=LabelCacheOptions.from_args(args),
             command=" ".join(["dissect"] + [shlex.quote(a) for a in argv])))
     elif args.command == "data" and args.dataset == "toyworld":
         from .data.toyworld_probe import write_toyworld

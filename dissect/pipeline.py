@@ -40,6 +40,7 @@ from dissect.bases.report import bases_for_report, check_bases
 from dissect.cache import cache_key, default_cache_dir
 from dissect.data.catalog import labeled_data_path
 from dissect.data.generated import open_generated_probe
+from dissect.data.label_cache import LabelCacheOptions, attach_label_cache
 from dissect.data.probe import open_probe_data
 from dissect.devices import resolve_device
 from dissect.download import ensure_files
@@ -122,6 +123,9 @@ class ReportOptions:
     ``notes`` (a Markdown file shown on the model pages), ``zip_path`` (also write the site
     as one archive), ``thumb_height`` and ``jpeg_quality``.
 
+    Label cache (:mod:`dissect.data.label_cache`): ``label_cache``, ``"auto"`` (default),
+    ``"off"``, a budget in MB, or a :class:`LabelCacheOptions`.
+
     Run: ``cache_dir`` (default :func:`default_cache_dir`), ``force`` (recompute),
     ``hash_files`` (cache keys by the probe files' content hash, not their size and time),
     ``progress`` (bars and the closing summary), ``command`` (recorded as provenance).
@@ -162,6 +166,7 @@ class ReportOptions:
     cache_dir: str | os.PathLike | None = None
     force: bool = False
     hash_files: bool = False
+    label_cache: LabelCacheOptions | str | int = "auto"
     progress: bool = True
     command: str | None = None
     labeler: LabelerOptions = LabelerOptions()
@@ -184,6 +189,7 @@ class ReportOptions:
         self.labeler.validate()
         self.basis_options.validate()
         self.formulas.validate()
+        LabelCacheOptions.parse(self.label_cache)
         if not (isinstance(self.thumb_height, int) and 8 <= self.thumb_height <= 1024):
             raise DissectError(f"thumb_height must be an integer from 8 to 1024 px, got {self.thumb_height!r}")
         if not (isinstance(self.jpeg_quality, int) and 1 <= self.jpeg_quality <= 95):
@@ -510,6 +516,7 @@ def _classifier_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict |
     default_bases = loaded.weights == "builtin:toy_classifier" and comparison is None and not opts.layers
     check_bases(loaded, paths[-1][0], dataset, opts.basis_options, default=default_bases,
                 device=resolve_device(config.device))
+    attach_label_cache(dataset, opts.cache, opts.label_cache, (parts["data_sha256"], parts["data_files"]))
     run = _dissect(loaded, paths, dataset, config, opts, parts)
     unread = sorted({s for p, _ in run.paths for s in run.stats[p].skipped})
     skipped = probe.skipped + unread  # an image folder's unreadable images, then the probe set's
@@ -550,6 +557,7 @@ def _generator_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict | 
     dataset, seg = probe.dataset, probe.segmenter
     parts = _cache_parts(loaded, dataset, opts.hash_files, kind="generator")
     check_bases(loaded, paths[-1][0], dataset, opts.basis_options, default=False, device=resolve_device(config.device))
+    attach_label_cache(dataset, opts.cache, opts.label_cache, (parts["data_sha256"], parts["data_files"]))
     run = _dissect(loaded, paths, dataset, config, opts, parts)
     probe_info = _probe_section(
         dataset, parts, name="generated", path=str(probe.path), num_images=len(dataset),

@@ -68,6 +68,7 @@ def test_report_cache_force_and_results(tmp_path, toyworld_small):
               config=DissectConfig(top_k=3, num_workers=0), reproducible=True, progress=False)
     index = report(net, out=tmp_path / "s1", **kw)
     assert index.is_file()
+    assert len(list((tmp_path / "c" / "labels").glob("labels-*.bin"))) == 1   # the label cache (default auto)
     first = net.calls
     assert first > 0
     report(net, out=tmp_path / "s2", **kw)                # identical rerun: cached stats

@@ -9,6 +9,7 @@ format, so one code path serves both.
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import json
@@ -26,6 +27,7 @@ from ..devices import usable_cpus
 from ..download import fetch_file
 from ..errors import DissectError, warn_skipped_image
 from .catalog import data_file
+from .device_decode import decode_on_device, finish_images, is_jpeg_name
 
 # written into a probe set generated and labeled by a segmenter (dissect.data.generated)
 GENERATED_MANIFEST = "generated.json"
@@ -380,6 +382,8 @@ class BrodenDataset(torch.utils.data.Dataset):
         self.with_images = True
         self.indices = list(range(len(self.index.records))) if indices is None else list(indices)
         self.label_size = self.index.label_size()
+        self.label_cache = None   # a dissect.data.label_cache.LabelCache (attach_label_cache)
+        self.encoded_jpeg = False  # items hand over JPEG bytes, decoded on the device (make_loader)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -395,35 +399,56 @@ class BrodenDataset(torch.utils.data.Dataset):
         with Image.open(self.index.file(rec.image)) as im:
             return im.convert("RGB")
 
+    def pixel_labels(self, record: int) -> np.ndarray:
+        """``[layers, sh, sw]`` label planes of the index's record ``record``, at the label size,
+        in the narrowest type that holds every defined label number (int16 for Broden's ~1,200
+        labels: a quarter of int64's bytes to pass between processes and keep for the second
+        pass). The one place label planes are read: from the label cache entry when it holds
+        them (:mod:`dissect.data.label_cache`), else decoded from the PNGs, checked against
+        label.csv and resized (nearest). Raises :class:`DissectError` for undefined label
+        numbers, :class:`OSError` and the like for an unreadable PNG."""
+        small = np.int16 if self.index.num_labels <= 2 ** 15 else np.int32
+        cache = getattr(self, "label_cache", None)
+        if cache is not None:
+            held = cache.planes(record)
+            if held is not None:
+                return held.astype(small)
+        rec = self.index.records[record]
+        sh, sw = self.label_size
+        layers = np.empty((len(rec.pixel_files), sh, sw), dtype=small)
+        for j, name in enumerate(rec.pixel_files):
+            lab = decode_label_png(self.index.file(name))
+            self.index.check_label_numbers(lab, name)   # before any narrowing
+            if lab.shape != (sh, sw):
+                lab = np.asarray(Image.fromarray(lab.astype(np.int32)).resize((sw, sh), Image.NEAREST))
+            layers[j] = lab
+        return layers
+
+    def image_tensor(self, im: Image.Image) -> torch.Tensor:
+        """An RGB image as the model's input: resized to ``input_size`` (bilinear) when it is not
+        that size, ``[3, S, S]`` float32, scaled to [0, 1] and normalised (mean, std)."""
+        if im.size != (self.input_size, self.input_size):
+            im = im.resize((self.input_size, self.input_size), Image.BILINEAR)
+        x = torch.from_numpy(np.asarray(im, dtype=np.float32).transpose(2, 0, 1).copy())
+        return x.div_(255.0).sub_(self.mean).div_(self.std)   # in place, channels first
+
     def __getitem__(self, i: int) -> dict:
         rec = self.index.records[self.indices[i]]
         item = {"index": i, "ok": True, "path": rec.image}
         try:
             if self.with_images and self.latents is not None:
                 item["image"] = torch.from_numpy(np.array(self.latents[self.indices[i]], dtype=np.float32))
+            elif self.with_images and getattr(self, "encoded_jpeg", False) and is_jpeg_name(rec.image) and \
+                    (rec.ih, rec.iw) == (self.input_size, self.input_size):
+                # decoded on the model's device by the loader (dissect.data.device_decode)
+                item["jpeg"] = torch.from_numpy(np.fromfile(self.index.file(rec.image), dtype=np.uint8))
             elif self.with_images:
-                im = self.load_rgb(i)
-                if im.size != (self.input_size, self.input_size):
-                    im = im.resize((self.input_size, self.input_size), Image.BILINEAR)
-                x = torch.from_numpy(np.asarray(im, dtype=np.float32).transpose(2, 0, 1).copy())
-                item["image"] = x.div_(255.0).sub_(self.mean).div_(self.std)   # in place, channels first
+                item["image"] = self.image_tensor(self.load_rgb(i))
             else:  # labels only; still check that the image is readable
                 with Image.open(self.index.file(rec.image)) as im:
                     im.verify()
             if self.with_labels:
-                sh, sw = self.label_size
-                # the narrowest type that holds every defined label number: int16 for
-                # Broden's ~1,200 labels (a quarter of int64's bytes to decode, pass between
-                # processes and keep for the second pass)
-                small = np.int16 if self.index.num_labels <= 2 ** 15 else np.int32
-                layers = np.empty((len(rec.pixel_files), sh, sw), dtype=small)
-                for j, name in enumerate(rec.pixel_files):
-                    lab = decode_label_png(self.index.file(name))
-                    self.index.check_label_numbers(lab, name)   # before any narrowing
-                    if lab.shape != (sh, sw):
-                        lab = np.asarray(Image.fromarray(lab.astype(np.int32)).resize((sw, sh), Image.NEAREST))
-                    layers[j] = lab
-                item["pixel_labels"] = torch.from_numpy(layers)
+                item["pixel_labels"] = torch.from_numpy(self.pixel_labels(self.indices[i]))
                 item["image_labels"] = torch.tensor(rec.image_labels, dtype=torch.long)
         except DissectError as e:   # damaged labels: the run stops (see make_loader)
             return {"index": i, "ok": False, "path": rec.image, "fatal": str(e)}
@@ -440,9 +465,13 @@ def collate(items: list[dict]) -> dict:
     if fatal:
         out["fatal"] = fatal[0]
     out["index"] = torch.tensor([it["index"] for it in good], dtype=torch.long)
+    out["bad_index"] = [it["index"] for it in items if not it["ok"] and not it.get("fatal")]
     if not good:
         return out
-    if "image" in good[0]:
+    if any("jpeg" in it for it in good):   # decoded on the device by the Loader
+        out["encoded"] = [it.get("jpeg") for it in good]
+        out["decoded"] = [it.get("image") for it in good]
+    elif "image" in good[0]:
         out["image"] = torch.stack([it["image"] for it in good])
     if "pixel_labels" in good[0]:
         nl = max(it["pixel_labels"].shape[0] for it in good)
@@ -460,35 +489,51 @@ def collate(items: list[dict]) -> dict:
 class Loader:
     """Batches of a :class:`torch.utils.data.DataLoader`; a batch holding an item that cannot
     be used at all (``fatal``: labels that label.csv does not define) stops the run here, in
-    the main process, with that item's one-line :class:`DissectError`."""
+    the main process, with that item's one-line :class:`DissectError`. Images handed over as
+    JPEG bytes are decoded here on ``device`` (:mod:`dissect.data.device_decode`)."""
 
-    def __init__(self, loader: torch.utils.data.DataLoader):
+    def __init__(self, loader: torch.utils.data.DataLoader, device: torch.device | None = None):
         self.loader = loader
+        self.device = device
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self):
+        dataset = self.loader.dataset
+        cache = getattr(dataset, "label_cache", None)
         for batch in self.loader:
             if "fatal" in batch:
                 raise DissectError(batch["fatal"])
+            if "encoded" in batch:
+                finish_images(batch, dataset, self.device)
+            if cache is not None and cache.writing and getattr(dataset, "with_labels", False):
+                # the label cache's first pass: keep the planes just decoded (main process)
+                cache.store([dataset.indices[i] for i in batch["index"].tolist()], batch.get("pixel_labels"),
+                            [dataset.indices[i] for i in batch["bad_index"]])
             yield batch
 
 
 def make_loader(dataset: BrodenDataset, batch_size: int = 64, num_workers: int | None = None,
-                pin_memory: bool = False) -> Loader:
+                pin_memory: bool = False, device: torch.device | str | None = None) -> Loader:
     """A loader that decodes images in parallel worker processes, in index order, up to four
     batches ahead of the model; ``pin_memory`` (for a CUDA model) lets the copies to the
     device overlap the compute (``non_blocking``). By default up to four workers, and no more
     than this process's share of the cores: under torchrun the node's cores are divided by
-    its processes (``LOCAL_WORLD_SIZE``)."""
+    its processes (``LOCAL_WORLD_SIZE``). With a CUDA ``device`` the probe JPEGs are decoded
+    there, in batches (:func:`dissect.data.device_decode.decode_on_device`)."""
+    if decode_on_device(device) and isinstance(dataset, BrodenDataset) and dataset.with_images \
+            and dataset.latents is None:
+        dataset = copy.copy(dataset)
+        dataset.encoded_jpeg = True
     if num_workers is None:
         share = usable_cpus() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
         num_workers = min(4, max(1, share))
     return Loader(torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
         collate_fn=collate, pin_memory=pin_memory,
-        persistent_workers=False, prefetch_factor=4 if num_workers else None))
+        persistent_workers=False, prefetch_factor=4 if num_workers else None),
+        torch.device(device) if device is not None else None)
 
 
 # ---------------------------------------------------------------------- download

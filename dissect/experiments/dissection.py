@@ -236,7 +236,7 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
         whole probe set), with or without labels."""
         if stop > start:
             part = dataset_view(dataset, indices=dataset.indices[start:stop], with_labels=labels)
-            for batch in make_loader(part, batch_size, config.num_workers, pin_memory=pin):
+            for batch in make_loader(part, batch_size, config.num_workers, pin_memory=pin, device=device):
                 batch["index"] = batch["index"] + start
                 yield batch
 
