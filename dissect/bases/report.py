@@ -44,7 +44,9 @@ def bases_for_report(loaded, layer: dict[str, Any], stats: LayerStats, dataset, 
                      force: bool = False, progress: bool = True) -> dict[str, Any] | None:
     """The bases of ``layer`` (its results record, with ``slug``; ``stats``: its units'
     statistics) that ``opts`` asks for (``default``: whether this model gets the default
-    SAE): one entry of the results' ``bases``, or None when there are none."""
+    SAE): one entry of the results' ``bases``, or None when there are none. Its private key
+    ``_dictionaries`` (the fitted dictionaries by basis, for the features' ablation and
+    interventions: :mod:`dissect.bases.ablation`) is the caller's to pop before writing."""
     names = opts.features(default)
     if not names:
         return None
@@ -83,4 +85,5 @@ def bases_for_report(loaded, layer: dict[str, Any], stats: LayerStats, dataset, 
         print(f"dissect: bases fit in {t1 - t0:.1f}s, dissected in {time.time() - t1:.1f}s", flush=True)
     return {"version": BASES_VERSION, "layer": path, "alias": layer.get("alias"), "layer_slug": layer["slug"],
             "num_units": layer["num_units"], "features": features,
-            "comparison": compare_bases(records, best, index)}
+            "comparison": compare_bases(records, best, index),
+            "_dictionaries": {b: fitted[b]["dictionary"] for b in names}}
