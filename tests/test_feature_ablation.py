@@ -156,3 +156,27 @@ def test_a_generators_feature_removed_and_painted_by_hand():
     ref = acts.clone()
     ref[:, 2, 1:3, 1:3] = 7.0
     assert torch.equal(u, ref)
+
+
+def test_report_ablates_the_features_beside_the_units(tmp_path, toyworld_small):
+    """``--basis-ablation``: the results' ``bases[0].ablation`` and its table on the units vs
+    features page."""
+    import json
+
+    from dissect import report
+    from dissect.bases.options import BasisOptions
+    cfg = AblationConfig(top_n=(1, 5), random_draws=2, attack=False, num_workers=0, bootstrap=20)
+    report(model="toy", weights="none", class_names=CLASSES, data=str(toyworld_small), out=tmp_path / "site",
+           layers=["conv4_2"], progress=False, reproducible=True, ablation=cfg,
+           bases=BasisOptions(bases=("rotation",), ablation=True))
+    root = tmp_path / "site" / "toy"
+    res = json.loads((root / "results.json").read_text())
+    ab = res["bases"][0]["ablation"]
+    assert ab["bases"] == ["units", "rotation"] and ab["top_n"] == [1, 5]
+    units = res["ablation"]["layers"]["features.18"]
+    for c in ab["classes"]:
+        cu = next(x for x in units["classes"] if x["name"] == c["name"])
+        assert c["remove_top"]["units"] == cu["remove_top"] and len(c["remove_top"]["rotation"]) == 2
+    assert "_dictionaries" not in res["bases"][0]
+    page = (root / "conv4_2" / "features.html").read_text()
+    assert 'id="basis-ablation-table"' in page and "rotated units: top 5 removed" in page
