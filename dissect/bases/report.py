@@ -29,6 +29,11 @@ def basis_slug(layer_slug: str, basis: str) -> str:
 def check_bases(loaded, path: str, dataset, opts: BasisOptions, *, default: bool, device) -> None:
     """Refuse, before any work, a basis that does not fit layer ``path`` (one line)."""
     names = opts.features(default)
+    if opts.ablation and loaded.kind == "generator":
+        raise DissectError("--basis-ablation is for classifiers: a generator's interventions remove and insert "
+                           "its units only (drop --basis-ablation)")
+    if opts.ablation and not names:
+        raise DissectError("--basis-ablation needs a basis besides the units: add --basis sae (or pca, nmf, rotation)")
     if not names:
         return
     if opts.data is not None and loaded.kind == "generator":
