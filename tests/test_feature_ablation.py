@@ -166,8 +166,11 @@ def test_report_ablates_the_features_beside_the_units(tmp_path, toyworld_small):
     from dissect import report
     from dissect.bases.options import BasisOptions
     cfg = AblationConfig(top_n=(1, 5), random_draws=2, attack=False, num_workers=0, bootstrap=20)
+    from dissect.experiments.dissection import DissectConfig
+    from dissect.stats.intervals import IntervalOptions
     report(model="toy", weights="none", class_names=CLASSES, data=str(toyworld_small), out=tmp_path / "site",
            layers=["conv4_2"], progress=False, reproducible=True, ablation=cfg,
+           config=DissectConfig(top_k=3, num_workers=0, intervals=IntervalOptions(replicates=0)),
            bases=BasisOptions(bases=("rotation",), ablation=True))
     root = tmp_path / "site" / "toy"
     res = json.loads((root / "results.json").read_text())
