@@ -29,13 +29,14 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from dissect import distributed
 from dissect.bases.options import BasisOptions
+from dissect.bases.ablation import report_step as basis_report_step
 from dissect.bases.report import bases_for_report, check_bases
 from dissect.cache import cache_key, default_cache_dir
 from dissect.data.catalog import labeled_data_path
@@ -492,14 +493,18 @@ def _comparisons(loaded: LoadedModel, opts: ReportOptions, comparison: dict | No
 
 
 def _add_bases(results: dict, loaded: LoadedModel, opts: ReportOptions, run: Dissection, dataset,
-               config: DissectConfig, parts: dict, *, default: bool) -> None:
-    """The results' ``bases``: the deepest layer's feature bases (:mod:`dissect.bases`)."""
+               config: DissectConfig, parts: dict, *, default: bool) -> Callable[..., None] | None:
+    """The results' ``bases``: the deepest layer's feature bases (:mod:`dissect.bases`); returns
+    the step that ablates their features beside the units (None: none)."""
     path, _ = run.paths[-1]
     entry = bases_for_report(loaded, run.layer_results[-1], run.stats[path], dataset, config, opts.basis_options,
                              parts, opts.cache / "stats", run.run_dir, default=default, force=opts.force,
                              progress=opts.progress)
-    if entry is not None:
-        results["bases"] = [entry]
+    if entry is None:
+        return None
+    results["bases"] = [entry]
+    dictionaries = entry.pop("_dictionaries")
+    return basis_report_step(entry, dictionaries, opts.progress) if opts.basis_options.ablation else None
 
 
 def _classifier_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict | None = None) -> tuple[dict, Path]:
@@ -530,7 +535,7 @@ def _classifier_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict |
         results["params"]["clip_labels"] = clip_labels_for_report(
             loaded, run.layer_results, dataset, opts.labeler, opts.cache, parts, resolve_device(config.device),
             progress=opts.progress, force=opts.force)
-    _add_bases(results, loaded, opts, run, dataset, config, parts, default=default_bases)
+    basis_step = _add_bases(results, loaded, opts, run, dataset, config, parts, default=default_bases)
     if opts.ablation is not False:
         acfg = opts.ablation if isinstance(opts.ablation, AblationConfig) else AblationConfig(
             device=config.device, num_workers=config.num_workers)
@@ -539,7 +544,7 @@ def _classifier_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict |
         results["ablation"] = ablation_for_report(
             loaded, run.layer_results, probe.path if ablation_probe(data) else None,
             None if ablation_data is None else labeled_data_path(str(ablation_data), opts.cache),
-            acfg, progress=opts.progress, frontend="cli" if opts.command else "python")
+            acfg, progress=opts.progress, frontend="cli" if opts.command else "python", after_layer=basis_step)
     section = _comparisons(loaded, opts, comparison, run, dataset, config, parts, input_size=loaded.input_size)
     if section:
         results["comparison"] = section

@@ -194,6 +194,7 @@ def test_bases_that_do_not_fit_the_layer_are_refused(opts, units, needle):
 @pytest.mark.parametrize("args, needle", [
     (["--basis", "sae", "--sae-width", "0"], "--sae-width"),
     (["--basis", "sae", "--sae-k", "200"], "--sae-k 200 does not fit layer 'features.18'"),
+    (["--basis", "units", "--basis-ablation"], "--basis-ablation needs a basis besides the units"),
 ])
 def test_bad_basis_options_are_one_line_exit_2(capsys, tmp_path, args, needle):
     code = main(["report", "--model", "toy", "--weights", "none", "--data-size", "20", *args,

@@ -29,6 +29,11 @@ def basis_slug(layer_slug: str, basis: str) -> str:
 def check_bases(loaded, path: str, dataset, opts: BasisOptions, *, default: bool, device) -> None:
     """Refuse, before any work, a basis that does not fit layer ``path`` (one line)."""
     names = opts.features(default)
+    if opts.ablation and loaded.kind == "generator":
+        raise DissectError("--basis-ablation is for classifiers: a generator's interventions remove and insert "
+                           "its units only (drop --basis-ablation)")
+    if opts.ablation and not names:
+        raise DissectError("--basis-ablation needs a basis besides the units: add --basis sae (or pca, nmf, rotation)")
     if not names:
         return
     if opts.data is not None and loaded.kind == "generator":
@@ -44,7 +49,9 @@ def bases_for_report(loaded, layer: dict[str, Any], stats: LayerStats, dataset, 
                      force: bool = False, progress: bool = True) -> dict[str, Any] | None:
     """The bases of ``layer`` (its results record, with ``slug``; ``stats``: its units'
     statistics) that ``opts`` asks for (``default``: whether this model gets the default
-    SAE): one entry of the results' ``bases``, or None when there are none."""
+    SAE): one entry of the results' ``bases``, or None when there are none. Its private key
+    ``_dictionaries`` (the fitted dictionaries by basis, for the features' ablation and
+    interventions: :mod:`dissect.bases.ablation`) is the caller's to pop before writing."""
     names = opts.features(default)
     if not names:
         return None
@@ -83,4 +90,5 @@ def bases_for_report(loaded, layer: dict[str, Any], stats: LayerStats, dataset, 
         print(f"dissect: bases fit in {t1 - t0:.1f}s, dissected in {time.time() - t1:.1f}s", flush=True)
     return {"version": BASES_VERSION, "layer": path, "alias": layer.get("alias"), "layer_slug": layer["slug"],
             "num_units": layer["num_units"], "features": features,
-            "comparison": compare_bases(records, best, index)}
+            "comparison": compare_bases(records, best, index),
+            "_dictionaries": {b: fitted[b]["dictionary"] for b in names}}

@@ -38,7 +38,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ from ..slugs import layer_title
 from .attack import attack_layer_summary, run_attack
 from .metrics import (BOOTSTRAP_DRAWS, INTERVAL_LEVEL, balanced_accuracy, balanced_accuracy_intervals,
                       resample_counts, rounded, spearman, spearman_interval)
-from .runner import LayerRunner
+from .runner import UNITS, Directions, LayerRunner
 
 DEFAULT_TOP_N: tuple[int | str, ...] = (1, 2, 3, 4, 5, 10, 20, 50, 100, "all")
 RANKINGS = ("expected", "observed")
@@ -212,15 +212,19 @@ class AblationRunner(LayerRunner):
     """A layer's activations on a labeled split, computed once, and ablations evaluated on them.
 
     ``run(masks)`` evaluates many ablations: ``masks[j]`` is a ``[units]`` vector (1 = keep,
-    0 = zero the unit); it returns the predicted classes ``[M, N]`` and the expected balanced
+    0 = zero the unit); with ``directions`` (a basis's features,
+    :class:`~dissect.experiments.runner.Directions`) it is a ``[features]`` vector, 0 = remove
+    the feature's contribution ``z_f d_f`` at every position. It returns the predicted classes ``[M, N]`` and the expected balanced
     accuracy of each class ``[M, K]``. ``tail_from``: the runner of the other split of the same
     labeled set, whose tail split is reused.
     """
 
     def __init__(self, model: nn.Module, layer: str, split: LabeledSplit, *, device: torch.device | str = "cpu",
                  batch_size: int = 64, num_workers: int | None = None, chunk_mb: int = 128,
-                 tail_from: LayerRunner | None = None, progress: bool = False):
+                 tail_from: LayerRunner | None = None, progress: bool = False,
+                 directions: Directions = UNITS):
         super().__init__(model, layer, device, tail_from)
+        self.directions = directions
         self.batch_size = batch_size
         # the chunk of edited activations: chunk_mb on the CPU, a share of the free memory on CUDA
         self.chunk_elems = max(1, memory.chunk_bytes(self.device, chunk_mb) // 4)
@@ -244,13 +248,17 @@ class AblationRunner(LayerRunner):
         if not acts:
             raise DissectError(f"no readable image in the {split.name!r} split")
         self.acts = torch.cat(acts)
+        # a basis's codes at each position, from the map (before any pool: a code is not linear in it)
+        self.codes = None if directions.units else torch.cat([directions.codes(a) for a in self.acts.split(batch_size)])
         # a tail that reads the layer only through a global average pool (ResNets, the toy):
         # keep the pooled values, the same numbers the tail computes first (a 0/1 unit mask
-        # commutes with the pool), so that every ablation costs [units], not [units, h, w]
+        # commutes with the pool; a feature's removal is linear in its pooled code), so that
+        # every ablation costs [units], not [units, h, w]
         self.pooled = (self.tail is not None and self.acts.dim() == 4 and self.layout is not None
                        and self.layout.identity and pools_first(self.tail))
         if self.pooled:
             self.acts = F.adaptive_avg_pool2d(self.acts, 1)
+            self.codes = None if self.codes is None else F.adaptive_avg_pool2d(self.codes, 1)
         self.images = torch.cat(imgs) if imgs else None
         self.indices = torch.cat(keep)      # dataset index of each row
         self.labels = split.labels[self.indices].to(self.device)
@@ -259,19 +267,16 @@ class AblationRunner(LayerRunner):
         self.seconds_activations = time.time() - t0
         if self.acts.dim() < 2:
             raise DissectError(f"layer {layer!r} output has shape {list(self.acts.shape)}; ablation needs [N, units, ...]")
-        self.num_units = int(self.acts.shape[1])
+        self.num_units = directions.count(int(self.acts.shape[1]))   # what a mask is over
         self.num_outputs = int(self.logits(torch.ones(1, self.num_units, device=self.device))[0].shape[-1])
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def _mask_view(self, masks: Tensor) -> Tensor:
-        return masks.view(masks.shape[0], 1, self.num_units, *([1] * (self.acts.dim() - 2)))
-
     def _chunks(self, m_total: int):
         """(image slice, mask slice) pairs: image batches of ablations that fit ``chunk_mb``."""
         n = len(self.labels)
-        per = max(1, int(np.prod(self.acts.shape[1:])))
+        per = max(1, int(np.prod(self.acts.shape[1:])) + (0 if self.codes is None else int(np.prod(self.codes.shape[1:]))))
         if self.tail is None:
             rows = self.batch_size
         else:
@@ -284,16 +289,22 @@ class AblationRunner(LayerRunner):
 
     def _forward(self, masks: Tensor, rows: slice) -> Tensor:
         """Logits ``[m, b, K]`` of ablations ``masks [m, units]`` on images ``rows``."""
-        m = masks.shape[0]
-        if self.tail is not None:         # the masks broadcast over the stored rows
+        m, d = masks.shape[0], self.directions
+        if self.tail is not None:         # the stored rows repeated, each copy with its mask
             a = self.acts[rows]
-            out = _to_logits(self.rerun((a.unsqueeze(0) * self._mask_view(masks)).flatten(0, 1)))
+            b = a.shape[0]
+
+            def copies(t: Tensor | None) -> Tensor | None:
+                return None if t is None else t.unsqueeze(0).expand(m, *t.shape).flatten(0, 1)
+            edited = d.keep(copies(a), copies(None if self.codes is None else self.codes[rows]),
+                            masks.repeat_interleave(b, 0))
+            out = _to_logits(self.rerun(edited))
         else:                             # the images repeated, each copy with its mask
             x = self.images[rows]
             b = x.shape[0]
-            rep = masks.repeat_interleave(b, 0).view(m * b, self.num_units, *([1] * (self.acts.dim() - 2)))
+            rep = masks.repeat_interleave(b, 0)
             out = _to_logits(self.rerun(None, x.repeat(m, *([1] * (x.dim() - 1))),
-                                        lambda o: o * rep.to(o.dtype)))
+                                        lambda o: d.keep(o, d.codes(o), rep)))
         return out.float().view(m, -1, out.shape[-1])
 
     def _parts_forward(self, masks: Tensor, rows: slice) -> Tensor:
@@ -362,10 +373,12 @@ def _gather_shares(acts: list[Tensor], imgs: list[Tensor], keep: list[Tensor], s
 
 
 def split_runners(model: nn.Module, layer: str, data: LabeledData, config: AblationConfig,
-                  device: torch.device | str, progress: bool = False) -> tuple[AblationRunner, AblationRunner]:
-    """The runners of the ranking and the evaluation split of ``data`` (one tail split for both)."""
+                  device: torch.device | str, progress: bool = False,
+                  directions: Directions = UNITS) -> tuple[AblationRunner, AblationRunner]:
+    """The runners of the ranking and the evaluation split of ``data`` (one tail split for
+    both), removing the layer's units or ``directions``."""
     kw = dict(device=device, batch_size=config.batch_size, num_workers=config.num_workers,
-              chunk_mb=config.chunk_mb, progress=progress)
+              chunk_mb=config.chunk_mb, progress=progress, directions=directions)
     rank = AblationRunner(model, layer, data.rank, **kw)
     return rank, AblationRunner(model, layer, data.eval, **kw, tail_from=rank)
 
@@ -660,7 +673,8 @@ def select_layers(layers: Sequence[dict], wanted: Sequence[str]) -> tuple[list[d
 
 def ablation_for_report(loaded, layers: Sequence[dict], probe_root: str | os.PathLike | None,
                         data: str | None = None, config: AblationConfig | None = None,
-                        progress: bool = True, frontend: str = "python") -> dict:
+                        progress: bool = True, frontend: str = "python",
+                        after_layer: Callable[..., None] | None = None) -> dict:
     """Run the ablation (and attack) for every dissected layer; never raises a DissectError.
 
     ``layers`` are results.json layer records (``name``, ``slug``, ``units``). Problems with
@@ -668,7 +682,10 @@ def ablation_for_report(loaded, layers: Sequence[dict], probe_root: str | os.Pat
     with one layer into that layer's entry, so that the rest of the report is still written.
     What is written (and so published) names no local path and no option; what to do is
     said on the console, in the terms of ``frontend`` (``"cli"``: flags, ``"python"``: the
-    keywords of :func:`dissect.report`).
+    keywords of :func:`dissect.report`). ``after_layer(model, layer path, labeled data, the
+    layer's result, config, device)``, when given, runs after each layer's units on the same
+    labeled data (the feature bases' ablation, :mod:`dissect.bases.ablation`); its
+    DissectError is noted in the layer's ``messages``.
     """
     config = config or AblationConfig()
     out: dict[str, Any] = {"params": config.to_dict(), "data": None, "layers": {}, "attack": None,
@@ -737,6 +754,11 @@ def ablation_for_report(loaded, layers: Sequence[dict], probe_root: str | os.Pat
                 res["attack"] = attack_layer_summary(loaded.module, name, attack, ev, res, config)
             else:
                 res["attack"] = []
+            if after_layer is not None:
+                try:
+                    after_layer(loaded.module, name, labeled, res, config, dev)
+                except DissectError as e:
+                    res["messages"].append(f"the features' ablation was skipped: {e}")
             for m in res["messages"]:
                 note(m)
         except DissectError as e:

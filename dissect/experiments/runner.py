@@ -7,6 +7,11 @@ adds only what is its own (:class:`~dissect.experiments.ablation.AblationRunner`
 labels and balanced accuracy; :class:`~dissect.experiments.generator.GeneratorRunner`:
 images and their value range).
 
+What an experiment removes or sets is a set of :class:`Directions` of the layer's unit space:
+its units (each unit's value along its own axis, the paper's experiments) or the features of
+a basis (:mod:`dissect.bases`: a feature's code at each position along its decoder
+direction), so that one runner serves both.
+
 The network is split after the layer with :func:`~dissect.hooks.split_tail`, so that a re-run
 costs only the part after the layer. Where the graph cannot be split, every re-run is a full
 forward pass of the inputs with the layer's output edited by an
@@ -27,6 +32,64 @@ from torch import Tensor, nn
 from ..errors import DissectError
 from ..feature_maps import MapLayout
 from ..hooks import Intervene, Trace, split_tail
+
+
+class Directions:
+    """The directions of a layer's unit space that an experiment removes or sets.
+
+    ``encode`` (a map ``[N, C, H, W]`` -> codes ``[N, F, H, W]``, a basis's encoder at each
+    position) and ``decoder`` (``[F, C]``, each feature's direction in the unit space) for a
+    basis's features; neither for the units themselves (a unit's code is its value, its
+    direction its axis). Removing a set ``S`` of features from a map is
+    ``a' = a - sum_{f in S} z_f(a) d_f`` at each position; for the units that is zeroing them.
+    The edit is per position and linear in the codes, so a global average pool after it is
+    the pool of the codes: ``pool(a') = pool(a) - sum_{f in S} pool(z_f) d_f``.
+    """
+
+    def __init__(self, encode: Callable[[Tensor], Tensor] | None = None, decoder: Tensor | None = None):
+        if (encode is None) != (decoder is None):
+            raise ValueError("Directions: give both an encoder and a decoder, or neither (the units)")
+        self.encode, self.decoder = encode, decoder
+
+    @property
+    def units(self) -> bool:
+        return self.decoder is None
+
+    def count(self, units: int) -> int:
+        """How many directions there are in a layer of ``units`` units."""
+        return units if self.decoder is None else int(self.decoder.shape[0])
+
+    def codes(self, a: Tensor) -> Tensor | None:
+        """The codes ``[N, F, ...]`` of maps ``a`` ``[N, C, ...]`` (None for the units: ``a``)."""
+        return None if self.decoder is None else self.encode(a).to(a.dtype)
+
+    def keep(self, a: Tensor, z: Tensor | None, keep: Tensor) -> Tensor:
+        """``a`` ``[B, C, ...]`` (codes ``z`` ``[B, F, ...]``) with the directions where
+        ``keep`` ``[B, F]`` is 0 removed (1: kept)."""
+        k = keep.to(a.dtype).view(*keep.shape, *([1] * (a.dim() - 2)))
+        if self.decoder is None:
+            return a * k
+        return a - torch.einsum("bf...,fc->bc...", (1 - k) * z, self.decoder.to(a))
+
+    def set(self, a: Tensor, z: Tensor | None, which: Tensor, values: Tensor, where: Tensor | None = None) -> Tensor:
+        """``a`` ``[B, C, H, W]`` with the codes of directions ``which`` set to ``values`` (one
+        per direction), where ``where`` (broadcastable to ``[B, 1, H, W]``, bool) holds, else
+        everywhere: for the units, their values; for features, ``a + sum_f (v_f - z_f) d_f``."""
+        which = which.to(a.device)
+        v = values.to(a).view(1, -1, *([1] * (a.dim() - 2)))
+        if self.decoder is None:
+            out = a.clone()
+            sel = out[:, which]
+            out[:, which] = torch.broadcast_to(v, sel.shape) if where is None else torch.where(where.to(a.device), v, sel)
+            return out
+        delta = v - z[:, which]
+        if where is not None:
+            delta = delta * where.to(a)
+        return a + torch.einsum("bf...,fc->bc...", delta, self.decoder.to(a)[which])
+
+
+#: The layer's units (the default of every experiment).
+UNITS = Directions()
 
 
 class LayerRunner:

@@ -89,7 +89,46 @@ def _view(ctx: ModelContext, layer: Record, entry: Record) -> Record:
         "counts_chart": counts,
         "iou_threshold": fmt_num(ctx.iou_threshold),
         "features": [_basis_row(layer, f) for f in entry["features"]],
+        "ablation": _ablation_view(entry.get("ablation")),
     }
+
+
+#: The sizes N the page's table of class accuracy drops shows (those the run has).
+_SHOWN_N = (1, 5, 10)
+
+
+def _ablation_view(ab: Record | None) -> Record | None:
+    """The features' class-by-class ablation beside the units' (the entry's ``ablation``): a
+    table of each class's drop in balanced accuracy with its top N units or features removed,
+    and a chart of the mean drop over the classes by N."""
+    if not ab or not ab.get("top_n"):
+        return None
+    sizes = ab["top_n"]
+    shown = [n for n in _SHOWN_N if n in sizes] or sizes[:3]
+    bases = ab["bases"]
+    titles = ab["titles"]
+
+    def drop(c: Record, b: str, n: int) -> str:
+        curve = c["remove_top"].get(b)
+        after = None if curve is None else curve[sizes.index(n)]
+        return "–" if after is None or c["balanced_accuracy"] is None else f"{c['balanced_accuracy'] - after:+.3f}"
+
+    rows = []
+    for c in ab["classes"]:
+        top = {b: ", ".join(f"#{t['feature']} {t['label'] or '–'}" for t in c["top_features"].get(b, [])[:3]) or "–"
+               for b in bases if b != "units"}
+        rows.append({"name": c["name"], "accuracy": fmt_iou(c["balanced_accuracy"]),
+                     "drops": [drop(c, b, n) for b in bases for n in shown], "top": [top[b] for b in bases if b != "units"]})
+    chart = {
+        "data": [{"type": "bar", "name": html.escape(titles[b]), "x": [str(n) for n in sizes],
+                  "y": ab["mean_drop"][b], "marker": {"color": _COLORS[i % len(_COLORS)]},
+                  "hovertemplate": "top %{x} removed: mean drop %{y:.3f}<extra>" + html.escape(titles[b]) + "</extra>"}
+                 for i, b in enumerate(bases)],
+        "layout": layout("top N removed", "mean drop in balanced accuracy", barmode="group"),
+    }
+    return {"columns": [{"title": titles[b], "n": n} for b in bases for n in shown],
+            "feature_titles": [titles[b] for b in bases if b != "units"], "rows": rows, "chart": chart,
+            "rule": ab["rule"], "method": ab["method"], "draws": fmt_num(ab.get("random_draws"))}
 
 
 def _basis_row(layer: Record, f: Record) -> Record:
