@@ -2,7 +2,10 @@
 probe set (the model run again, its unit masks made by :func:`~dissect.experiments.
 dissection.active_masks` from the dissection's thresholds, exactly as the IoU pass makes
 them), each layer's counts tallied on the model's device (:mod:`dissect.stats.formula_counts`).
-Memory is the tallies plus one batch, whatever the probe set's size."""
+The first pass keeps each batch reduced to what the counts need (its label atoms and the units'
+on-pixels, :func:`~dissect.stats.formula_counts.reduce_batch`: about 0.5% of the pixels) while
+they fit ``REPLAY_BUDGET`` bytes; the later steps then replay them instead of running the model
+again. Memory is the tallies plus one batch plus at most that budget, whatever the probe set's size."""
 
 from __future__ import annotations
 
@@ -18,9 +21,12 @@ from ..devices import resolve_device
 from ..experiments.dissection import (DissectConfig, LayerStats, active_masks, dataset_view, forward_layers,
                                       unit_scores)
 from ..inference import resolve_precision
-from ..stats.formula_counts import FormulaCounts
+from ..stats.formula_counts import FormulaCounts, reduce_batch
 from ..stats.iou import prepare_labels
 from .search import FormulaOptions, LayerFormulas, LayerSearch, formula_fields
+
+#: The reduced batches kept from the first pass for the later steps (bytes, all layers).
+REPLAY_BUDGET = 512 * 2 ** 20
 
 
 def search_formulas(model: torch.nn.Module, lengths: dict[str, int], dataset: BrodenDataset,
@@ -43,29 +49,45 @@ def search_formulas(model: torch.nn.Module, lengths: dict[str, int], dataset: Br
     model = model.to(device).eval()
     lo, hi = distributed.shard(len(dataset))
     sh, sw = dataset.label_size
+    kept: list[dict] | None = []          # the first pass's reduced batches (None: over budget)
+    size = 0
     while True:
         counters = {layer: c for layer, s in searches.items() if (c := s.counter()) is not None}
         if not counters:
             break
         passes += 1
-        part = dataset_view(dataset, indices=dataset.indices[lo:hi], with_labels=True)
-        thresholds = {layer: stats[layer].thresholds.to(device) for layer in counters}
-        saturated = {layer: stats[layer].saturated for layer in counters}
-        with torch.no_grad():
-            for batch in tqdm(make_loader(part, config.batch_size, config.num_workers,
-                                          pin_memory=device.type == "cuda"),
-                              desc=f"dissect: formulas, step {passes + 1}", unit="batch", leave=False,
-                              total=math.ceil((hi - lo) / config.batch_size), disable=not progress):
-                if len(batch["index"]) == 0:
-                    continue
-                acts = forward_layers(model, list(counters), batch["image"].to(device, non_blocking=True), dtype)
-                labels = prepare_labels(batch["pixel_labels"].to(device).long(), batch["image_labels"].to(device),
-                                        index.num_labels, prim.to(device), len(index.categories),
-                                        index.segmenter_labeled)
+        if passes > 1 and kept is not None:   # replay the first pass's batches: no model run
+            for reduced in kept:
                 for layer, counter in counters.items():
-                    img, unit, masks = active_masks(acts[layer], thresholds[layer], (sh, sw),
-                                                    saturated=saturated[layer])
-                    counter.add(img, unit, masks, labels)
+                    counter.add_reduced(reduced[layer])
+        else:
+            part = dataset_view(dataset, indices=dataset.indices[lo:hi], with_labels=True)
+            thresholds = {layer: stats[layer].thresholds.to(device) for layer in counters}
+            saturated = {layer: stats[layer].saturated for layer in counters}
+            with torch.no_grad():
+                for batch in tqdm(make_loader(part, config.batch_size, config.num_workers,
+                                              pin_memory=device.type == "cuda"),
+                                  desc=f"dissect: formulas, step {passes + 1}", unit="batch", leave=False,
+                                  total=math.ceil((hi - lo) / config.batch_size), disable=not progress):
+                    if len(batch["index"]) == 0:
+                        continue
+                    acts = forward_layers(model, list(counters), batch["image"].to(device, non_blocking=True), dtype)
+                    labels = prepare_labels(batch["pixel_labels"].to(device).long(), batch["image_labels"].to(device),
+                                            index.num_labels, prim.to(device), len(index.categories),
+                                            index.segmenter_labeled)
+                    reduced = {}
+                    for layer, counter in counters.items():
+                        img, unit, masks = active_masks(acts[layer], thresholds[layer], (sh, sw),
+                                                        saturated=saturated[layer])
+                        reduced[layer] = reduce_batch(img, unit, masks, labels, counter.num_units,
+                                                      counter.num_labels)
+                        counter.add_reduced(reduced[layer])
+                    if passes == 1 and kept is not None:
+                        size += sum(r.nbytes() for r in reduced.values())
+                        if size <= REPLAY_BUDGET:
+                            kept.append(reduced)
+                        else:
+                            kept = None
         counters = distributed.merge_tallies(counters, lambda layer: searches[layer].counter())
         for layer, counter in counters.items():
             searches[layer].absorb(counter)
