@@ -72,7 +72,7 @@ class Atoms:
         # each image's class: (whole-image labels, pattern)
         img_cols = torch.cat([labels.image, pattern.view(-1, 1)], dim=1)   # [B, J+1]
         img_key = _combine([img_cols[:, j] for j in range(img_cols.shape[1])])
-        cols = [pix[:, j].reshape(-1) for j in range(nlay)]
+        cols = list(pix.transpose(0, 1).reshape(nlay, b * hw).unbind(0))     # one copy, rows contiguous
         cols.append(img_key.view(b, 1).expand(b, hw).reshape(-1))
         self.of_pixel = _combine(cols)                          # [B*HW]
         a = int(self.of_pixel.max()) + 1 if self.of_pixel.numel() else 0
@@ -100,8 +100,9 @@ def _combine(cols: list[torch.Tensor]) -> torch.Tensor:
     """Dense ids (0..n-1) of the distinct rows of the columns ``cols`` (long, same length):
     a mixed-radix key, made dense again whenever the next column would take it past a
     direct table (so every step is linear in the rows)."""
-    lo = torch.stack([c.min() for c in cols]).tolist() if cols[0].numel() else [0] * len(cols)
-    hi = torch.stack([c.max() for c in cols]).tolist() if cols[0].numel() else [0] * len(cols)
+    lo, hi = [0] * len(cols), [0] * len(cols)
+    if cols[0].numel():
+        lo, hi = (torch.stack(v).tolist() for v in zip(*(torch.aminmax(c) for c in cols)))
     limit = _table_limit(cols[0].numel())
     key, top = torch.zeros_like(cols[0], dtype=torch.long), 1
     for c, a, b in zip(cols, lo, hi):
