@@ -171,7 +171,7 @@ def test_one_concept_probe_set_is_refused():
 def test_replay_and_cache_change_nothing(planted, tmp_path, monkeypatch):
     """The later steps replay the first pass's reduced batches; without room for them the
     model runs again: the same result. A cached search is read back as it was found."""
-    import dissect.formulas.run as run
+    from dissect.formulas import run
     ds, model, config, stats, _, _, _, res = planted
     monkeypatch.setattr(run, "REPLAY_BUDGET", 0)
     again = search_formulas(model, {"units": 3}, ds, stats, config, FormulaOptions(length=3), progress=False)["units"]

@@ -23,7 +23,7 @@ class Reference:
         self.valid[0] = False
 
     @classmethod
-    def from_batches(cls, batches, num_labels: int, prim: torch.Tensor, valid) -> "Reference":
+    def from_batches(cls, batches, num_labels: int, prim: torch.Tensor, valid) -> Reference:
         """From prepared label batches (:class:`~dissect.stats.iou.LabelBatch`)."""
         pres, ann = [], []
         for lb in batches:

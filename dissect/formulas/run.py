@@ -25,7 +25,7 @@ from ..devices import resolve_device
 from ..experiments.dissection import (DissectConfig, LayerStats, active_masks, dataset_view, forward_layers,
                                       unit_scores)
 from ..inference import resolve_precision
-from ..stats.formula_counts import FormulaCounts, reduce_batch
+from ..stats.formula_counts import reduce_batch
 from ..stats.iou import prepare_labels
 from ..version import __version__
 from .search import FormulaOptions, LayerFormulas, LayerSearch, formula_fields
@@ -129,7 +129,7 @@ def add_formulas(model: torch.nn.Module, layer_results: list[dict], dataset: Bro
             if paths[layer].is_file() and not force:
                 try:
                     found[layer] = _from_json(json.loads(paths[layer].read_text(encoding="utf-8")))
-                except Exception:   # any damaged entry is searched again
+                except Exception:  # noqa: BLE001  (any damaged entry is searched again)
                     found.pop(layer, None)
     rest = {layer: n for layer, n in todo.items() if layer not in found}
     if rest:

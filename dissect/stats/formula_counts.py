@@ -212,7 +212,7 @@ class FormulaCounts:
         """Tally a batch: the non-empty unit masks as in :meth:`IoUTally.add_sparse`."""
         self.add_reduced(reduce_batch(img, unit, masks, labels, self.num_units, self.num_labels))
 
-    def add_reduced(self, r: "ReducedBatch") -> None:
+    def add_reduced(self, r: ReducedBatch) -> None:
         """Tally a batch reduced by :func:`reduce_batch` (the same for every beam step, so a
         search can keep them and replay them instead of another pass over the probe set)."""
         dev = self.device
@@ -265,7 +265,7 @@ class FormulaCounts:
         table = torch.tensor(self.patterns, device=pattern.device)
         return (pattern.view(-1, 1) == table.view(1, -1)).long().argmax(dim=1)
 
-    def merge(self, other: "FormulaCounts") -> None:
+    def merge(self, other: FormulaCounts) -> None:
         """Add ``other`` (another part of the probe set, the same beam) into this tally."""
         for name in ("uf", "ufc", "f", "fc", "uc", "c") + (("uab", "ab") if self.pairs else ()):
             getattr(self, name).add_(getattr(other, name).to(self.device))
