@@ -403,7 +403,8 @@ def _dissect(loaded: LoadedModel, paths: list[tuple[str, str | None]], dataset, 
             for unit, strip in zip(summary["units"], strips):
                 unit["strip"] = strip
         layer_results.append({"name": path, "alias": alias, "slug": slug, **_call_fields(loaded, path), **summary})
-    add_formulas(loaded.module, layer_results, dataset, stats, config, opts.formulas, lengths, opts.progress)
+    add_formulas(loaded.module, layer_results, dataset, stats, config, opts.formulas, lengths, opts.progress,
+                 cache_dir=opts.cache / "stats", cache_parts=parts, force=opts.force)
     return Dissection(paths, stats, layer_results, run_dir)
 
 

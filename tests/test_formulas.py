@@ -85,8 +85,9 @@ def test_planted_units_get_their_formulas(planted):
     for k, text in enumerate(texts):
         assert formula_text(res.formulas[k], names) == text
         assert res.ious[k] == 1.0 and ref.iou(masks[k], res.formulas[k]) == 1.0
+    brute = dict(zip((0, 4), ref.best_of_length_two(masks[[0, 4]])))   # (one pass of masks for both)
     for k in (0, 1, 2, 4):   # the exact length-2 optimum = a brute force over every formula
-        best2 = ref.best_of_length_two(masks[k]) if k in (0, 4) else 1.0   # (planted: 1 is the top)
+        best2 = brute.get(k, 1.0)   # (planted: 1 is the top)
         assert res.exact[k][1] == pytest.approx(best2, abs=1e-9)
         assert ref.iou(masks[k], res.exact[k][0]) == pytest.approx(best2, abs=1e-9)
     # the beam at every length = the mask-per-candidate reference beam (the noise unit: many near-ties)
@@ -165,3 +166,27 @@ def test_one_concept_probe_set_is_refused():
     assert FormulaOptions().length_for(2, 3, toy_classifier=True) == 3
     assert FormulaOptions().length_for(1, 3, toy_classifier=True) == 1
     assert FormulaOptions().length_for(2, 3, toy_classifier=False) == 1
+
+
+def test_replay_and_cache_change_nothing(planted, tmp_path, monkeypatch):
+    """The later steps replay the first pass's reduced batches; without room for them the
+    model runs again: the same result. A cached search is read back as it was found."""
+    from dissect.formulas import run
+    ds, model, config, stats, _, _, _, res = planted
+    monkeypatch.setattr(run, "REPLAY_BUDGET", 0)
+    again = search_formulas(model, {"units": 3}, ds, stats, config, FormulaOptions(length=3), progress=False)["units"]
+    assert (again.formulas, again.ious, again.by_length, again.exact) == (res.formulas, res.ious, res.by_length,
+                                                                         res.exact)
+    assert np.array_equal(again.single_iou, res.single_iou)
+    layers = []
+    for i in range(2):
+        layer = summarize_layer(stats["units"], ds, config)
+        layer["name"] = "units"
+        add_formulas(model, [layer], ds, stats, config, FormulaOptions(length=3), {"units": 3}, progress=False,
+                     cache_dir=tmp_path, cache_parts={"model": "wired"})
+        layers.append(layer)
+        monkeypatch.setattr(run, "search_formulas", None)    # the second report must not search
+    assert layers[0]["formulas"] == layers[1]["formulas"]
+    assert [u["formula"] for u in layers[0]["units"]] == [u["formula"] for u in layers[1]["units"]]
+    assert [u["formula"]["text"] for u in layers[1]["units"][:4]] == [
+        formula_text(f, {n: lab.display for n, lab in ds.index.labels.items()}) for f in res.formulas[:4]]

@@ -23,7 +23,7 @@ class Reference:
         self.valid[0] = False
 
     @classmethod
-    def from_batches(cls, batches, num_labels: int, prim: torch.Tensor, valid) -> "Reference":
+    def from_batches(cls, batches, num_labels: int, prim: torch.Tensor, valid) -> Reference:
         """From prepared label batches (:class:`~dissect.stats.iou.LabelBatch`)."""
         pres, ann = [], []
         for lb in batches:
@@ -57,26 +57,32 @@ class Reference:
         union = int(unit.sum(dim=1)[images].sum()) + int(m.sum()) - inter
         return inter / union if union else 0.0
 
-    def best_of_length_two(self, unit: torch.Tensor) -> float:
+    def best_of_length_two(self, unit: torch.Tensor):
         """The best IoU over every formula of length <= 2: each formula's mask made (all
-        second concepts of one first concept and operator at once)."""
+        second concepts of one first concept and operator at once) and counted against the
+        unit's masks ``unit`` (bool ``[N, H*W]``; or ``[U, N, H*W]`` for several units at
+        once, the masks made once for all: a list of U values)."""
+        units = unit.unsqueeze(0) if unit.dim() == 2 else unit
         cs = [c for c in range(self.present.shape[1]) if self.valid[c]]
-        best = max(self.iou(unit, ((c,), ())) for c in cs)
-        on = unit.sum(dim=1).double()                                            # [N]
+        best = [max(self.iou(u, ((c,), ())) for c in cs) for u in units]
+        on = units.sum(dim=2).double()                                           # [U, N]
+        uf = units.to(torch.float32)                                             # [U, N, HW]
         others = self.present[:, cs]                                             # [N, C, HW]
         cats = self.prim[cs]
         for i, a in enumerate(cs):
             pa = self.present[:, a:a + 1]
+            images = self.annotated[:, cats] | self.annotated[:, int(self.prim[a])].view(-1, 1)   # [N, C]
+            pixels = on @ images.double()                                        # [U, C]
             for op in (OR, AND, AND_NOT):
-                m = pa | others if op == OR else (pa & others if op == AND else pa & ~others)
-                inter = (m & unit.unsqueeze(1)).sum(dim=(0, 2)).double()
-                lab = m.sum(dim=(0, 2)).double()
-                images = self.annotated[:, cats] | self.annotated[:, int(self.prim[a])].view(-1, 1)   # [N, C]
-                union = (on.view(-1, 1) * images).sum(dim=0) + lab - inter
+                m = (pa | others if op == OR else (pa & others if op == AND else pa & ~others)).to(torch.float32)
+                # exact: the counts per image are below 2^24
+                inter = torch.einsum("unh,nch->unc", uf, m).double().sum(dim=1)     # [U, C]
+                lab = m.sum(dim=2).double().sum(dim=0)                           # [C]
+                union = pixels + lab - inter
                 iou = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(union))
-                iou[i] = 0.0                                                     # a op a
-                best = max(best, float(iou.max()))
-        return best
+                iou[:, i] = 0.0                                                  # a op a
+                best = [max(b, float(v)) for b, v in zip(best, iou.max(dim=1).values)]
+        return best[0] if unit.dim() == 2 else best
 
     def search(self, unit: torch.Tensor, length: int, beam: int) -> list[tuple[Formula, float]]:
         """The beam of compexp's search for one unit: start from the best ``beam`` single

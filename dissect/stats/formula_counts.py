@@ -72,7 +72,7 @@ class Atoms:
         # each image's class: (whole-image labels, pattern)
         img_cols = torch.cat([labels.image, pattern.view(-1, 1)], dim=1)   # [B, J+1]
         img_key = _combine([img_cols[:, j] for j in range(img_cols.shape[1])])
-        cols = [pix[:, j].reshape(-1) for j in range(nlay)]
+        cols = list(pix.transpose(0, 1).reshape(nlay, b * hw).unbind(0))     # one copy, rows contiguous
         cols.append(img_key.view(b, 1).expand(b, hw).reshape(-1))
         self.of_pixel = _combine(cols)                          # [B*HW]
         a = int(self.of_pixel.max()) + 1 if self.of_pixel.numel() else 0
@@ -100,9 +100,10 @@ def _combine(cols: list[torch.Tensor]) -> torch.Tensor:
     """Dense ids (0..n-1) of the distinct rows of the columns ``cols`` (long, same length):
     a mixed-radix key, made dense again whenever the next column would take it past a
     direct table (so every step is linear in the rows)."""
-    lo = torch.stack([c.min() for c in cols]).tolist() if cols[0].numel() else [0] * len(cols)
-    hi = torch.stack([c.max() for c in cols]).tolist() if cols[0].numel() else [0] * len(cols)
-    limit = max(8 * cols[0].numel(), 1 << 24)
+    lo, hi = [0] * len(cols), [0] * len(cols)
+    if cols[0].numel():
+        lo, hi = (torch.stack(v).tolist() for v in zip(*(torch.aminmax(c) for c in cols)))
+    limit = _table_limit(cols[0].numel())
     key, top = torch.zeros_like(cols[0], dtype=torch.long), 1
     for c, a, b in zip(cols, lo, hi):
         radix = int(b) - int(a) + 1
@@ -113,12 +114,18 @@ def _combine(cols: list[torch.Tensor]) -> torch.Tensor:
     return dense_ids(key, top)[0]
 
 
+def _table_limit(n: int) -> int:
+    """The largest key range that :func:`dense_ids` maps with a table for ``n`` keys (a
+    table costs its length; past a few times ``n``, a sort is cheaper)."""
+    return max(4 * n, 1 << 12)
+
+
 def dense_ids(key: torch.Tensor, top: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(inverse, values)``: the distinct values of ``key`` (long, ``< top``) in increasing
     order and each element's position among them (``torch.unique``, faster on CPU: a table
     when the range is small, a sort otherwise)."""
     n = key.numel()
-    if top is not None and top <= max(8 * n, 1 << 24):
+    if top is not None and top <= _table_limit(n):
         seen = torch.zeros(top, dtype=torch.bool, device=key.device)
         seen[key] = True
         where = torch.cumsum(seen, 0) - 1
@@ -129,6 +136,45 @@ def dense_ids(key: torch.Tensor, top: int | None = None) -> tuple[torch.Tensor, 
     inv = torch.empty_like(s)
     inv[order] = torch.cumsum(new, 0) - 1
     return inv, s[new]
+
+
+class ReducedBatch:
+    """A batch as the counts need it, whatever the beam: its atoms (without the pixel map)
+    and the units' on-pixels as (unit ``uq``, atom ``aq``, pixels ``w``) triples, with each
+    triple's labels expanded (``lab[e]`` of triple ``qi[e]``); ``uq`` None: no unit is on."""
+
+    def __init__(self, atoms: Atoms, pixels: int, triples=None):
+        atoms.of_pixel = None
+        self.atoms, self.pixels = atoms, pixels
+        self.uq, self.aq, self.w, self.qi, self.lab = triples if triples is not None else (None,) * 5
+
+    def nbytes(self) -> int:
+        ts = [self.atoms.count, self.atoms.present, self.atoms.pattern, self.atoms.row, self.atoms.col,
+              self.atoms.ptr, self.uq, self.aq, self.w, self.qi, self.lab]
+        return sum(t.numel() * t.element_size() for t in ts if t is not None)
+
+
+def reduce_batch(img: torch.Tensor, unit: torch.Tensor, masks: torch.Tensor, labels: LabelBatch,
+                 num_units: int, num_labels: int) -> ReducedBatch:
+    """A batch's non-empty unit masks (``img``, ``unit``, ``masks`` as in
+    :meth:`IoUTally.add_sparse`) and labels, reduced to atoms and (unit, atom) triples."""
+    dev = labels.pixel.device
+    atoms = Atoms(labels, num_labels)
+    pixels = labels.pixel.shape[0] * labels.hw
+    if img.numel() == 0:
+        return ReducedBatch(atoms, pixels)
+    flat = masks.reshape(masks.shape[0], -1)
+    m, p = flat.nonzero(as_tuple=True)
+    atom = atoms.of_pixel[img[m] * labels.hw + p]
+    inv, uniq = dense_ids(unit[m] * atoms.num + atom, num_units * atoms.num)
+    w = torch.bincount(inv, minlength=uniq.numel()).to(torch.float64)
+    uq, aq = uniq // atoms.num, uniq % atoms.num
+    # each triple's labels (CSR expansion)
+    lens = atoms.ptr[aq + 1] - atoms.ptr[aq]
+    qi = torch.repeat_interleave(torch.arange(uq.numel(), device=dev), lens)
+    start = torch.cumsum(lens, 0) - lens
+    lab = atoms.col[atoms.ptr[aq][qi] + torch.arange(qi.numel(), device=dev) - start[qi]]
+    return ReducedBatch(atoms, pixels, (uq, aq, w, qi, lab))
 
 
 class FormulaCounts:
@@ -164,10 +210,15 @@ class FormulaCounts:
     # ------------------------------------------------------------------ tallying
     def add(self, img: torch.Tensor, unit: torch.Tensor, masks: torch.Tensor, labels: LabelBatch) -> None:
         """Tally a batch: the non-empty unit masks as in :meth:`IoUTally.add_sparse`."""
+        self.add_reduced(reduce_batch(img, unit, masks, labels, self.num_units, self.num_labels))
+
+    def add_reduced(self, r: ReducedBatch) -> None:
+        """Tally a batch reduced by :func:`reduce_batch` (the same for every beam step, so a
+        search can keep them and replay them instead of another pass over the probe set)."""
         dev = self.device
         nl, width = self.num_labels, self.width
-        atoms = Atoms(labels, nl)
-        self.pixels += labels.pixel.shape[0] * labels.hw
+        atoms = r.atoms
+        self.pixels += r.pixels
         weight = atoms.count.to(torch.float32)
         # concept counts and (pairs) co-occurrence, per atom
         self.c += torch.bincount(atoms.col, weights=atoms.count[atoms.row], minlength=nl)
@@ -183,23 +234,12 @@ class FormulaCounts:
             self.ab += _pair_counts(atoms, torch.zeros(atoms.num, dtype=torch.long, device=dev),
                                     atoms.count, 1, nl)[0]
         pat = self._pattern_ids(atoms.pattern)
-        if img.numel() == 0:
+        if r.uq is None:
             return
-        # the units' on-pixels as (unit, atom, pixels) triples
-        flat = masks.reshape(masks.shape[0], -1)
-        m, p = flat.nonzero(as_tuple=True)
-        atom = atoms.of_pixel[img[m] * labels.hw + p]
-        inv, uniq = dense_ids(unit[m] * atoms.num + atom, self.num_units * atoms.num)
-        w = torch.bincount(inv, minlength=uniq.numel()).to(torch.float64)
-        uq, aq = uniq // atoms.num, uniq % atoms.num
+        uq, aq, w, qi, lab = r.uq, r.aq, r.w, r.qi, r.lab
         npat = len(self.patterns)
         self.act += torch.bincount(uq * npat + pat[aq], weights=w,
                                    minlength=self.num_units * npat).view(self.num_units, npat)
-        # each triple's labels (CSR expansion)
-        lens = atoms.ptr[aq + 1] - atoms.ptr[aq]
-        qi = torch.repeat_interleave(torch.arange(uq.numel(), device=dev), lens)
-        start = torch.cumsum(lens, 0) - lens
-        lab = atoms.col[atoms.ptr[aq][qi] + torch.arange(qi.numel(), device=dev) - start[qi]]
         self.uc += torch.bincount(uq[qi] * nl + lab, weights=w[qi],
                                   minlength=self.num_units * nl).view(self.num_units, nl)
         if self.pairs:
@@ -225,7 +265,7 @@ class FormulaCounts:
         table = torch.tensor(self.patterns, device=pattern.device)
         return (pattern.view(-1, 1) == table.view(1, -1)).long().argmax(dim=1)
 
-    def merge(self, other: "FormulaCounts") -> None:
+    def merge(self, other: FormulaCounts) -> None:
         """Add ``other`` (another part of the probe set, the same beam) into this tally."""
         for name in ("uf", "ufc", "f", "fc", "uc", "c") + (("uab", "ab") if self.pairs else ()):
             getattr(self, name).add_(getattr(other, name).to(self.device))
