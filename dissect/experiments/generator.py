@@ -280,7 +280,7 @@ def ablation_experiment(runner: GeneratorRunner, seg: Segmenter, concept: str, i
         blocks = [EditBlock(rows, _unchanged)]
         blocks += [EditBlock(rows, _zero_units(ranked[:n])) for n in sizes]
         blocks += [EditBlock(rows, _zero_per_sample(random_masks[n][start:start + b])) for n in sizes]
-        m0 = lab_main = None
+        m0 = None
         for j, s, imgs, lab in run_edits(runner, seg, a, zb, blocks, runner.rows or cfg.batch_size):
             mask = lab[:, clayer] == cnum
             frac = mask.flatten(1).float().mean(1).cpu()

@@ -21,7 +21,7 @@ import torch
 
 from ..errors import DissectError
 from ..experiments.metrics import rounded
-from ..stats.formula_counts import AND, AND_NOT, OPS, OR, Formula, FormulaCounts
+from ..stats.formula_counts import AND, OPS, OR, Formula, FormulaCounts
 
 SEARCHES = ("beam", "exact")
 MAX_LENGTH = 4
