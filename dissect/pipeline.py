@@ -498,13 +498,13 @@ def _add_bases(results: dict, loaded: LoadedModel, opts: ReportOptions, run: Dis
     """The results' ``bases``: the deepest layer's feature bases (:mod:`dissect.bases`); returns
     the step that ablates their features beside the units (None: none)."""
     path, _ = run.paths[-1]
-    entry = bases_for_report(loaded, run.layer_results[-1], run.stats[path], dataset, config, opts.basis_options,
+    found = bases_for_report(loaded, run.layer_results[-1], run.stats[path], dataset, config, opts.basis_options,
                              parts, opts.cache / "stats", run.run_dir, default=default, force=opts.force,
                              progress=opts.progress)
-    if entry is None:
+    if found is None:
         return None
+    entry, dictionaries = found
     results["bases"] = [entry]
-    dictionaries = entry.pop("_dictionaries")
     return basis_report_step(entry, dictionaries, opts.progress) if opts.basis_options.ablation else None
 
 

@@ -46,12 +46,12 @@ def check_bases(loaded, path: str, dataset, opts: BasisOptions, *, default: bool
 
 def bases_for_report(loaded, layer: dict[str, Any], stats: LayerStats, dataset, config: DissectConfig,
                      opts: BasisOptions, parts: dict, cache_dir: Path, run_dir: Path, *, default: bool,
-                     force: bool = False, progress: bool = True) -> dict[str, Any] | None:
+                     force: bool = False, progress: bool = True) -> tuple[dict[str, Any], dict] | None:
     """The bases of ``layer`` (its results record, with ``slug``; ``stats``: its units'
     statistics) that ``opts`` asks for (``default``: whether this model gets the default
-    SAE): one entry of the results' ``bases``, or None when there are none. Its private key
-    ``_dictionaries`` (the fitted dictionaries by basis, for the features' ablation and
-    interventions: :mod:`dissect.bases.ablation`) is the caller's to pop before writing."""
+    SAE): ``(entry, dictionaries)``, the entry of the results' ``bases`` and the fitted
+    dictionaries by basis (for the features' ablation: :mod:`dissect.bases.ablation`), or
+    None when there are none."""
     names = opts.features(default)
     if not names:
         return None
@@ -90,5 +90,4 @@ def bases_for_report(loaded, layer: dict[str, Any], stats: LayerStats, dataset, 
         print(f"dissect: bases fit in {t1 - t0:.1f}s, dissected in {time.time() - t1:.1f}s", flush=True)
     return {"version": BASES_VERSION, "layer": path, "alias": layer.get("alias"), "layer_slug": layer["slug"],
             "num_units": layer["num_units"], "features": features,
-            "comparison": compare_bases(records, best, index),
-            "_dictionaries": {b: fitted[b]["dictionary"] for b in names}}
+            "comparison": compare_bases(records, best, index)}, {b: fitted[b]["dictionary"] for b in names}

@@ -204,8 +204,8 @@ def dissect_layers(model: torch.nn.Module, layers: Sequence[str], dataset: Brode
     tally_parts = memory.Parts(what="IoU tally")
 
     def forward(x: torch.Tensor, where: str) -> dict[str, torch.Tensor]:
-        """``_forward`` of the batch ``x``, in parts when the whole does not fit the device."""
-        parts = forward_parts.run(len(x), lambda s: _forward(model, todo, x[s], dtype, where))
+        """``forward_layers`` of the batch ``x``, in parts when the whole does not fit the device."""
+        parts = forward_parts.run(len(x), lambda s: forward_layers(model, todo, x[s], dtype, where))
         return parts[0] if len(parts) == 1 else {k: torch.cat([p[k] for p in parts]) for k in todo}
 
     # ----------------------------------------------------------------- pass 1
@@ -448,8 +448,8 @@ def _batch_name(dataset: BrodenDataset, batch: dict) -> str:
     return f"the batch of images {pos[0]}-{pos[-1]} ({', '.join(names)}{', ...' if len(pos) > 3 else ''})"
 
 
-def _forward(model, layers, x, dtype: torch.dtype | None = None,
-             where: str = "an example input") -> dict[str, torch.Tensor]:
+def forward_layers(model, layers, x, dtype: torch.dtype | None = None,
+                   where: str = "an example input") -> dict[str, torch.Tensor]:
     """The layers' outputs for inputs ``x``, as float32 (the forward pass under autocast to
     ``dtype`` when given); a model that fails names the images (``where``)."""
     try:
@@ -490,7 +490,7 @@ def probe_item_bytes(model, layers, dataset, device, dtype, act_bytes: int) -> i
     if device.type != "cuda":
         return None
     with torch.no_grad():
-        peak = memory.peak_bytes(device, lambda: _forward(model, layers, dataset.example_input(device), dtype))
+        peak = memory.peak_bytes(device, lambda: forward_layers(model, layers, dataset.example_input(device), dtype))
     sh, sw = dataset.label_size
     return peak + 4 * act_bytes + 8 * sh * sw * 8 * 3
 
@@ -700,8 +700,3 @@ def _s(x: float) -> float | None:
     if not math.isfinite(x):
         return None
     return float(f"{x:.6g}")
-
-
-#: Public name of the forward pass, for the passes of other modules (the formula search,
-#: :mod:`dissect.formulas.run`) that stream the probe set the same way.
-forward_layers = _forward
