@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import distributed
+from ..atomic import atomic_save
 from ..cache import cache_key
 from ..data.broden import BrodenDataset, make_loader
 from ..devices import resolve_device
@@ -139,9 +140,8 @@ def add_formulas(model: torch.nn.Module, layer_results: list[dict], dataset: Bro
             for layer, res in searched.items():
                 if layer in paths:
                     paths[layer].parent.mkdir(parents=True, exist_ok=True)
-                    tmp = paths[layer].with_suffix(".tmp")
-                    tmp.write_text(json.dumps(_to_json(res)), encoding="utf-8")
-                    tmp.replace(paths[layer])
+                    text = json.dumps(_to_json(res))
+                    atomic_save(paths[layer], lambda tmp, t=text: tmp.write_text(t, encoding="utf-8"))
     for layer in layer_results:
         if layer["name"] in found:
             layer["formulas"] = formula_fields(found[layer["name"]], dataset.index, options,

@@ -40,6 +40,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from dissect.atomic import atomic_save
 from dissect.cache import cache_key
 from dissect.errors import DissectError
 from dissect.hooks import Trace
@@ -182,9 +183,7 @@ def _cached(path: Path, compute, force: bool) -> torch.Tensor:
             pass
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(value, tmp)
-    os.replace(tmp, path)
+    atomic_save(path, lambda tmp: torch.save(value, tmp))
     return value
 
 
