@@ -6,7 +6,7 @@ Face hub's cache.
 optional library, imported only when such a name is used (:func:`require`: without it, one
 line names the extra to install). Their pretrained weights live on the Hugging Face hub and
 are kept in the hub's own cache (``HF_HUB_CACHE``, by default ``$HF_HOME/hub``, i.e.
-``~/.cache/huggingface/hub``), where ``huggingface_hub`` puts them: :func:`hub_file` describes
+``~/.cache/huggingface/hub``), where ``huggingface_hub`` puts them: :func:`hf_remote_file` describes
 one such file as a :class:`~dissect.download.RemoteFile` whose presence is the cache's answer
 and whose download is ``huggingface_hub``'s, so that ``dissect fetch`` gets it and an offline
 report (``DISSECT_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``) names it before any work.
@@ -61,7 +61,7 @@ def cached_hub_file(repo_id: str, filename: str, revision: str | None = None) ->
     return Path(found) if isinstance(found, str) else None
 
 
-def hub_file(repo_id: str, filename: str, what: str, instead: str = "", revision: str | None = None,
+def hf_remote_file(repo_id: str, filename: str, what: str, instead: str = "", revision: str | None = None,
              size: int | None = None) -> RemoteFile:
     """``filename`` of hub model ``repo_id`` as a :class:`RemoteFile`: present when the hub's
     cache holds it, downloaded by ``huggingface_hub`` into that cache."""

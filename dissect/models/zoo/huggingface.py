@@ -29,7 +29,7 @@ from typing import Any
 
 from dissect.download import RemoteFile, ensure_files, verified_sha256
 from dissect.errors import DissectError
-from dissect.models.hub import cached_hub_file, hub_file, require
+from dissect.models.hub import cached_hub_file, hf_remote_file, require
 from dissect.models.loading import LoadedModel, from_module, seeded
 from dissect.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelSource, register_source
 
@@ -53,7 +53,7 @@ def _check_name(name: str) -> None:
 
 def _hub_files(name: str) -> list[RemoteFile]:
     instead = "or pass --model hf:DIR (a folder written by save_pretrained)"
-    return [hub_file(name, f, f"{f} of {PREFIX}:{name}", instead) for f in (CONFIG, PREPROCESSOR, WEIGHTS)]
+    return [hf_remote_file(name, f, f"{f} of {PREFIX}:{name}", instead) for f in (CONFIG, PREPROCESSOR, WEIGHTS)]
 
 
 def _file(name: str, filename: str) -> Path | None:

@@ -25,10 +25,10 @@ from torch import nn
 
 from dissect.download import RemoteFile, verified_sha256
 from dissect.errors import DissectError, unknown_choice
-from dissect.models.hub import cached_hub_file, hub_file, require
+from dissect.models.hub import cached_hub_file, hf_remote_file, require
 from dissect.models.loading import LoadedModel, from_module, seeded
 from dissect.models.registry import ModelSource, register_source
-from dissect.models.weights import hub_file as url_file
+from dissect.models.weights import hub_file
 
 PREFIX = "openclip"
 SAFE_WEIGHTS = "open_clip_model.safetensors"
@@ -76,9 +76,9 @@ def _weights_file(arch: str, tag: str) -> RemoteFile | None:
     what = f"weights of {PREFIX}:{arch}/{tag}"
     hub = _hub_location(arch, tag)
     if hub is not None:
-        return hub_file(*hub, what, "or pass --weights none for random weights")
+        return hf_remote_file(*hub, what, "or pass --weights none for random weights")
     url = _open_clip(f"{arch}/{tag}").get_pretrained_cfg(arch, tag).get("url")
-    return url_file(url, what) if url else None
+    return hub_file(url, what) if url else None
 
 
 def openclip_files(name: str, weights: str | None, what: str = "model") -> list[RemoteFile]:

@@ -27,10 +27,10 @@ from typing import Any
 
 from dissect.download import RemoteFile, verified_sha256
 from dissect.errors import DissectError, unknown_choice
-from dissect.models.hub import cached_hub_file, hub_file, require
+from dissect.models.hub import cached_hub_file, hf_remote_file, require
 from dissect.models.loading import LoadedModel, from_module, seeded
 from dissect.models.registry import ModelSource, register_source
-from dissect.models.weights import apply_state_dict, hub_file as url_file, resolve_weights
+from dissect.models.weights import apply_state_dict, hub_file, resolve_weights
 
 PREFIX = "timm"
 WEIGHTS_FILE = "model.safetensors"   # timm's first choice on the hub
@@ -56,14 +56,14 @@ def _pretrained_cfg(timm, name: str):
 def _weights_file(name: str, cfg) -> RemoteFile | None:
     """The file timm reads the pretrained weights of ``name`` from (None: none published)."""
     what = f"weights of {PREFIX}:{name}"
-    instead = f"or pass --weights FILE (a copy of it), or --weights none for random weights"
+    instead = "or pass --weights FILE (a copy of it), or --weights none for random weights"
     if cfg is None:
         return None
     if cfg.hf_hub_id:
         repo, _, revision = cfg.hf_hub_id.partition("@")
-        return hub_file(repo, cfg.hf_hub_filename or WEIGHTS_FILE, what, instead, revision or None)
+        return hf_remote_file(repo, cfg.hf_hub_filename or WEIGHTS_FILE, what, instead, revision or None)
     if cfg.url:
-        return url_file(cfg.url, what)
+        return hub_file(cfg.url, what)
     return None
 
 
