@@ -404,7 +404,7 @@ def _dissect(loaded: LoadedModel, paths: list[tuple[str, str | None]], dataset, 
                 unit["strip"] = strip
         layer_results.append({"name": path, "alias": alias, "slug": slug, **_call_fields(loaded, path), **summary})
     add_formulas(loaded.module, layer_results, dataset, stats, config, opts.formulas, lengths, opts.progress,
-                 cache_dir=opts.cache / "stats", cache_parts=parts, force=opts.force)
+                 cache_dir=opts.cache / "stats", cache_parts=parts, force=opts.force, strips_dir=run_dir)
     return Dissection(paths, stats, layer_results, run_dir)
 
 
