@@ -500,7 +500,7 @@ def _add_bases(results: dict, loaded: LoadedModel, opts: ReportOptions, run: Dis
     path, _ = run.paths[-1]
     found = bases_for_report(loaded, run.layer_results[-1], run.stats[path], dataset, config, opts.basis_options,
                              parts, opts.cache / "stats", run.run_dir, default=default, force=opts.force,
-                             progress=opts.progress)
+                             progress=opts.progress, formulas=opts.formulas)
     if found is None:
         return None
     entry, dictionaries = found

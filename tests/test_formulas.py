@@ -199,19 +199,19 @@ def test_formula_parts_on_the_top_images_are_the_counted_pixels(planted, tmp_pat
     in the row's categories. The rows are written, one per part and one for the formula."""
     from PIL import Image
 
-    from dissect.formulas.strips import formula_pixels, part_formulas, render_formula_strips
+    from dissect.formulas.strips import formula_pixels, image_labels, part_formulas
     ds, model, config, stats, ref, _, _, res = planted
     name = {lab.display: n for n, lab in ds.index.labels.items()}
-    sh, sw = ds.label_size
+    sh, _ = ds.label_size
     scene = next(n for n, lab in ds.index.labels.items() if ds.index.categories[int(ds.index.primary_category_tensor()[n])] == "scene")
     extra = [((name["tree"], name["green"], scene), (2, 0)),          # (tree AND NOT green) OR <a scene>
              ((scene, name["sky"]), (1,))]                            # <a scene> AND sky
     for f in [res.formulas[0], res.formulas[1], *extra]:
         rows = part_formulas(f)
         for i in range(N):
-            truth, scored = formula_pixels(ds, i, rows)
+            truth, scored = formula_pixels(image_labels(ds, i), rows, ref.prim)
             for r, g in enumerate(rows):
-                assert np.array_equal(truth[r], ref.mask(g)[i].view(sh, sw).numpy()), (f, i, r)
+                assert np.array_equal(truth[r], ref.mask(g)[i].numpy()), (f, i, r)
                 cats = sorted({int(ref.prim[c]) for c in g[0]})
                 assert scored[r] == bool(ref.annotated[i, cats].any())
     layer = summarize_layer(stats["units"], ds, config)

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import atomic_save, clean_leftovers
 from ..data.broden import BrodenDataset
+from ..devices import cpu_threads
 from .dissection import LayerStats, binarize
 
 GAP = 4                    # white pixels between the tiles of a row, and between rows
@@ -81,14 +82,15 @@ def render_unit_strips(stats: LayerStats, dataset: BrodenDataset, out_dir: Path,
     get = tile_images(dataset, tile)
 
     rels = []
-    for k in tqdm(range(stats.shape[0]), desc=f"unit images {layer_slug}", unit="unit",
-                  disable=not progress, leave=False):
-        masks = unit_regions(stats, k, tile)
-        tiles = [highlight(get(i), masks[j].numpy())
-                 for j, i in enumerate(stats.top_indices[k].tolist())]
-        rel = f"units/{layer_slug}/unit-{k:04d}.jpg"
-        save_row(out_dir / rel, tiles, quality)
-        rels.append(rel)
+    with cpu_threads(1):   # one unit's small tensors at a time: threads are all overhead
+        for k in tqdm(range(stats.shape[0]), desc=f"unit images {layer_slug}", unit="unit",
+                      disable=not progress, leave=False):
+            masks = unit_regions(stats, k, tile)
+            tiles = [highlight(get(i), masks[j].numpy())
+                     for j, i in enumerate(stats.top_indices[k].tolist())]
+            rel = f"units/{layer_slug}/unit-{k:04d}.jpg"
+            save_row(out_dir / rel, tiles, quality)
+            rels.append(rel)
     return rels
 
 
@@ -122,11 +124,12 @@ def unit_regions(stats: LayerStats, k: int, tile: int) -> Tensor:
     return binarize(maps, stats.thresholds[k], stats.saturated[k])
 
 
-def save_row(path: Path, tiles: list[np.ndarray], quality: int = 90) -> None:
-    """Tiles side by side as a JPEG, written whole (another run sharing the cache may be
-    reading the file)."""
+def save_row(path: Path, tiles: list[np.ndarray], quality: int = 90, optimize: bool = True) -> None:
+    """Tiles side by side as a JPEG (``optimize``: Huffman tables fit to the image, a few
+    percent smaller, slower), written whole (another run sharing the cache may be reading
+    the file)."""
     strip = Image.fromarray(_row(tiles))
-    atomic_save(path, lambda tmp: strip.save(tmp, "JPEG", quality=quality, optimize=True))
+    atomic_save(path, lambda tmp: strip.save(tmp, "JPEG", quality=quality, optimize=optimize))
 
 
 def highlight(image: np.ndarray, mask: np.ndarray, color=OUTLINE) -> np.ndarray:
