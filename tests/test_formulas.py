@@ -199,7 +199,7 @@ def test_formula_parts_on_the_top_images_are_the_counted_pixels(planted, tmp_pat
     in the row's categories. The rows are written, one per part and one for the formula."""
     from PIL import Image
 
-    from dissect.formulas.strips import formula_pixels, image_labels, part_formulas
+    from dissect.formulas.strips import MAX_TILE, formula_pixels, image_labels, part_formulas
     ds, model, config, stats, ref, _, _, res = planted
     name = {lab.display: n for n, lab in ds.index.labels.items()}
     sh, _ = ds.label_size
@@ -228,4 +228,4 @@ def test_formula_parts_on_the_top_images_are_the_counted_pixels(planted, tmp_pat
                                              for p in u["formula"]["parts"]] + ["= formula"]
         for r in rows:
             with Image.open(tmp_path / r["src"]) as im:
-                assert im.height == min(max(96, min(sh, 224)), 112) and im.width > im.height * len(stats["units"].top_indices[k]) - 1
+                assert im.height == min(max(96, min(sh, 224)), MAX_TILE) and im.width > im.height * len(stats["units"].top_indices[k]) - 1

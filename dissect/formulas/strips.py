@@ -29,7 +29,7 @@ from ..stats.iou import LabelBatch, prepare_labels
 #: The outline of a part's pixels (the unit's region keeps the strips' yellow).
 PART_OUTLINE = (0, 200, 255)
 #: The largest tile of a formula row (px): the rows are a smaller companion of the unit strip.
-MAX_TILE = 112
+MAX_TILE = 96
 #: How many images' prepared labels are held at once (a few MB at Broden's 112 px).
 LABELS_HELD = 256
 
