@@ -73,3 +73,61 @@ def test_features_that_are_the_units_give_the_units_results(seed):
     if seed is None:
         assert f["random_added_pixels"] == u["random_added_pixels"]
     assert torch.equal(fs["after"], us["after"]) and fs["regions"] == us["regions"]
+
+
+# ------------------------------------------------------------------ the report
+@pytest.fixture(scope="module")
+def toygan_features(tmp_path_factory):
+    """A tiny toy GAN report with an SAE of layer3 and ``--basis-ablation`` (the interventions
+    on layer3 too: the features' experiments take the units' from the results)."""
+    import json
+
+    from dissect import report
+    from dissect.bases.options import BasisOptions
+    from dissect.experiments.dissection import DissectConfig
+    from dissect.stats.intervals import IntervalOptions
+    out = tmp_path_factory.mktemp("toygan-features")
+    report(model="toygan", data_size=40, layers=["layer3"], out=out / "site", cache_dir=out / "cache",
+           progress=False, reproducible=True,
+           config=DissectConfig(top_k=2, num_workers=0, intervals=IntervalOptions(replicates=0)),
+           interventions=GeneratorExperimentConfig(top_n=(1, 3), units=3, samples=4, insert_samples=1, curve_samples=1,
+                                                   layers=("layer3",), region=4, random_draws=2, strip_samples=2,
+                                                   batch_size=8, device="cpu"),
+           bases=BasisOptions(bases=("sae",), sae_width=1, ablation=True, steps=50, max_vectors=4096))
+    site = out / "site" / "toygan"
+    return site, json.loads((site / "results.json").read_text())
+
+
+def test_report_intervenes_with_the_features_beside_the_units(toygan_features):
+    from PIL import Image
+    site, r = toygan_features
+    iv = r["bases"][0]["interventions"]
+    units = next(g for g in r["generator"]["layers"] if g["layer"] == "layer3")
+    assert iv["layer"] == "layer3" and iv["bases"] == ["units", "sae"] and iv["units"] is None
+    assert iv["ablate"] == [a["concept"] for a in units["ablation"]] == ["tree"]
+    assert iv["insert"] == [a["concept"] for a in units["insertion"]] == ["door"]
+    feats = iv["features"]["sae"]
+    num = r["bases"][0]["features"][0]["num_features"]
+    for group in ("ablation", "insertion"):
+        (exp,) = feats[group]
+        assert all(0 <= f < num for f in exp["units"]) and exp["n_main"] == 3
+        assert exp["unit_ious"] == sorted(exp["unit_ious"], reverse=True)     # ranked by the features' IoU
+        assert exp["strip"].startswith("interventions/sae-")
+        png = site / "layer3" / exp["strip"]
+        with Image.open(png) as im:
+            assert iv["strip_sizes"][exp["strip"]] == [im.width, im.height]
+        assert (site / "layer3" / exp["animation"]).is_file()
+    assert feats["insertion"][0]["value_rule"].startswith("each feature's 99.5th-percentile code")
+    assert [p["n"] for p in feats["ablation"][0]["curve"]] == [1, 3]
+    page = (site / "layer3" / "features.html").read_text()
+    assert 'id="basis-interventions"' in page and page.count('src="interventions/') == 4
+    for exp in units["ablation"] + units["insertion"] + feats["ablation"] + feats["insertion"]:
+        assert f'src="{exp["strip"]}"' in page
+
+
+def test_basis_ablation_without_the_interventions_is_one_line(tmp_path, capsys):
+    from dissect.cli import main
+    code = main(["report", "--model", "toygan", "--data-size", "8", "--basis", "sae", "--basis-ablation",
+                 "--no-interventions", "--out", str(tmp_path / "site"), "--quiet", "--cache-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--no-interventions" in err[0], err
