@@ -131,3 +131,27 @@ def test_basis_ablation_without_the_interventions_is_one_line(tmp_path, capsys):
                  "--no-interventions", "--out", str(tmp_path / "site"), "--quiet", "--cache-dir", str(tmp_path / "c")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--no-interventions" in err[0], err
+
+
+def test_the_features_interventions_page_in_a_browser(toygan_features):
+    """At 1280 px: no table hides a column, every strip loads at its stated size, every link
+    (the feature pages, the interventions page, the animations) resolves."""
+    from browser_support import CHROMIUM_ARGS, LAYOUT_JS, SiteBrowser, require_browser
+    site, _ = toygan_features
+    sync_playwright, exe = require_browser()
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        try:
+            sb = SiteBrowser(b, site.parent.resolve().as_uri() + "/", site.parent, viewport={"width": 1280, "height": 900})
+            v = sb.visit("toygan/layer3/features.html")
+            layout = sb.page.evaluate(LAYOUT_JS)
+            sizes = sb.page.evaluate(
+                "() => Promise.all([...document.querySelectorAll('#basis-interventions img')].map(e => {"
+                " e.loading = 'eager'; return e.decode().then(() => e.naturalWidth === +e.getAttribute('width')"
+                " && e.naturalHeight === +e.getAttribute('height'), () => false); }))")
+            sb.close()
+        finally:
+            b.close()
+    assert not v.problems and not sb.problems, v.problems + sb.problems
+    assert not layout["hidden_columns"], layout
+    assert sizes == [True] * 4, sizes
