@@ -405,7 +405,7 @@ def _dissect(loaded: LoadedModel, paths: list[tuple[str, str | None]], dataset, 
                 unit["strip"] = strip
         layer_results.append({"name": path, "alias": alias, "slug": slug, **_call_fields(loaded, path), **summary})
     add_formulas(loaded.module, layer_results, dataset, stats, config, opts.formulas, lengths, opts.progress,
-                 cache_dir=opts.cache / "stats", cache_parts=parts, force=opts.force)
+                 cache_dir=opts.cache / "stats", cache_parts=parts, force=opts.force, strips_dir=run_dir)
     return Dissection(paths, stats, layer_results, run_dir)
 
 
@@ -502,7 +502,7 @@ def _add_bases(results: dict, loaded: LoadedModel, opts: ReportOptions, run: Dis
     path, _ = run.paths[-1]
     found = bases_for_report(loaded, run.layer_results[-1], run.stats[path], dataset, config, opts.basis_options,
                              parts, opts.cache / "stats", run.run_dir, default=default, force=opts.force,
-                             progress=opts.progress)
+                             progress=opts.progress, formulas=opts.formulas)
     if found is None:
         return None
     entry, dictionaries, feature_stats = found

@@ -285,6 +285,13 @@ def test_formulas_on_cards_pages_search_and_chart(browser, site):
         head = page.text_content("#formula-h")
         assert "IoU" in head and term in head
         assert page.eval_on_selector_all("#formula-lengths tbody tr", "rs => rs.length") >= 2
+        # the formula's parts on the top images: a row per part and one for the formula, each image loaded
+        parts = page.eval_on_selector_all("#formula p .chip", "es => es.length")
+        rows = page.eval_on_selector_all(
+            "#formula-parts tbody tr", "rs => rs.map(r => ({part: r.querySelector('th').textContent.trim(), "
+            "loaded: r.querySelector('img').complete && r.querySelector('img').naturalWidth > 0}))")
+        assert rows and rows[-1]["part"] == "= formula" and all(r["loaded"] for r in rows)
+        assert len(rows) - 1 == parts >= 2 and term in " ".join(r["part"] for r in rows)
         sb.visit("toy/index.html")
         page.wait_for_selector("[id^=chart-formulas-] .main-svg", state="attached")
         _assert_clean(sb.problems)

@@ -165,13 +165,14 @@ def test_report_ablates_the_features_beside_the_units(tmp_path, toyworld_small):
 
     from dissect import report
     from dissect.bases.options import BasisOptions
+    from dissect.formulas.search import FormulaOptions
     cfg = AblationConfig(top_n=(1, 5), random_draws=2, attack=False, num_workers=0, bootstrap=20)
     from dissect.experiments.dissection import DissectConfig
     from dissect.stats.intervals import IntervalOptions
     report(model="toy", weights="none", class_names=CLASSES, data=str(toyworld_small), out=tmp_path / "site",
            layers=["conv4_2"], progress=False, reproducible=True, ablation=cfg,
            config=DissectConfig(top_k=3, num_workers=0, intervals=IntervalOptions(replicates=0)),
-           bases=BasisOptions(bases=("rotation",), ablation=True))
+           bases=BasisOptions(bases=("rotation",), ablation=True), formulas=FormulaOptions(length=2))
     root = tmp_path / "site" / "toy"
     res = json.loads((root / "results.json").read_text())
     ab = res["bases"][0]["ablation"]
@@ -181,5 +182,12 @@ def test_report_ablates_the_features_beside_the_units(tmp_path, toyworld_small):
         cu = next(x for x in units["classes"] if x["name"] == c["name"])
         assert c["remove_top"]["units"] == cu["remove_top"] and len(c["remove_top"]["rotation"]) == 2
     assert "_dictionaries" not in res["bases"][0]
+    # the layer's formulas come to the features too, with their parts drawn (issue 23 with 24)
+    feats = res["bases"][0]["features"][0]
+    assert feats["formulas"]["length"] == res["layers"][0]["formulas"]["length"] == 2
+    with_parts = [u for u in feats["units"] if u.get("formula") and u["formula"]["length"] == 2]
+    assert with_parts and all(len(u["formula"]["strips"]) == 3 for u in with_parts)
+    assert all((root / r["src"]).is_file() for u in with_parts for r in u["formula"]["strips"])
+    assert 'id="formula-parts"' in (root / f"conv4_2--rotation/unit-{with_parts[0]['unit']:04d}.html").read_text()
     page = (root / "conv4_2" / "features.html").read_text()
     assert 'id="basis-ablation-table"' in page and "rotated units: top 5 removed" in page

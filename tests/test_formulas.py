@@ -190,3 +190,42 @@ def test_replay_and_cache_change_nothing(planted, tmp_path, monkeypatch):
     assert [u["formula"] for u in layers[0]["units"]] == [u["formula"] for u in layers[1]["units"]]
     assert [u["formula"]["text"] for u in layers[1]["units"][:4]] == [
         formula_text(f, {n: lab.display for n, lab in ds.index.labels.items()}) for f in res.formulas[:4]]
+
+
+def test_formula_parts_on_the_top_images_are_the_counted_pixels(planted, tmp_path):
+    """The rows drawn on a unit's top images (issue 23, item 4) hold exactly the pixels the
+    counts use: each part's and the formula's truth per pixel equals the reference's masks
+    (a mask per concept), and an image is marked unscored exactly where it is not annotated
+    in the row's categories. The rows are written, one per part and one for the formula."""
+    from PIL import Image
+
+    from dissect.formulas.strips import formula_pixels, image_labels, part_formulas
+    ds, model, config, stats, ref, _, _, res = planted
+    name = {lab.display: n for n, lab in ds.index.labels.items()}
+    sh, _ = ds.label_size
+    scene = next(n for n, lab in ds.index.labels.items() if ds.index.categories[int(ds.index.primary_category_tensor()[n])] == "scene")
+    extra = [((name["tree"], name["green"], scene), (2, 0)),          # (tree AND NOT green) OR <a scene>
+             ((scene, name["sky"]), (1,))]                            # <a scene> AND sky
+    for f in [res.formulas[0], res.formulas[1], *extra]:
+        rows = part_formulas(f)
+        for i in range(N):
+            truth, scored = formula_pixels(image_labels(ds, i), rows, ref.prim)
+            for r, g in enumerate(rows):
+                assert np.array_equal(truth[r], ref.mask(g)[i].numpy()), (f, i, r)
+                cats = sorted({int(ref.prim[c]) for c in g[0]})
+                assert scored[r] == bool(ref.annotated[i, cats].any())
+    layer = summarize_layer(stats["units"], ds, config)
+    layer["name"], layer["slug"] = "units", "units"
+    add_formulas(model, [layer], ds, stats, config, FormulaOptions(length=3), {"units": 3}, progress=False,
+                 strips_dir=tmp_path)
+    for k, u in enumerate(layer["units"]):
+        f = res.formulas[k]
+        if len(f[0]) == 1:
+            assert "strips" not in u["formula"]
+            continue
+        rows = u["formula"]["strips"]
+        assert [r["part"] for r in rows] == [p["name"] if not p["op"] else f"{p['op']} {p['name']}"
+                                             for p in u["formula"]["parts"]] + ["= formula"]
+        for r in rows:
+            with Image.open(tmp_path / r["src"]) as im:
+                assert im.height == min(max(96, min(sh, 224)), 112) and im.width > im.height * len(stats["units"].top_indices[k]) - 1

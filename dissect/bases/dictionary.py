@@ -12,12 +12,12 @@ are deterministic for a seed.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 from torch import nn
 
+from dissect.devices import cpu_threads
 from dissect.experiments.rotation import random_rotation, rotate_map, rotation_path
 
 #: Below this many multiply-adds per step (an SAE's batch x features x units; an NMF's
@@ -134,7 +134,7 @@ def nmf_code(x: torch.Tensor, h: torch.Tensor, steps: int = NMF_CODE_STEPS) -> t
     """The non-negative codes ``w`` [P, F] with ``x ~ w @ h`` for fixed ``h`` [F, C]: Lee and
     Seung's multiplicative updates from the clamped least-squares start (deterministic)."""
     x = x.clamp_min(0)
-    with _threads(_threads_for(x, x.shape[0] * h.shape[0] * h.shape[1])):
+    with cpu_threads(_threads_for(x, x.shape[0] * h.shape[0] * h.shape[1])):
         w = (x @ torch.linalg.pinv(h)).clamp_min(1e-3 * float(x.mean()) + _EPS)
         hht, xht = h @ h.T, x @ h.T
         for _ in range(steps):
@@ -152,7 +152,7 @@ def fit_nmf(x: torch.Tensor, rank: int, seed: int, iterations: int = 200) -> Dic
     s = math.sqrt(float(x.mean()) / rank) + _EPS
     w = (torch.rand(p, rank, generator=g) * s).to(x.device) + _EPS
     h = (torch.rand(rank, c, generator=g) * s).to(x.device) + _EPS
-    with _threads(_threads_for(x, p * rank * c)):
+    with cpu_threads(_threads_for(x, p * rank * c)):
         for _ in range(iterations):
             h = h * (w.T @ x) / (w.T @ w @ h + _EPS)
             w = w * (x @ h.T) / (w @ (h @ h.T) + _EPS)
@@ -212,7 +212,7 @@ def fit_sae(x: torch.Tensor, width: int, k: int, seed: int, steps: int, l1: floa
     batch = min(batch, p)
     if epochs is not None:
         steps = max(1, min(steps, math.ceil(epochs * p / batch)))
-    with _threads(_threads_for(x, batch * width * c)):
+    with cpu_threads(_threads_for(x, batch * width * c)):
         _train(xn, w_enc, b_enc, w_dec, b_dec, opt, g, steps, batch, k, l1)
     with torch.no_grad():
         # the dictionary's centre holds b_dec: (a - centre) / scale = xn - b_dec, as in training
@@ -246,15 +246,3 @@ def _threads_for(x: torch.Tensor, work: int) -> int:
     """One CPU thread for a small job (``work`` multiply-adds per step, below
     :data:`SMALL_WORK`), else as many as torch uses."""
     return 1 if x.device.type == "cpu" and work < SMALL_WORK else torch.get_num_threads()
-
-
-@contextlib.contextmanager
-def _threads(n: int):
-    """Run with ``n`` intra-op CPU threads (restored after): a small fit is all overhead,
-    and one thread does it fastest, above all on a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)

@@ -11,12 +11,14 @@ from typing import Any
 import torch
 
 from dissect import distributed
-from dissect.bases.features import (BASES_VERSION, best_by_concept, compare_bases, dissect_bases,
+from dissect.bases.features import (BASES_VERSION, FeatureMaps, best_by_concept, compare_bases, dissect_bases,
                                     feature_record, fit_bases)
 from dissect.bases.options import BasisOptions
 from dissect.errors import DissectError
 from dissect.experiments.dissection import DissectConfig, LayerStats, summarize_layer
 from dissect.experiments.strips import render_unit_strips
+from dissect.formulas.run import add_formulas
+from dissect.formulas.search import FormulaOptions
 from dissect.hooks import Trace
 from dissect.stats.intervals import IntervalOptions
 
@@ -50,13 +52,16 @@ def check_bases(loaded, path: str, dataset, opts: BasisOptions, *, default: bool
 
 def bases_for_report(loaded, layer: dict[str, Any], stats: LayerStats, dataset, config: DissectConfig,
                      opts: BasisOptions, parts: dict, cache_dir: Path, run_dir: Path, *, default: bool,
-                     force: bool = False, progress: bool = True) -> tuple[dict[str, Any], dict, dict] | None:
+                     force: bool = False, progress: bool = True,
+                     formulas: FormulaOptions | None = None) -> tuple[dict[str, Any], dict, dict] | None:
     """The bases of ``layer`` (its results record, with ``slug``; ``stats``: its units'
     statistics) that ``opts`` asks for (``default``: whether this model gets the default
     SAE): ``(entry, dictionaries, feature_stats)``, the entry of the results' ``bases``, the
     fitted dictionaries by basis and their features' statistics by basis (for what the
     features do: :mod:`dissect.bases.ablation`, :mod:`dissect.bases.interventions`), or None
-    when there are none."""
+    when there are none. With ``formulas`` and a layer labelled with formulas (its
+    ``formulas`` block), the features get formulas of the same length, searched the same way
+    (:mod:`dissect.formulas`)."""
     names = opts.features(default)
     if not names:
         return None
@@ -87,6 +92,10 @@ def bases_for_report(loaded, layer: dict[str, Any], stats: LayerStats, dataset, 
         features.append(record)
         records[basis] = record
         best[basis] = best_by_concept(stats_by_basis[basis], index)
+    length = (layer.get("formulas") or {}).get("length", 1)
+    if formulas is not None and length > 1:
+        _feature_formulas(loaded.module, path, fitted, features, stats_by_basis, layer["slug"], dataset, config,
+                          formulas, length, parts, cache_dir, run_dir, force, progress)
     if progress and distributed.is_main():
         for r in features:
             ev = f", explained variance {r['explained_variance']:.3f}" if r["explained_variance"] is not None else ""
@@ -97,3 +106,19 @@ def bases_for_report(loaded, layer: dict[str, Any], stats: LayerStats, dataset, 
             "num_units": layer["num_units"], "features": features,
             "comparison": compare_bases(records, best, index)}, {b: fitted[b]["dictionary"] for b in names}, \
         stats_by_basis
+
+
+def _feature_formulas(model, path: str, fitted: dict, features: list[dict], stats_by_basis: dict[str, LayerStats],
+                      layer_slug: str, dataset, config: DissectConfig, options: FormulaOptions, length: int,
+                      parts: dict, cache_dir: Path, run_dir: Path, force: bool, progress: bool) -> None:
+    """Formulas of ``length`` concepts for every basis's features, as for the units: their
+    records' ``formula`` (per feature), ``formulas`` (per basis) and the parts' strips."""
+    wrapper = FeatureMaps(model, path, {f["basis"]: fitted[f["basis"]]["dictionary"] for f in features})
+    layers = [{"name": f"bases.{f['basis']}", "slug": basis_slug(layer_slug, f["basis"]), "units": f["units"]}
+              for f in features]
+    add_formulas(wrapper, layers, dataset, {f"bases.{b}": s for b, s in stats_by_basis.items()}, config, options,
+                 {rec["name"]: length for rec in layers}, progress, cache_dir=cache_dir,
+                 cache_parts={**parts, "bases": {f["basis"]: fitted[f["basis"]]["key"] for f in features}},
+                 force=force, strips_dir=run_dir)
+    for f, rec in zip(features, layers):
+        f["formulas"] = rec.get("formulas")

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import imageio.v3 as iio
 import numpy as np
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import atomic_save, clean_leftovers
 from ..data.broden import BrodenDataset
+from ..devices import cpu_threads
 from .dissection import LayerStats, binarize
 
 GAP = 4                    # white pixels between the tiles of a row, and between rows
@@ -73,11 +75,28 @@ def render_unit_strips(stats: LayerStats, dataset: BrodenDataset, out_dir: Path,
 
     Returns, per unit, the strip's path relative to ``out_dir``.
     """
-    sh, sw = dataset.label_size
-    tile = tile_size or max(96, min(sh, 224))
+    tile = strip_tile(dataset, tile_size)
     folder = out_dir / "units" / layer_slug
     folder.mkdir(parents=True, exist_ok=True)
     clean_leftovers(folder)   # temporary images of killed runs (another live run's are kept)
+    get = tile_images(dataset, tile)
+
+    rels = []
+    with cpu_threads(1):   # one unit's small tensors at a time: threads are all overhead
+        for k in tqdm(range(stats.shape[0]), desc=f"unit images {layer_slug}", unit="unit",
+                      disable=not progress, leave=False):
+            masks = unit_regions(stats, k, tile)
+            tiles = [highlight(get(i), masks[j].numpy())
+                     for j, i in enumerate(stats.top_indices[k].tolist())]
+            rel = f"units/{layer_slug}/unit-{k:04d}.jpg"
+            save_row(out_dir / rel, tiles, quality)
+            rels.append(rel)
+    return rels
+
+
+def tile_images(dataset: BrodenDataset, tile: int) -> Callable[[int], np.ndarray]:
+    """``get(i)``: probe image ``i`` as float32 ``[tile, tile, 3]`` (bicubic; a gray tile for
+    an unreadable image), each loaded once."""
     images: dict[int, np.ndarray] = {}
 
     def get(i: int) -> np.ndarray:
@@ -88,29 +107,41 @@ def render_unit_strips(stats: LayerStats, dataset: BrodenDataset, out_dir: Path,
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
                 images[i] = np.full((tile, tile, 3), 128, np.float32)
         return images[i]
-
-    rels = []
-    saturated = stats.saturated
-    maps = F.interpolate(stats.top_maps.flatten(0, 1).unsqueeze(1).float(), size=(tile, tile),
-                         mode="bilinear", align_corners=False).view(*stats.top_maps.shape[:2], tile, tile)
-    for k in tqdm(range(stats.shape[0]), desc=f"unit images {layer_slug}", unit="unit",
-                  disable=not progress, leave=False):
-        masks = binarize(maps[k], stats.thresholds[k], saturated[k])
-        tiles = [highlight(get(i), masks[j].numpy())
-                 for j, i in enumerate(stats.top_indices[k].tolist())]
-        rel = f"units/{layer_slug}/unit-{k:04d}.jpg"
-        # Whole files only: another run sharing the cache may be reading this strip.
-        strip = Image.fromarray(_row(tiles))
-        atomic_save(out_dir / rel, lambda tmp: strip.save(tmp, "JPEG", quality=quality, optimize=True))
-        rels.append(rel)
-    return rels
+    return get
 
 
-def highlight(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Dim the image outside ``mask`` and outline the region (NetDissect's look)."""
+def strip_tile(dataset: BrodenDataset, tile_size: int = 0) -> int:
+    """The side of a strip's tiles: ``tile_size``, else the label size within [96, 224]."""
+    sh, _ = dataset.label_size
+    return tile_size or max(96, min(sh, 224))
+
+
+def unit_regions(stats: LayerStats, k: int, tile: int) -> Tensor:
+    """Bool ``[top-k, tile, tile]``: unit ``k``'s region on each of its top images, its map
+    upsampled (bilinear) to the tile and binarized as the dissection does."""
+    maps = F.interpolate(stats.top_maps[k].unsqueeze(1).float(), size=(tile, tile), mode="bilinear",
+                         align_corners=False).squeeze(1)
+    return binarize(maps, stats.thresholds[k], stats.saturated[k])
+
+
+def save_row(path: Path, tiles: list[np.ndarray], quality: int = 90, optimize: bool = True) -> None:
+    """Tiles side by side as a JPEG (``optimize``: Huffman tables fit to the image, a few
+    percent smaller, slower), written whole (another run sharing the cache may be reading
+    the file)."""
+    strip = Image.fromarray(_row(tiles))
+    atomic_save(path, lambda tmp: strip.save(tmp, "JPEG", quality=quality, optimize=optimize))
+
+
+def highlight(image: np.ndarray, mask: np.ndarray, color=OUTLINE) -> np.ndarray:
+    """Dim the image outside ``mask`` and outline the region in ``color`` (NetDissect's look)."""
     out = image * np.where(mask[..., None], 1.0, 0.35) + np.where(mask[..., None], 0.0, 0.65 * 40)
-    out[_edge(mask, both_sides=False)] = OUTLINE
+    out[_edge(mask, both_sides=False)] = color
     return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def outline(tile: np.ndarray, mask: np.ndarray, color=OUTLINE) -> np.ndarray:
+    """``tile`` (uint8) with the border of the region ``mask`` drawn in ``color``, in place."""
+    return _outline_mask(tile, mask, color)
 
 
 # ------------------------------------------------------------------ before/after strips

@@ -30,6 +30,7 @@ from ..stats.formula_counts import reduce_batch
 from ..stats.iou import prepare_labels
 from ..version import __version__
 from .search import FormulaOptions, LayerFormulas, LayerSearch, formula_fields
+from .strips import render_formula_strips
 
 #: The reduced batches kept from the first pass for the later steps (bytes, all layers).
 REPLAY_BUDGET = 512 * 2 ** 20
@@ -110,12 +111,15 @@ def formula_lengths(options: FormulaOptions, layers: list[str], toy_classifier: 
 def add_formulas(model: torch.nn.Module, layer_results: list[dict], dataset: BrodenDataset,
                  stats: dict[str, LayerStats], config: DissectConfig, options: FormulaOptions,
                  lengths: dict[str, int], progress: bool = True, cache_dir: Path | None = None,
-                 cache_parts: dict | None = None, force: bool = False) -> None:
+                 cache_parts: dict | None = None, force: bool = False, strips_dir: Path | None = None) -> None:
     """Search the formulas of the layers whose length is above 1 and add them to their
     results (``formulas`` per layer, ``formula`` per unit: docs/results-schema.md). With
     ``cache_dir`` and ``cache_parts`` (what identifies the model and data, as for
     :func:`~dissect.experiments.dissection.dissect_layers`) each layer's search is kept in
-    the cache, keyed by those, the dissection parameters and the formula options."""
+    the cache, keyed by those, the dissection parameters and the formula options. With
+    ``strips_dir`` (the run folder of the unit strips; layer records with ``slug``) each
+    formula's parts are drawn on the unit's top images (:mod:`dissect.formulas.strips`),
+    the unit's ``formula.strips``."""
     todo = {layer: n for layer, n in lengths.items() if n > 1}
     if not todo:
         return
@@ -146,6 +150,23 @@ def add_formulas(model: torch.nn.Module, layer_results: list[dict], dataset: Bro
         if layer["name"] in found:
             layer["formulas"] = formula_fields(found[layer["name"]], dataset.index, options,
                                                todo[layer["name"]], layer["units"])
+            if strips_dir is not None and distributed.is_main():   # rank 0 writes the site's images
+                _add_strips(layer, found[layer["name"]], stats[layer["name"]], dataset, strips_dir,
+                            config.tile_size, progress)
+
+
+def _add_strips(layer: dict, res: LayerFormulas, stats: LayerStats, dataset: BrodenDataset, strips_dir: Path,
+                tile_size: int, progress: bool) -> None:
+    """Each unit's ``formula.strips``: its formula's rows over its top images, each with what
+    it shows (``part``: the concept with its operator, then ``= formula``)."""
+    forms = [f if u.get("formula") else None for f, u in zip(res.formulas, layer["units"])]
+    rows = render_formula_strips(stats, dataset, forms, strips_dir, layer["slug"], tile_size, progress=progress)
+    for u, rels in zip(layer["units"], rows):
+        if rels is None:
+            continue
+        names = [f"{p['op']} {p['name']}" if p["op"] else p["name"] for p in u["formula"]["parts"]]
+        u["formula"]["strips"] = [{"part": n, "src": rel}
+                                  for n, rel in zip(names + ["= formula"], rels)]
 
 
 #: The layout of a cached search (:func:`_to_json`); a change makes old entries unused.

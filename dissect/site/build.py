@@ -29,7 +29,7 @@ from dissect.site.compare_page import compare_page
 from dissect.site.context import ModelContext, compare_context, index_context
 from dissect.site.folder import MARKER, OWNED, copy_tree, existing_models, site_target, swap
 from dissect.site.format import unit_file, unit_label
-from dissect.site.images import write_strip
+from dissect.site.images import copy_image, write_strip
 from dissect.site.kinds import layer_pages
 from dissect.site.pagekind import LayerPages
 from dissect.site.resources import ASSETS, asset_bytes, environment, plotly_js
@@ -128,6 +128,10 @@ def _build_grid(env: jinja2.Environment, ctx: ModelContext, ldir: Path, layer: d
         images[u["unit"]] = {"full": full, "thumb": thumb}
         # In the site the model folder is the run folder: strips point at the copies.
         u["strip"] = f"{ldir.name}/{full.src}"
+        rows = (u.get("formula") or {}).get("strips") or []
+        images[u["unit"]]["formula"] = [copy_image(Path(run_dir) / r["src"], img_dir, Path(r["src"]).name) for r in rows]
+        for r, copy in zip(rows, images[u["unit"]]["formula"]):
+            r["src"] = f"{ldir.name}/{copy.src}"
     word = layer.get("unit_word", "unit")
     _write(ldir / "units.csv", _units_csv(ctx, layer))
     _render(env, ldir / "index.html", "layer.html", ctx.layer_context(layer),

@@ -9,13 +9,20 @@ from typing import Any
 from dissect.site.format import fmt_iou
 
 
-def unit_formula(u: dict[str, Any], cat_class) -> dict[str, Any] | None:
-    """A unit's formula for its card and page, or None without one."""
+def unit_formula(u: dict[str, Any], cat_class, strips: list | None = None) -> dict[str, Any] | None:
+    """A unit's formula for its card and page, or None without one; ``strips``: the site's
+    copies of its rows over the top images (:class:`~dissect.site.images.SiteImage`, in the
+    order of ``formula.strips``)."""
     f = u.get("formula")
     if not f:
         return None
     exact = f.get("exact_length2")
+    rows = f.get("strips") or []
     return {
+        "strips": [{"part": r["part"], "src": img.src, "width": img.width, "height": img.height,
+                    "alt": f"top images, the pixels of {f['text'] if r['part'].startswith('=') else r['part']} "
+                           "highlighted and the unit's region outlined"}
+                   for r, img in zip(rows, strips or [])],
         "text": f["text"],
         "iou": fmt_iou(f.get("iou")),
         "length": f.get("length"),

@@ -103,3 +103,15 @@ def write_strip(
         SiteImage(f"{rel}/{full.name}", size[0], size[1]),
         SiteImage(f"{rel}/{thumb.name}", small.width, small.height),
     )
+
+
+def copy_image(source: Path, dest_dir: Path, name: str) -> SiteImage:
+    """Copy the JPEG ``source`` to ``dest_dir/name`` byte for byte; its path relative to
+    ``dest_dir.parent`` and its size."""
+    try:
+        with Image.open(source) as img:
+            size = img.size
+    except (OSError, ValueError) as exc:
+        raise DissectError(f"cannot read image {source}: {exc}") from exc
+    shutil.copyfile(source, dest_dir / name)
+    return SiteImage(f"{dest_dir.name}/{name}", size[0], size[1])

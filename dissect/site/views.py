@@ -470,7 +470,7 @@ def unit_page(
             "saturated": bool(u.get("saturated")),
             "none_reason": u.get("none_reason") if label in ("none", "invalid") else None,
             "strip": img["full"],
-            "formula": unit_formula(u, ctx.cat_class),
+            "formula": unit_formula(u, ctx.cat_class, img.get("formula")),
             "alt": f"{layer.get('unit_word', 'unit')} {u['unit']} top {len(u.get('top_images', []))} images "
                    f"({', '.join(_image_name(t) for t in u.get('top_images', []))}), "
                    f"region where it fires highlighted: {label}",
