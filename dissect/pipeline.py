@@ -37,6 +37,7 @@ from torch import nn
 from dissect import distributed
 from dissect.bases.options import BasisOptions
 from dissect.bases.ablation import report_step as basis_report_step
+from dissect.bases.interventions import generator_step as basis_generator_step
 from dissect.bases.report import bases_for_report, check_bases
 from dissect.cache import cache_key, default_cache_dir
 from dissect.data.catalog import labeled_data_path
@@ -496,16 +497,21 @@ def _comparisons(loaded: LoadedModel, opts: ReportOptions, comparison: dict | No
 def _add_bases(results: dict, loaded: LoadedModel, opts: ReportOptions, run: Dissection, dataset,
                config: DissectConfig, parts: dict, *, default: bool) -> Callable[..., None] | None:
     """The results' ``bases``: the deepest layer's feature bases (:mod:`dissect.bases`); returns
-    the step that ablates their features beside the units (None: none)."""
+    the step that ablates their features beside the units, or for a generator intervenes with
+    them (None: none)."""
     path, _ = run.paths[-1]
     found = bases_for_report(loaded, run.layer_results[-1], run.stats[path], dataset, config, opts.basis_options,
                              parts, opts.cache / "stats", run.run_dir, default=default, force=opts.force,
                              progress=opts.progress, formulas=opts.formulas)
     if found is None:
         return None
-    entry, dictionaries = found
+    entry, dictionaries, feature_stats = found
     results["bases"] = [entry]
-    return basis_report_step(entry, dictionaries, opts.progress) if opts.basis_options.ablation else None
+    if not opts.basis_options.ablation:
+        return None
+    if loaded.kind == "generator":
+        return basis_generator_step(entry, dictionaries, feature_stats, opts.progress)
+    return basis_report_step(entry, dictionaries, opts.progress)
 
 
 def _classifier_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict | None = None) -> tuple[dict, Path]:
@@ -521,7 +527,7 @@ def _classifier_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict |
     parts = _cache_parts(loaded, dataset, opts.hash_files, input_size=loaded.input_size)
     default_bases = loaded.weights == "builtin:toy_classifier" and comparison is None and not opts.layers
     check_bases(loaded, paths[-1][0], dataset, opts.basis_options, default=default_bases,
-                device=resolve_device(config.device))
+                device=resolve_device(config.device), experiments=opts.ablation is not False)
     attach_label_cache(dataset, opts.cache, opts.label_cache, (parts["data_sha256"], parts["data_files"]))
     run = _dissect(loaded, paths, dataset, config, opts, parts)
     unread = sorted({s for p, _ in run.paths for s in run.stats[p].skipped})
@@ -562,7 +568,8 @@ def _generator_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict | 
                                      progress=opts.progress, segmenter_weights=opts.segmenter_weights)
     dataset, seg = probe.dataset, probe.segmenter
     parts = _cache_parts(loaded, dataset, opts.hash_files, kind="generator")
-    check_bases(loaded, paths[-1][0], dataset, opts.basis_options, default=False, device=resolve_device(config.device))
+    check_bases(loaded, paths[-1][0], dataset, opts.basis_options, default=False, device=resolve_device(config.device),
+                experiments=opts.interventions is not False)
     attach_label_cache(dataset, opts.cache, opts.label_cache, (parts["data_sha256"], parts["data_files"]))
     run = _dissect(loaded, paths, dataset, config, opts, parts)
     probe_info = _probe_section(
@@ -571,12 +578,14 @@ def _generator_run(loaded: LoadedModel, opts: ReportOptions, comparison: dict | 
         latents=f"z ~ N(0, I), z_dim {loaded.z_dim}, latent i from numpy default_rng([{opts.data_seed}, i])",
         segmenter=seg.provenance())
     results = _results(loaded, run.layer_results, probe_info, config, dataset, opts)
-    _add_bases(results, loaded, opts, run, dataset, config, parts, default=False)
+    basis_step = _add_bases(results, loaded, opts, run, dataset, config, parts, default=False)
     if opts.interventions is not False:
         gcfg = opts.interventions if isinstance(opts.interventions, GeneratorExperimentConfig) else \
             GeneratorExperimentConfig(device=config.device, batch_size=config.batch_size)
         results["generator"] = generator_for_report(loaded, run.layer_results, run.stats, dataset, seg,
                                                     run.run_dir, gcfg, progress=opts.progress)
+        if basis_step is not None:
+            basis_step(loaded, run.stats, dataset, seg, run.run_dir, gcfg, results["generator"])
     section = _comparisons(loaded, opts, comparison, run, dataset, config, parts, kind="generator")
     if section:
         results["comparison"] = section

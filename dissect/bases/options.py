@@ -27,9 +27,10 @@ class BasisOptions:
     folder of images to fit the bases on (default: the probe set); ``seed``: of every random
     choice (positions sampled, initial weights, minibatches); ``max_vectors``: activation
     vectors (one per position) the fit uses at most; ``steps``: SAE training steps.
-    ``ablation``: whether the features are also ablated class by class beside the units
-    (a classifier whose units are ablated; :mod:`dissect.bases.ablation`). Off by default: it
-    reads the labeled images through the network once more per basis (about 15 s on the toy
+    ``ablation``: whether the features are also ablated beside the units: class by class for
+    a classifier whose units are ablated (:mod:`dissect.bases.ablation`), by the generator's
+    ablation and insertion for a generator (:mod:`dissect.bases.interventions`). Off by
+    default: it runs the units' experiment once more per basis (about 15 s on the toy
     classifier on two CPU cores).
     """
 
@@ -117,5 +118,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--basis-seed", type=int, default=d.seed, metavar="S",
                    help=f"seed of the fits and of the rotation basis (default {d.seed})")
     g.add_argument("--basis-ablation", action="store_true", default=d.ablation,
-                   help="also ablate each basis's features class by class beside the units, removing a "
-                   "feature's contribution z_f d_f from the layer (a classifier whose units are ablated)")
+                   help="also run the units' experiments with each basis's features, removing a feature's "
+                   "contribution z_f d_f from the layer: a classifier's class-by-class ablation, a generator's "
+                   "ablation and insertion (painting a feature's code) with their strips")

@@ -28,12 +28,16 @@ def basis_slug(layer_slug: str, basis: str) -> str:
     return f"{layer_slug}--{basis}"
 
 
-def check_bases(loaded, path: str, dataset, opts: BasisOptions, *, default: bool, device) -> None:
-    """Refuse, before any work, a basis that does not fit layer ``path`` (one line)."""
+def check_bases(loaded, path: str, dataset, opts: BasisOptions, *, default: bool, device,
+                experiments: bool = True) -> None:
+    """Refuse, before any work, a basis that does not fit layer ``path`` (one line);
+    ``experiments``: whether the units' ablation (or a generator's interventions) runs, which
+    ``--basis-ablation`` runs beside."""
     names = opts.features(default)
-    if opts.ablation and loaded.kind == "generator":
-        raise DissectError("--basis-ablation is for classifiers: a generator's interventions remove and insert "
-                           "its units only (drop --basis-ablation)")
+    if opts.ablation and not experiments:
+        off = "--no-interventions" if loaded.kind == "generator" else "--no-ablation"
+        raise DissectError(f"--basis-ablation runs beside the units' experiments, which {off} turns off: "
+                           f"drop one of the two")
     if opts.ablation and not names:
         raise DissectError("--basis-ablation needs a basis besides the units: add --basis sae (or pca, nmf, rotation)")
     if not names:
@@ -49,12 +53,13 @@ def check_bases(loaded, path: str, dataset, opts: BasisOptions, *, default: bool
 def bases_for_report(loaded, layer: dict[str, Any], stats: LayerStats, dataset, config: DissectConfig,
                      opts: BasisOptions, parts: dict, cache_dir: Path, run_dir: Path, *, default: bool,
                      force: bool = False, progress: bool = True,
-                     formulas: FormulaOptions | None = None) -> tuple[dict[str, Any], dict] | None:
+                     formulas: FormulaOptions | None = None) -> tuple[dict[str, Any], dict, dict] | None:
     """The bases of ``layer`` (its results record, with ``slug``; ``stats``: its units'
     statistics) that ``opts`` asks for (``default``: whether this model gets the default
-    SAE): ``(entry, dictionaries)``, the entry of the results' ``bases`` and the fitted
-    dictionaries by basis (for the features' ablation: :mod:`dissect.bases.ablation`), or
-    None when there are none. With ``formulas`` and a layer labelled with formulas (its
+    SAE): ``(entry, dictionaries, feature_stats)``, the entry of the results' ``bases``, the
+    fitted dictionaries by basis and their features' statistics by basis (for what the
+    features do: :mod:`dissect.bases.ablation`, :mod:`dissect.bases.interventions`), or None
+    when there are none. With ``formulas`` and a layer labelled with formulas (its
     ``formulas`` block), the features get formulas of the same length, searched the same way
     (:mod:`dissect.formulas`)."""
     names = opts.features(default)
@@ -99,7 +104,8 @@ def bases_for_report(loaded, layer: dict[str, Any], stats: LayerStats, dataset, 
         print(f"dissect: bases fit in {t1 - t0:.1f}s, dissected in {time.time() - t1:.1f}s", flush=True)
     return {"version": BASES_VERSION, "layer": path, "alias": layer.get("alias"), "layer_slug": layer["slug"],
             "num_units": layer["num_units"], "features": features,
-            "comparison": compare_bases(records, best, index)}, {b: fitted[b]["dictionary"] for b in names}
+            "comparison": compare_bases(records, best, index)}, {b: fitted[b]["dictionary"] for b in names}, \
+        stats_by_basis
 
 
 def _feature_formulas(model, path: str, fitted: dict, features: list[dict], stats_by_basis: dict[str, LayerStats],

@@ -45,7 +45,7 @@ from ..segmenters.base import Segmenter
 from ..slugs import layer_title, slugify
 from ..stats.quantile import TopQuantile
 from .dissection import LayerStats
-from .runner import LayerRunner
+from .runner import UNITS, Directions, LayerRunner
 from .strips import write_strip
 
 DEFAULT_GEN_TOP_N = (1, 3, 5, 10, 20)
@@ -167,6 +167,13 @@ def choose_concepts(iou: np.ndarray, seg: Segmenter, want: Sequence[str] | None,
     return [n for v, n in cands[:k] if v > 0]
 
 
+def experiment_concepts(iou: np.ndarray, seg: Segmenter, cfg: GeneratorExperimentConfig) -> tuple[list[str], list[str]]:
+    """The concepts to remove and to insert: ``cfg``'s, else chosen from the layer's ``iou``
+    (:func:`choose_concepts`; inserted: parts where the segmenter has them, else objects)."""
+    return (choose_concepts(iou, seg, cfg.ablate),
+            choose_concepts(iou, seg, cfg.insert, categories=("part",) if "part" in seg.layers else ("object",)))
+
+
 # ============================================================================ edits in batches
 @dataclass
 class EditBlock:
@@ -211,20 +218,29 @@ def run_edits(runner: GeneratorRunner, seg: Segmenter, acts: Tensor, z: Tensor, 
         yield from flush()
 
 
-def _zero_units(units: Sequence[int]) -> Callable[[Tensor, Tensor], Tensor]:
+def _rows(codes: Tensor | None, samples: Tensor) -> Tensor | None:
+    """The codes of a batch's rows ``samples`` (None for the units)."""
+    return None if codes is None else codes[samples.to(codes.device)]
+
+
+def _zero_units(units: Sequence[int], directions: Directions = UNITS,
+                codes: Tensor | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+    """Remove the directions ``units`` (units: zeroed; features: ``a - z_f d_f``, with the
+    batch's ``codes`` ``directions.codes(acts)``)."""
     idx = torch.as_tensor(list(units), dtype=torch.long)
 
     def edit(a: Tensor, samples: Tensor) -> Tensor:
-        a[:, idx] = 0
-        return a
+        keep = torch.ones(len(a), directions.count(a.shape[1]), device=a.device)
+        keep[:, idx.to(a.device)] = 0
+        return directions.keep(a, _rows(codes, samples), keep)
     return edit
 
 
-def _zero_per_sample(mask: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
-    """Zero, in each row, the units ``mask[sample]`` (bool ``[samples, units]``) marks."""
+def _zero_per_sample(mask: Tensor, directions: Directions = UNITS,
+                     codes: Tensor | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+    """Remove, in each row, the directions ``mask[sample]`` (bool ``[samples, directions]``) marks."""
     def edit(a: Tensor, samples: Tensor) -> Tensor:
-        a[mask[samples].to(a.device)] = 0
-        return a
+        return directions.keep(a, _rows(codes, samples), ~mask[samples].to(a.device))
     return edit
 
 
@@ -241,14 +257,17 @@ def random_unit_sets(units_total: int, sizes: Sequence[int], draws: int, seed: i
 
 def ablation_experiment(runner: GeneratorRunner, seg: Segmenter, concept: str, iou_row: np.ndarray,
                         cfg: GeneratorExperimentConfig, z: Tensor, acts_batches: list[Tensor],
-                        progress: bool = False) -> tuple[dict, dict]:
+                        progress: bool = False, directions: Directions = UNITS) -> tuple[dict, dict]:
     """Remove the top-N units of ``concept``; returns (result, data for the strips).
+
+    ``directions``: what is removed, the units (default) or a basis's features (``iou_row``
+    then has one IoU per feature, and "unit" below reads "feature").
 
     The random baseline of each N: ``random_draws`` random sets of N units, latent ``i``
     ablated with set ``i mod random_draws`` (each set on its own slice of the latents, so the
     baseline costs one image per latent and N, not ``random_draws``; the mean still averages
     over every set and every latent, see :data:`RANDOM_BASELINE_RULE`)."""
-    units_total = acts_batches[0].shape[1]
+    units_total = directions.count(acts_batches[0].shape[1])
     sizes = _sizes(cfg.top_n, units_total)
     n_main = min(cfg.units, units_total)
     if n_main not in sizes:
@@ -277,9 +296,11 @@ def ablation_experiment(runner: GeneratorRunner, seg: Segmenter, concept: str, i
         b = len(a)
         zb = z[start:start + b]
         rows = torch.arange(b)
+        codes = directions.codes(a)
         blocks = [EditBlock(rows, _unchanged)]
-        blocks += [EditBlock(rows, _zero_units(ranked[:n])) for n in sizes]
-        blocks += [EditBlock(rows, _zero_per_sample(random_masks[n][start:start + b])) for n in sizes]
+        blocks += [EditBlock(rows, _zero_units(ranked[:n], directions, codes)) for n in sizes]
+        blocks += [EditBlock(rows, _zero_per_sample(random_masks[n][start:start + b], directions, codes))
+                   for n in sizes]
         m0 = None
         for j, s, imgs, lab in run_edits(runner, seg, a, zb, blocks, runner.rows or cfg.batch_size):
             mask = lab[:, clayer] == cnum
@@ -337,19 +358,22 @@ def ablation_experiment(runner: GeneratorRunner, seg: Segmenter, concept: str, i
     # every image of the sweep)
     show = torch.argsort(base_frac, descending=True, stable=True)[:cfg.strip_samples]
     shown = torch.cat(acts_batches)[show]
-    ablated = shown.clone()
-    ablated[:, ranked[:n_main]] = 0
+    ablated = _zero_units(ranked[:n_main], directions, directions.codes(shown))(shown.clone(), torch.arange(len(show)))
     return result, {"before": runner.images(shown, z[show]).cpu(), "after": runner.images(ablated, z[show]).cpu(),
                     "z": z[show],
                     "mask_concept": concept, "units": ranked, "sizes": sizes}
 
 
 # ============================================================================ insertion
-def unit_quantiles(runner: GeneratorRunner, z: Tensor, q: float, batch_size: int) -> Tensor:
-    """Each unit's (1 - q) quantile of activation over the maps of latents ``z``."""
+def unit_quantiles(runner: GeneratorRunner, z: Tensor, q: float, batch_size: int,
+                   directions: Directions = UNITS) -> Tensor:
+    """Each unit's (1 - q) quantile of activation over the maps of latents ``z``; with a
+    basis's ``directions``, each feature's quantile of its code."""
     tq = None
     for i in range(0, len(z), batch_size):
         a = runner.acts(z[i:i + batch_size])
+        if not directions.units:
+            a = directions.codes(a)
         if tq is None:
             tq = TopQuantile(a.shape[1], q, len(z) * a.shape[2] * a.shape[3], device=a.device)
         tq.add(a.transpose(0, 1).reshape(a.shape[1], -1))
@@ -360,24 +384,37 @@ def _positions(h: int, w: int, r: int) -> list[tuple[int, int]]:
     return [(y, x) for y in range(0, h - r + 1, r) for x in range(0, w - r + 1, r)]
 
 
-def _set_region(units: Sequence[int], values: Tensor, y: int, x: int, r: int) -> Callable[[Tensor, Tensor], Tensor]:
+def _set_region(units: Sequence[int], values: Tensor, y: int, x: int, r: int, directions: Directions = UNITS,
+                codes: Tensor | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+    """Set the directions ``units`` to their ``values`` inside the ``r`` x ``r`` square at
+    ``(y, x)`` (units: their values; features: their codes, ``a + (v - z_f) d_f``)."""
     idx = torch.as_tensor(list(units), dtype=torch.long)
-    vals = values[idx].view(1, -1, 1, 1)
 
     def edit(a: Tensor, samples: Tensor) -> Tensor:
-        a[:, idx, y:y + r, x:x + r] = vals.to(a)
-        return a
+        return directions.set(a, _rows(codes, samples), idx, values[idx], _square(a, [(y, x)], r))
     return edit
+
+
+def _square(a: Tensor, corners: Sequence[tuple[int, int]], r: int) -> Tensor:
+    """Bool ``[len(corners), 1, h, w]`` (one row: broadcast over ``a``'s rows): the ``r`` x ``r``
+    square at each corner ``(y, x)`` of ``a``'s ``h`` x ``w`` map."""
+    where = torch.zeros(len(corners), 1, *a.shape[2:], dtype=torch.bool, device=a.device)
+    for j, (y, x) in enumerate(corners):
+        where[j, :, y:y + r, x:x + r] = True
+    return where
 
 
 def insertion_experiment(runner: GeneratorRunner, seg: Segmenter, concept: str, iou_row: np.ndarray,
                          values: Tensor, cfg: GeneratorExperimentConfig, z: Tensor,
-                         acts_batches: list[Tensor], progress: bool = False) -> tuple[dict, dict]:
-    """Set the top-N units of ``concept`` high in a region at every grid position.
+                         acts_batches: list[Tensor], progress: bool = False,
+                         directions: Directions = UNITS) -> tuple[dict, dict]:
+    """Set the top-N units of ``concept`` high in a region at every grid position
+    (``directions``: the units, or a basis's features with ``values`` per feature).
 
     N = ``units`` runs on every latent; the curve over the other N and the random-units
     baseline on the first ``curve_samples`` latents (at every position)."""
     units_total, h, w = acts_batches[0].shape[1:]
+    units_total = directions.count(units_total)
     r = cfg.region or max(1, min(h, w) // 8)
     if r > min(h, w):
         raise DissectError(f"--insert-region {r} cells is larger than the layer's {h}x{w} map")
@@ -405,6 +442,7 @@ def insertion_experiment(runner: GeneratorRunner, seg: Segmenter, concept: str, 
         is0 = lab0[:, clayer] == cnum
         fin0 = finest_labels(lab0, seg)
         every = torch.arange(b)
+        codes = directions.codes(a)
         few = torch.arange(max(0, min(b, cfg.curve_samples - start)))
         blocks, kinds = [], []
         for p, (y, x) in enumerate(pos):
@@ -420,7 +458,7 @@ def insertion_experiment(runner: GeneratorRunner, seg: Segmenter, concept: str, 
                 if len(rows) == 0:
                     continue
                 units = random_units if n == "random" else ranked[:n]
-                blocks.append(EditBlock(rows, _set_region(units, values, y, x, r)))
+                blocks.append(EditBlock(rows, _set_region(units, values, y, x, r, directions, codes)))
                 kinds.append((p, n))
         for j, s, imgs, lab in run_edits(runner, seg, a, zb, blocks, runner.rows or cfg.batch_size):
             p, n = kinds[j]
@@ -466,7 +504,9 @@ def insertion_experiment(runner: GeneratorRunner, seg: Segmenter, concept: str, 
         "concept": concept, "category": seg.category_of(concept), "units": ranked[:max(sizes)],
         "unit_ious": [float(iou_row[u]) for u in ranked[:max(sizes)]],
         "values": [float(values[u]) for u in ranked[:max(sizes)]],
-        "value_rule": f"each unit's {100 * (1 - cfg.insert_quantile):g}th-percentile activation over the probe set",
+        "value_rule": (f"each unit's {100 * (1 - cfg.insert_quantile):g}th-percentile activation over the probe set"
+                       if directions.units else
+                       f"each feature's {100 * (1 - cfg.insert_quantile):g}th-percentile code over the probe set"),
         "region_cells": r, "region_pixels": [int(round(r * img_h / h)), int(round(r * img_w / w))],
         "layer_size": [h, w], "positions": len(pos), "samples": start, "n_main": n_main,
         "insertions": int(len(main)), "curve": curve, "curve_samples": min(start, cfg.curve_samples),
@@ -491,17 +531,16 @@ def insertion_experiment(runner: GeneratorRunner, seg: Segmenter, concept: str, 
     ids = torch.as_tensor([row_sample[k] for k in pick], dtype=torch.long)
     all_acts = torch.cat(acts_batches)
     a, zs = all_acts[ids], z[ids]
-    edited = a.clone()
     regions = []
-    idx = torch.as_tensor(ranked[:n_main])
-    for j, k in enumerate(pick):
+    for k in pick:
         y, x = pos[row_pos[k]]
-        edited[j, idx, y:y + r, x:x + r] = values[idx].view(-1, 1, 1).to(edited)
         regions.append((int(round(y * img_h / h)), int(round((y + r) * img_h / h)),
                         int(round(x * img_w / w)), int(round((x + r) * img_w / w))))
     if not pick:
         empty = torch.zeros(0, 3, img_h, img_w)
         return result, {"before": empty, "after": empty, "regions": []}
+    idx = torch.as_tensor(ranked[:n_main])
+    edited = directions.set(a, directions.codes(a), idx, values[idx], _square(a, [pos[row_pos[k]] for k in pick], r))
     return result, {"before": runner.images(a, zs).cpu(), "after": runner.images(edited, zs).cpu(),
                     "regions": regions}
 
@@ -509,11 +548,14 @@ def insertion_experiment(runner: GeneratorRunner, seg: Segmenter, concept: str, 
 # ============================================================================ report
 def generator_experiments(loaded, layer: str, iou: np.ndarray, seg: Segmenter, probe_latents: np.ndarray,
                           cfg: GeneratorExperimentConfig, out_dir: Path, rel_prefix: str,
-                          progress: bool = True) -> dict:
+                          progress: bool = True, directions: Directions = UNITS, strip_prefix: str = "") -> dict:
     """Ablation and insertion for one dissected layer; strips written under ``out_dir``.
 
     ``iou``: the layer's ``[units, labels]`` IoU from the dissection, whose label numbers
-    are the segmenter's (the probe set was labeled by ``seg``).
+    are the segmenter's (the probe set was labeled by ``seg``). ``directions``: what the
+    experiments remove and set, the units (default) or a basis's features (then ``iou`` is
+    the features' ``[features, labels]`` IoU, the insertion values are the features' code
+    quantiles, and the strips' names start with ``strip_prefix``).
     """
     cfg.validate()
     device = resolve_device(cfg.device)
@@ -525,9 +567,7 @@ def generator_experiments(loaded, layer: str, iou: np.ndarray, seg: Segmenter, p
     acts = [runner.acts(z[i:i + cfg.batch_size]) for i in range(0, len(z), cfg.batch_size)]
     # images rendered and segmented per call: cfg.batch_size on the CPU, from free memory on CUDA
     runner.rows = memory.batch_size(device, cfg.batch_size, _render_bytes(runner, seg, acts[0], z))
-    ablate = choose_concepts(iou, seg, cfg.ablate)
-    insert = choose_concepts(iou, seg, cfg.insert,
-                             categories=("part",) if "part" in seg.layers else ("object",))
+    ablate, insert = experiment_concepts(iou, seg, cfg)
     out: dict = {"layer": layer, "how": runner.method, "ablation": [], "insertion": []}
 
     def take(n):
@@ -541,30 +581,31 @@ def generator_experiments(loaded, layer: str, iou: np.ndarray, seg: Segmenter, p
 
     for concept in ablate:
         res, strip = ablation_experiment(runner, seg, concept, iou[:, seg.number(concept)], cfg,
-                                         z, take(cfg.samples), progress)
+                                         z, take(cfg.samples), progress, directions)
         res["animation_frames"] = ["before"] + [f"top {n} removed" for n in strip["sizes"] if n <= res["n_main"]]
         out["ablation"].append(res)
         if not distributed.is_main():   # rank 0 draws the strips
             continue
         masks = list((seg.segment(strip["before"])[:, seg.layer_of(concept)] == seg.number(concept)).cpu())
         frames = [strip["before"]]
+        shown = runner.acts(strip["z"])
+        codes = directions.codes(shown)
         for n in strip["sizes"]:
             if n > res["n_main"]:
                 break
-            ed = runner.acts(strip["z"])
-            ed[:, strip["units"][:n]] = 0
+            ed = _zero_units(strip["units"][:n], directions, codes)(shown.clone(), torch.arange(len(shown)))
             frames.append(runner.images(ed, strip["z"]).cpu())
-        png, gif = write_strip(out_dir, f"ablate-{slugify(concept, 'concept')}", strip["before"], strip["after"],
+        png, gif = write_strip(out_dir, f"{strip_prefix}ablate-{slugify(concept, 'concept')}", strip["before"], strip["after"],
                                masks=masks, frames=frames)
         res["strip"], res["animation"] = f"{rel_prefix}/{png}", f"{rel_prefix}/{gif}"
     if insert:
         values = unit_quantiles(runner, torch.from_numpy(np.array(probe_latents[:1024], dtype=np.float32)),
-                                cfg.insert_quantile, cfg.batch_size)
+                                cfg.insert_quantile, cfg.batch_size, directions)
         for concept in insert:
             res, strip = insertion_experiment(runner, seg, concept, iou[:, seg.number(concept)], values,
-                                              cfg, z, take(cfg.insert_samples), progress)
+                                              cfg, z, take(cfg.insert_samples), progress, directions)
             if len(strip["before"]) and distributed.is_main():
-                png, gif = write_strip(out_dir, f"insert-{slugify(concept, 'concept')}", strip["before"], strip["after"],
+                png, gif = write_strip(out_dir, f"{strip_prefix}insert-{slugify(concept, 'concept')}", strip["before"], strip["after"],
                                        boxes=strip["regions"])
                 res["strip"], res["animation"] = f"{rel_prefix}/{png}", f"{rel_prefix}/{gif}"
             out["insertion"].append(res)
@@ -597,6 +638,18 @@ def intervention_layers(layers: Sequence[dict], wanted: Sequence[str]) -> list[d
     return [layer for layer in layers if layer["name"] in wanted or layer.get("alias") in wanted]
 
 
+def report_config(loaded, seg: Segmenter, config: GeneratorExperimentConfig | None) -> GeneratorExperimentConfig:
+    """``config`` (default: the defaults) with, when it names no concepts, those of the model's
+    ``spec.experiments`` that ``seg`` knows."""
+    config = config or GeneratorExperimentConfig()
+    experiments = loaded.spec.experiments if loaded.spec is not None else {}
+    if config.ablate is None and config.insert is None and experiments:
+        known = {name for name, _ in seg.concepts}  # the spec's concepts, where this segmenter has them
+        config = replace(config, ablate=tuple(c for c in experiments.get("ablate", ()) if c in known) or None,
+                         insert=tuple(c for c in experiments.get("insert", ()) if c in known) or None)
+    return config
+
+
 def generator_for_report(loaded, layers: Sequence[dict], stats: Mapping[str, LayerStats],
                          dataset: BrodenDataset, seg: Segmenter, out_dir: Path,
                          config: GeneratorExperimentConfig | None = None, progress: bool = True) -> dict:
@@ -611,12 +664,8 @@ def generator_for_report(loaded, layers: Sequence[dict], stats: Mapping[str, Lay
     ``out_dir/interventions/<layer slug>``. A layer asked for that was not dissected is a
     :class:`~dissect.errors.DissectError`.
     """
-    config = config or GeneratorExperimentConfig()
+    config = report_config(loaded, seg, config)
     experiments = loaded.spec.experiments if loaded.spec is not None else {}
-    if config.ablate is None and config.insert is None and experiments:
-        known = {name for name, _ in seg.concepts}  # the spec's concepts, where this segmenter has them
-        config = replace(config, ablate=tuple(c for c in experiments.get("ablate", ()) if c in known) or None,
-                         insert=tuple(c for c in experiments.get("insert", ()) if c in known) or None)
     primary = dataset.index.primary_category_tensor()
     results = []
     for layer in intervention_layers(layers, list(config.layers) or list(experiments.get("layers", ()))):

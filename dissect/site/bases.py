@@ -5,10 +5,16 @@ layer-like records whose grids and feature pages the build writes beside the lay
 from __future__ import annotations
 
 import html
+from pathlib import Path
 
+from PIL import Image
+
+from dissect.site.cells import units_by_number
 from dissect.site.charts import PALETTE, layout
 from dissect.site.context import ModelContext
-from dissect.site.format import fmt_iou, fmt_num
+from dissect.site.format import fmt_iou, fmt_num, pct, unit_file, unit_label
+from dissect.site.interventions import copy_media as copy_intervention_media
+from dissect.site.interventions import layer_entry as intervention_entry
 from dissect.site.pagekind import LayerPageKind, Record
 
 #: The comparison page's file in the layer folder.
@@ -90,6 +96,7 @@ def _view(ctx: ModelContext, layer: Record, entry: Record) -> Record:
         "iou_threshold": fmt_num(ctx.iou_threshold),
         "features": [_basis_row(layer, f) for f in entry["features"]],
         "ablation": _ablation_view(entry.get("ablation")),
+        "interventions": _interventions_view(ctx, layer, entry),
     }
 
 
@@ -131,6 +138,102 @@ def _ablation_view(ab: Record | None) -> Record | None:
             "rule": ab["rule"], "method": ab["method"], "draws": fmt_num(ab.get("random_draws"))}
 
 
+#: Where a layer folder keeps the interventions' strips (the interventions page's copies too).
+_STRIPS = "interventions"
+
+
+def copy_media(entry: Record, run_dir: Path, layer_dir: Path) -> None:
+    """Copy the strips of the features' generator experiments (and of the units' run for the
+    comparison, when the layer has no interventions of its own) into the layer folder, repoint
+    their paths, and note every strip's size in px (``interventions.strip_sizes``, for the
+    page's ``<img>``; the units' strips are there when the interventions page copied them first)."""
+    iv = entry.get("interventions")
+    if not iv:
+        return
+    for rec in [iv.get("units"), *iv["features"].values()]:
+        if rec:
+            copy_intervention_media(rec, run_dir, layer_dir)
+    sizes = {}
+    for png in sorted((layer_dir / _STRIPS).glob("*.png")):
+        with Image.open(png) as im:
+            sizes[f"{_STRIPS}/{png.name}"] = [im.width, im.height]
+    iv["strip_sizes"] = sizes
+
+
+def _find(rec: Record | None, group: str, concept: str) -> Record | None:
+    return next((e for e in (rec or {}).get(group) or [] if e.get("concept") == concept), None)
+
+
+def _interventions_view(ctx: ModelContext, layer: Record, entry: Record) -> Record | None:
+    """The generator experiments of the units and of each basis's features, concept by concept:
+    the numbers the interventions page gives (the concept's pixels removed by the top N, by N
+    random; the pixels painted in), the top directions, and the strips side by side."""
+    iv = entry.get("interventions")
+    if not iv:
+        return None
+    records = {"units": iv.get("units") or intervention_entry(ctx.results, layer), **iv["features"]}
+    labels = {"units": units_by_number(layer)}
+    labels.update({f["basis"]: {u["unit"]: u for u in f["units"]} for f in entry["features"]})
+    sizes = iv.get("strip_sizes") or {}
+
+    def strip(exp: Record, alt: str, caption: str) -> Record | None:
+        if not exp.get("strip"):
+            return None
+        src = f"{_STRIPS}/{Path(exp['strip']).name}"
+        w, h = sizes.get(src) or (None, None)
+        return {"src": src, "width": w, "height": h, "alt": alt, "caption": caption,
+                "animation": f"{_STRIPS}/{Path(exp['animation']).name}"}
+
+    def top(b: str, exp: Record) -> list[Record]:
+        word = "unit" if b == "units" else "feature"
+        folder = "" if b == "units" else f"../{basis_folder(layer['slug'], b)}/"
+        return [{"text": f"{word} {k} ({unit_label(labels[b].get(k, {}))})", "href": folder + unit_file(k)}
+                for k in exp["units"][:min(3, exp["n_main"])]]
+
+    def main_point(exp: Record) -> Record:
+        return next((p for p in exp["curve"] if p["n"] == exp["n_main"]), exp["curve"][-1])
+
+    def word(b: str) -> str:
+        return "units" if b == "units" else "features"
+
+    out = {"ablation": [], "insertion": [], "rule": iv["rule"], "seconds": f"{iv['seconds']:.0f}",
+           "units_here": iv.get("units") is not None}
+    for i, concept in enumerate(iv["ablate"]):
+        rows = []
+        for b in iv["bases"]:
+            exp = _find(records.get(b), "ablation", concept)
+            if exp is None:
+                rows.append({"title": iv["titles"][b], "missing": True, "strip": None})
+                continue
+            p = main_point(exp)
+            rows.append({"title": iv["titles"][b], "missing": False, "n": exp["n_main"], "baseline": pct(exp["baseline_fraction"], 2),
+                         "after": pct(p["fraction"], 2), "drop": pct(p["drop"]), "random_drop": pct(p["random_drop"]),
+                         "top": top(b, exp),
+                         "strip": strip(exp, f"Generated images before (top row) and after (bottom row) removing the "
+                                             f"top {exp['n_main']} {concept} {word(b)} ({iv['titles'][b]})",
+                                        f"the top {exp['n_main']} {concept} {word(b)} removed (bottom row); outlined: "
+                                        f"what the segmenter labeled {concept} before.")})
+        out["ablation"].append({"concept": concept, "anchor": f"basis-ablate-{i}", "rows": rows})
+    for i, concept in enumerate(iv["insert"]):
+        rows = []
+        for b in iv["bases"]:
+            exp = _find(records.get(b), "insertion", concept)
+            if exp is None:
+                rows.append({"title": iv["titles"][b], "missing": True, "strip": None})
+                continue
+            rows.append({"title": iv["titles"][b], "missing": False, "n": exp["n_main"], "added": f"{main_point(exp)['added_pixels']:.2f}",
+                         "random_added": f"{exp.get('random_added_pixels') or 0.0:.2f}",
+                         "insertions": fmt_num(exp.get("insertions")), "top": top(b, exp),
+                         "strip": strip(exp, f"Generated images before (top row) and after (bottom row) painting the "
+                                             f"top {exp['n_main']} {concept} {word(b)} ({iv['titles'][b]}) in the "
+                                             "outlined region",
+                                        f"the top {exp['n_main']} {concept} {word(b)} set high in the outlined region "
+                                        "(bottom row)" + (f", placed where it held {exp['strip_context']}."
+                                                          if exp.get("strip_context") else "."))})
+        out["insertion"].append({"concept": concept, "anchor": f"basis-insert-{i}", "rows": rows})
+    return out
+
+
 def _basis_row(layer: Record, f: Record) -> Record:
     """A basis as the page's list of bases shows it: its method, its fit, its parameters."""
     fit = (f"{fmt_num(f['fit_vectors'])} activation vectors of the {f['fit_data']}" if f.get("fit_vectors")
@@ -146,4 +249,5 @@ FEATURES = LayerPageKind(
     label="units vs features",
     entry=_entry,
     view=_view,
+    copy_media=copy_media,
 )
