@@ -208,12 +208,11 @@ def test_formula_parts_on_the_top_images_are_the_counted_pixels(planted, tmp_pat
              ((scene, name["sky"]), (1,))]                            # <a scene> AND sky
     for f in [res.formulas[0], res.formulas[1], *extra]:
         rows = part_formulas(f)
-        for i in range(N):
-            truth, scored = formula_pixels(image_labels(ds, i), rows, ref.prim)
-            for r, g in enumerate(rows):
-                assert np.array_equal(truth[r], ref.mask(g)[i].numpy()), (f, i, r)
-                cats = sorted({int(ref.prim[c]) for c in g[0]})
-                assert scored[r] == bool(ref.annotated[i, cats].any())
+        truth, scored = formula_pixels([image_labels(ds, i) for i in range(N)], rows, ref.prim)
+        for r, g in enumerate(rows):
+            assert np.array_equal(truth[r], ref.mask(g).numpy()), (f, r)
+            cats = sorted({int(ref.prim[c]) for c in g[0]})
+            assert np.array_equal(scored[r], ref.annotated[:, cats].any(dim=1).numpy())
     layer = summarize_layer(stats["units"], ds, config)
     layer["name"], layer["slug"] = "units", "units"
     add_formulas(model, [layer], ds, stats, config, FormulaOptions(length=3), {"units": 3}, progress=False,

@@ -31,16 +31,16 @@ STRIP_FRAME_MS = 900       # how long each frame of an animated strip shows
 
 # ------------------------------------------------------------------ tiles and rows
 def _edge(mask: np.ndarray, both_sides: bool) -> np.ndarray:
-    """The pixels of ``mask`` next to a pixel outside it: above or to the left of them, or
-    (``both_sides``) in any of the four directions."""
+    """The pixels of ``mask`` (``[..., H, W]``) next to a pixel outside it: above or to the
+    left of them, or (``both_sides``) in any of the four directions."""
     m = mask.astype(bool)
     edge = np.zeros_like(m)
-    vertical, horizontal = m[1:, :] != m[:-1, :], m[:, 1:] != m[:, :-1]
-    edge[1:, :] |= vertical
-    edge[:, 1:] |= horizontal
+    vertical, horizontal = m[..., 1:, :] != m[..., :-1, :], m[..., :, 1:] != m[..., :, :-1]
+    edge[..., 1:, :] |= vertical
+    edge[..., :, 1:] |= horizontal
     if both_sides:
-        edge[:-1, :] |= vertical
-        edge[:, :-1] |= horizontal
+        edge[..., :-1, :] |= vertical
+        edge[..., :, :-1] |= horizontal
     return edge & m
 
 
@@ -133,15 +133,21 @@ def save_row(path: Path, tiles: list[np.ndarray], quality: int = 90, optimize: b
 
 
 def highlight(image: np.ndarray, mask: np.ndarray, color=OUTLINE) -> np.ndarray:
-    """Dim the image outside ``mask`` and outline the region in ``color`` (NetDissect's look)."""
-    out = image * np.where(mask[..., None], 1.0, 0.35) + np.where(mask[..., None], 0.0, 0.65 * 40)
-    out[_edge(mask, both_sides=False)] = color
-    return np.clip(out, 0, 255).astype(np.uint8)
+    """Dim the image outside ``mask`` and outline the region in ``color`` (NetDissect's look).
+    ``image`` ``[..., H, W, 3]`` and ``mask`` ``[..., H, W]`` broadcast against each other
+    (many tiles at once)."""
+    bright = np.clip(image, 0, 255).astype(np.uint8)
+    dim = np.clip(image.astype(np.float64) * 0.35 + 0.65 * 40, 0, 255).astype(np.uint8)
+    out = np.where(mask[..., None], bright, dim)
+    out[np.broadcast_to(_edge(mask, both_sides=False), out.shape[:-1])] = color
+    return out
 
 
-def outline(tile: np.ndarray, mask: np.ndarray, color=OUTLINE) -> np.ndarray:
-    """``tile`` (uint8) with the border of the region ``mask`` drawn in ``color``, in place."""
-    return _outline_mask(tile, mask, color)
+def outline(tiles: np.ndarray, mask: np.ndarray, color=OUTLINE) -> np.ndarray:
+    """``tiles`` (uint8 ``[..., H, W, 3]``) with the border of the region ``mask`` (``[..., H,
+    W]``, broadcast against them) drawn in ``color``, in place."""
+    tiles[np.broadcast_to(_edge(mask, both_sides=True), tiles.shape[:-1])] = color
+    return tiles
 
 
 # ------------------------------------------------------------------ before/after strips
@@ -153,10 +159,6 @@ def _tile(img01: Tensor, scale: int) -> np.ndarray:
     return a.copy()
 
 
-def _outline_mask(tile: np.ndarray, mask: np.ndarray, color=OUTLINE) -> np.ndarray:
-    """``tile`` with the border of the region ``mask`` drawn in ``color``."""
-    tile[_edge(mask, both_sides=True)] = color
-    return tile
 
 
 def _outline_box(tile: np.ndarray, box: tuple[int, int, int, int], scale: int, color=OUTLINE) -> np.ndarray:
@@ -189,7 +191,7 @@ def write_strip(out_dir: Path, stem: str, before: Tensor, after: Tensor, masks: 
             t = _tile(imgs[i], scale)
             if masks is not None:
                 m = np.kron(masks[i].numpy().astype(np.uint8), np.ones((scale, scale), np.uint8))
-                t = _outline_mask(t, m)
+                t = outline(t, m)
             if boxes is not None:
                 t = _outline_box(t, boxes[i], scale)
             tiles.append(t)

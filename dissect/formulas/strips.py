@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from ..atomic import clean_leftovers
@@ -50,28 +49,30 @@ def image_labels(dataset: BrodenDataset, image: int) -> LabelBatch:
                           index.segmenter_labeled)
 
 
-def formula_pixels(labels: LabelBatch, rows: list[Formula], prim: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """``(truth, scored)`` of one image's prepared ``labels``: bool ``[rows, H*W]``, where each
-    formula of ``rows`` holds at the label resolution (:func:`~dissect.stats.formula_counts.
-    evaluate`, as the counts evaluate it, on the formulas' concepts at each pixel; a
-    whole-image concept covers the image), and bool ``[rows]``, whether the image is annotated
-    in a category of the row's concepts (the images a formula is scored on)."""
+def formula_pixels(labels: list[LabelBatch], rows: list[Formula], prim: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """``(truth, scored)`` of images' prepared ``labels`` (one :class:`LabelBatch` per image):
+    bool ``[rows, images, H*W]``, where each formula of ``rows`` holds at the label resolution
+    (:func:`~dissect.stats.formula_counts.evaluate`, as the counts evaluate it, on the
+    formulas' concepts at each pixel; a whole-image concept covers its image), and bool
+    ``[rows, images]``, whether the image is annotated in a category of the row's concepts
+    (the images a formula is scored on)."""
     concepts = sorted({c for f in rows for c in f[0]})
     local = {c: j for j, c in enumerate(concepts)}
-    want = torch.tensor(concepts, dtype=torch.long).view(1, -1)
-    present = (labels.pixel[0].unsqueeze(-1) == want).any(dim=0)                      # [HW, concepts]
-    present |= (labels.image[0].view(-1, 1) == want).any(dim=0).view(1, -1)
-    truth = evaluate([(tuple(local[c] for c in f[0]), f[1]) for f in rows], present)
-    has = labels.has_cat[0] > 0
-    scored = [bool(any(has[int(prim[c])] for c in f[0])) for f in rows]
-    return truth.numpy(), np.asarray(scored)
+    want = torch.tensor(concepts, dtype=torch.long)
+    pixel = torch.cat([lb.pixel for lb in labels])                                     # [n, L, HW]
+    n, hw = pixel.shape[0], pixel.shape[2]
+    present = (pixel.unsqueeze(-1) == want).any(dim=1)                                 # [n, HW, C]
+    for lb, p in zip(labels, present):   # whole-image concepts (each image its own number of them)
+        p |= (lb.image[0].view(-1, 1) == want).any(dim=0)
+    truth = evaluate([(tuple(local[c] for c in f[0]), f[1]) for f in rows], present.view(n * hw, -1))
+    has = torch.cat([lb.has_cat for lb in labels]) > 0                                # [n, G]
+    scored = torch.stack([has[:, sorted({int(prim[c]) for c in f[0]})].any(dim=1) for f in rows])
+    return truth.view(len(rows), n, hw).numpy(), scored.numpy()
 
 
-def _enlarge(mask: np.ndarray, tile: int) -> np.ndarray:
-    """A label-resolution mask at the tile's size (nearest)."""
-    if mask.shape == (tile, tile):
-        return mask
-    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((tile, tile), Image.NEAREST)) > 0
+def _nearest(size: int, tile: int) -> np.ndarray:
+    """The source row (or column) of each of a tile's ``tile`` pixels in ``size`` (nearest)."""
+    return np.minimum(((np.arange(tile) + 0.5) * size / tile).astype(np.int64), size - 1)
 
 
 def render_formula_strips(stats: LayerStats, dataset: BrodenDataset, formulas: list[Formula | None],
@@ -111,6 +112,8 @@ class _RowPainter:
         self.image = tile_images(dataset, tile)
         self.prim = dataset.index.primary_category_tensor()
         self.labels: dict[int, LabelBatch] = {}
+        sh, sw = dataset.label_size
+        self.ys, self.xs = _nearest(sh, tile), _nearest(sw, tile)
 
     def _labels(self, i: int) -> LabelBatch:
         if i not in self.labels:
@@ -120,14 +123,14 @@ class _RowPainter:
         return self.labels[i]
 
     def rows(self, k: int, f: Formula) -> list[list[np.ndarray]]:
-        """Unit ``k``'s rows of tiles for formula ``f``: each part, then ``f``."""
+        """Unit ``k``'s rows of tiles for formula ``f``: each part, then ``f`` (all the rows'
+        tiles drawn at once)."""
         sh, sw = self.dataset.label_size
         rows = part_formulas(f)
-        regions = unit_regions(self.stats, k, self.tile).numpy()
-        tiles: list[list[np.ndarray]] = [[] for _ in rows]
-        for j, i in enumerate(self.stats.top_indices[k].tolist()):
-            truth, scored = formula_pixels(self._labels(i), rows, self.prim)
-            for r in range(len(rows)):
-                part = _enlarge(truth[r].reshape(sh, sw), self.tile) & bool(scored[r])
-                tiles[r].append(outline(highlight(self.image(i), part, PART_OUTLINE), regions[j]))
-        return tiles
+        top = self.stats.top_indices[k].tolist()
+        truth, scored = formula_pixels([self._labels(i) for i in top], rows, self.prim)
+        parts = truth.reshape(len(rows), len(top), sh, sw)[:, :, self.ys][:, :, :, self.xs]   # [R, n, tile, tile]
+        parts &= scored[:, :, None, None]
+        images = np.stack([self.image(i) for i in top])                                    # [n, tile, tile, 3]
+        tiles = outline(highlight(images, parts, PART_OUTLINE), unit_regions(self.stats, k, self.tile).numpy())
+        return [list(r) for r in tiles]
