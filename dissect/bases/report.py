@@ -59,9 +59,9 @@ def bases_for_report(loaded, layer: dict[str, Any], stats: LayerStats, dataset, 
     SAE): ``(entry, dictionaries, feature_stats)``, the entry of the results' ``bases``, the
     fitted dictionaries by basis and their features' statistics by basis (for what the
     features do: :mod:`dissect.bases.ablation`, :mod:`dissect.bases.interventions`), or None
-    when there are none. With ``formulas`` and a layer labelled with formulas (its
-    ``formulas`` block), the features get formulas of the same length, searched the same way
-    (:mod:`dissect.formulas`)."""
+    when there are none. With ``formulas`` whose length was asked for (``--formula-length``)
+    and a layer labelled with formulas (its ``formulas`` block), the features get formulas of
+    the same length, searched the same way (:mod:`dissect.formulas`)."""
     names = opts.features(default)
     if not names:
         return None
@@ -92,8 +92,9 @@ def bases_for_report(loaded, layer: dict[str, Any], stats: LayerStats, dataset, 
         features.append(record)
         records[basis] = record
         best[basis] = best_by_concept(stats_by_basis[basis], index)
-    length = (layer.get("formulas") or {}).get("length", 1)
-    if formulas is not None and length > 1:
+    # asked for (not the toy's default length, which its units alone get: the default report's time)
+    length = (layer.get("formulas") or {}).get("length", 1) if formulas is not None and formulas.length else 1
+    if length > 1:
         _feature_formulas(loaded.module, path, fitted, features, stats_by_basis, layer["slug"], dataset, config,
                           formulas, length, parts, cache_dir, run_dir, force, progress)
     if progress and distributed.is_main():
