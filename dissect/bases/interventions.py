@@ -27,6 +27,7 @@ from dissect.experiments.dissection import LayerStats
 from dissect.experiments.generator import (GeneratorExperimentConfig, experiment_concepts, generator_experiments,
                                            report_config)
 from dissect.segmenters.base import Segmenter
+from dissect.site.interventions import find_experiment, main_point
 
 
 def feature_interventions(loaded, entry: dict, dictionaries: dict[str, Dictionary],
@@ -44,12 +45,13 @@ def feature_interventions(loaded, entry: dict, dictionaries: dict[str, Dictionar
     cfg = report_config(loaded, seg, config)
     primary = dataset.index.primary_category_tensor()
     ncat = len(dataset.index.categories)
-    ablate, insert = experiment_concepts(units_stats.iou(primary, ncat).numpy(), seg, cfg)
+    units_iou = units_stats.iou(primary, ncat).numpy()
+    ablate, insert = experiment_concepts(units_iou, seg, cfg)
     cfg = replace(cfg, ablate=tuple(ablate), insert=tuple(insert))
     out_dir, rel = run_dir / "interventions" / slug, f"interventions/{slug}"
     units = None
     if not any(r.get("layer") == layer for r in units_layers):
-        units = generator_experiments(loaded, layer, units_stats.iou(primary, ncat).numpy(), seg, dataset.latents,
+        units = generator_experiments(loaded, layer, units_iou, seg, dataset.latents,
                                       cfg, out_dir, rel, progress=progress)
         units["slug"] = slug
     device = resolve_device(cfg.device)
@@ -101,9 +103,8 @@ def _summary(found: dict, generator: dict) -> str:
         shown = []
         for b in found["bases"]:
             rec = units if b == "units" else found["features"][b]
-            exp = next((e for e in rec.get("ablation") or [] if e["concept"] == concept), None)
-            point = None if exp is None else next((p for p in exp["curve"] if p["n"] == exp["n_main"]), None)
-            drop = None if point is None else point["drop"]
+            exp = find_experiment(rec, "ablation", concept)
+            drop = None if exp is None else main_point(exp)["drop"]
             shown.append(f"{found['titles'][b]} {'-' if drop is None else f'{drop:.0%}'}")
         parts.append(f"{concept} pixels removed by the top {found['params']['units']}: {', '.join(shown)}")
     return "; ".join(parts) or "no concept to remove"

@@ -14,6 +14,7 @@ from dissect.site.charts import PALETTE, layout
 from dissect.site.context import ModelContext
 from dissect.site.format import fmt_iou, fmt_num, pct, unit_file, unit_label
 from dissect.site.interventions import copy_media as copy_intervention_media
+from dissect.site.interventions import find_experiment, main_point
 from dissect.site.interventions import layer_entry as intervention_entry
 from dissect.site.pagekind import LayerPageKind, Record
 
@@ -160,10 +161,6 @@ def copy_media(entry: Record, run_dir: Path, layer_dir: Path) -> None:
     iv["strip_sizes"] = sizes
 
 
-def _find(rec: Record | None, group: str, concept: str) -> Record | None:
-    return next((e for e in (rec or {}).get(group) or [] if e.get("concept") == concept), None)
-
-
 def _interventions_view(ctx: ModelContext, layer: Record, entry: Record) -> Record | None:
     """The generator experiments of the units and of each basis's features, concept by concept:
     the numbers the interventions page gives (the concept's pixels removed by the top N, by N
@@ -190,9 +187,6 @@ def _interventions_view(ctx: ModelContext, layer: Record, entry: Record) -> Reco
         return [{"text": f"{word} {k} ({unit_label(labels[b].get(k, {}))})", "href": folder + unit_file(k)}
                 for k in exp["units"][:min(3, exp["n_main"])]]
 
-    def main_point(exp: Record) -> Record:
-        return next((p for p in exp["curve"] if p["n"] == exp["n_main"]), exp["curve"][-1])
-
     def word(b: str) -> str:
         return "units" if b == "units" else "features"
 
@@ -201,7 +195,7 @@ def _interventions_view(ctx: ModelContext, layer: Record, entry: Record) -> Reco
     for i, concept in enumerate(iv["ablate"]):
         rows = []
         for b in iv["bases"]:
-            exp = _find(records.get(b), "ablation", concept)
+            exp = find_experiment(records.get(b), "ablation", concept)
             if exp is None:
                 rows.append({"title": iv["titles"][b], "missing": True, "strip": None})
                 continue
@@ -217,7 +211,7 @@ def _interventions_view(ctx: ModelContext, layer: Record, entry: Record) -> Reco
     for i, concept in enumerate(iv["insert"]):
         rows = []
         for b in iv["bases"]:
-            exp = _find(records.get(b), "insertion", concept)
+            exp = find_experiment(records.get(b), "insertion", concept)
             if exp is None:
                 rows.append({"title": iv["titles"][b], "missing": True, "strip": None})
                 continue

@@ -128,10 +128,11 @@ def _build_grid(env: jinja2.Environment, ctx: ModelContext, ldir: Path, layer: d
         images[u["unit"]] = {"full": full, "thumb": thumb}
         # In the site the model folder is the run folder: strips point at the copies.
         u["strip"] = f"{ldir.name}/{full.src}"
-        rows = (u.get("formula") or {}).get("strips") or []
-        images[u["unit"]]["formula"] = [copy_image(Path(run_dir) / r["src"], img_dir, Path(r["src"]).name) for r in rows]
-        for r, copy in zip(rows, images[u["unit"]]["formula"]):
-            r["src"] = f"{ldir.name}/{copy.src}"
+        images[u["unit"]]["formula"] = []
+        for r in (u.get("formula") or {}).get("strips") or []:   # the formula's rows, copied alike
+            row = copy_image(Path(run_dir) / r["src"], img_dir, Path(r["src"]).name)
+            images[u["unit"]]["formula"].append(row)
+            r["src"] = f"{ldir.name}/{row.src}"
     word = layer.get("unit_word", "unit")
     _write(ldir / "units.csv", _units_csv(ctx, layer))
     _render(env, ldir / "index.html", "layer.html", ctx.layer_context(layer),

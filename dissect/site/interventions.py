@@ -50,6 +50,17 @@ def copy_media(entry: dict[str, Any], run_dir: Path, layer_dir: Path) -> None:
                 exp[key] = f"interventions/{Path(rel).name}"
 
 
+def main_point(exp: dict[str, Any]) -> dict[str, Any]:
+    """The point of an experiment's curve at its main size ``n_main`` (else its last)."""
+    return next((p for p in exp["curve"] if p["n"] == exp.get("n_main")), exp["curve"][-1])
+
+
+def find_experiment(record: dict[str, Any] | None, group: str, concept: str) -> dict[str, Any] | None:
+    """The experiment on ``concept`` in a layer record's ``group`` (``"ablation"`` or
+    ``"insertion"``), or None."""
+    return next((e for e in (record or {}).get(group) or [] if e.get("concept") == concept), None)
+
+
 def _units(ctx: ModelContext, info: dict[int, dict[str, Any]], exp: dict[str, Any]) -> list[dict[str, Any]]:
     """The top ``n_main`` units of an experiment as cells (own label and category, from the
     dissection) with the IoU for *this* concept."""
@@ -77,7 +88,7 @@ def _ablation_view(ctx: ModelContext, info: dict[int, dict[str, Any]], exp: dict
              "random_fraction": pct(p["random_fraction"], 2), "random_drop": pct(p["random_drop"]),
              "random_range": f"{pct(p.get('random_drop_min'))} to {pct(p.get('random_drop_max'))}"}
             for p in exp["curve"]]
-    main = next((p for p in exp["curve"] if p["n"] == exp.get("n_main")), exp["curve"][-1])
+    main = main_point(exp)
 
     def effect(d: float | None) -> dict[str, str]:
         if d is None:
